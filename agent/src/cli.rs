@@ -1,0 +1,150 @@
+//! Command-line and environment configuration. Every flag can also be set as `SIDECRED_<NAME>`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "sidecred-agent", version, about = "Owns Claude OAuth credentials and serves the access token over a Unix socket")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "SIDECRED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: refresh the token before it expires and serve it on the socket.
+    Run(RunArgs),
+    /// Show the state of the running agent (exit 0 when it serves a valid token; usable as an exec probe).
+    Status(StatusArgs),
+    /// Ask the running agent to refresh the token now.
+    Refresh(SocketArgs),
+}
+
+impl Command {
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "info",
+            _ => "warn",
+        }
+    }
+
+    /// The agent serves from memory; two workers keep a busy socket from starving the refresh task.
+    /// The one-shot commands need only one.
+    pub fn worker_threads(&self) -> usize {
+        match self {
+            Command::Run(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    /// The agent's Unix socket.
+    #[arg(long, env = "SIDECRED_SOCKET", default_value_os_t = sidecred_proto::default_socket_path())]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Claude Code's credentials file (the seed). May be read-only, e.g. a mounted Kubernetes Secret.
+    #[arg(long, env = "SIDECRED_CREDENTIALS", default_value_os_t = default_credentials_path())]
+    pub credentials: PathBuf,
+    /// Writable directory for rotated credentials. Without it, rotated credentials are written back to
+    /// the credentials file itself (which then must be writable).
+    #[arg(long, env = "SIDECRED_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Permission bits of the socket file (octal).
+    #[arg(long, env = "SIDECRED_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Uids allowed to ask for the token (checked with SO_PEERCRED). Defaults to the agent's own uid.
+    #[arg(long = "allow-uid", env = "SIDECRED_ALLOW_UID", value_delimiter = ',')]
+    pub allow_uids: Vec<u32>,
+    /// OAuth token endpoint.
+    #[arg(long, env = "SIDECRED_TOKEN_URL", default_value = crate::oauth::DEFAULT_TOKEN_URL)]
+    pub token_url: String,
+    /// OAuth client id.
+    #[arg(long, env = "SIDECRED_CLIENT_ID", default_value = crate::oauth::DEFAULT_CLIENT_ID)]
+    pub client_id: String,
+    /// User-Agent sent to the token endpoint.
+    #[arg(long, env = "SIDECRED_USER_AGENT", default_value = concat!("sidecred/", env!("CARGO_PKG_VERSION")))]
+    pub user_agent: String,
+    /// Refresh when less than this is left (default: the larger of 5 minutes and 10% of the lifetime).
+    #[arg(long, env = "SIDECRED_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
+    pub refresh_margin: Option<Duration>,
+    /// Timeout of one request to the token endpoint.
+    #[arg(long, env = "SIDECRED_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// First retry delay after a failed refresh; doubles up to --backoff-max.
+    #[arg(long, env = "SIDECRED_BACKOFF_MIN", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backoff_min: Duration,
+    #[arg(long, env = "SIDECRED_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+    /// How long a token request waits for a refresh when the token has already expired.
+    #[arg(long, env = "SIDECRED_EXPIRED_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub expired_wait: Duration,
+}
+
+pub fn default_credentials_path() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".claude").join(".credentials.json")
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| format!("`{s}` is not an octal mode such as 0660"))?;
+    if mode > 0o777 {
+        return Err(format!("`{s}` is not a permission mode (at most 0777)"));
+    }
+    Ok(mode)
+}
+
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SIDECRED_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("7777").is_err());
+    }
+}

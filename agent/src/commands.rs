@@ -1,0 +1,84 @@
+//! Commands that talk to a running agent over its socket.
+
+use crate::cli::{SocketArgs, StatusArgs};
+use anyhow::Context;
+use sidecred_proto::client::Client;
+use sidecred_proto::StatusReport;
+use std::process::ExitCode;
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&args.socket.socket).await?;
+    let report = client.status().await.context("asking the agent for its status")?;
+    let healthy = report.state.is_some_and(|s| s.serves_token());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_status(&report));
+    }
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn refresh(args: SocketArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&args.socket).await?;
+    let grant = client.refresh().await.context("the agent could not refresh the token")?;
+    println!(
+        "refreshed: token {} expires in {}",
+        grant.access_token,
+        humantime::format_duration(std::time::Duration::from_secs(grant.expires_in_ms / 1000))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_status(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let state = r.state.map(|s| s.as_str()).unwrap_or("unknown");
+    let _ = writeln!(out, "state:         {state}");
+    if let Some(m) = &r.message {
+        let _ = writeln!(out, "message:       {m}");
+    }
+    if let Some(a) = &r.account {
+        let _ = writeln!(out, "account:       {a}");
+    }
+    if let Some(s) = &r.subscription_type {
+        let _ = writeln!(out, "subscription:  {s}");
+    }
+    if let Some(fp) = &r.token_fingerprint {
+        let _ = writeln!(out, "token:         {fp}");
+    }
+    if let Some(s) = r.expires_in_s {
+        let _ = writeln!(out, "expires in:    {}", human_secs(s));
+    }
+    if let Some(s) = r.next_refresh_in_s {
+        let _ = writeln!(out, "next refresh:  in {}", human_secs(s));
+    }
+    let _ = writeln!(out, "refreshes:     {}", r.refresh_count);
+    if let Some(ms) = r.last_refresh_at_ms {
+        let _ = writeln!(out, "last refresh:  {}", human_ago(ms));
+    }
+    if let Some(e) = &r.last_error {
+        let when = r.last_error_at_ms.map(human_ago).unwrap_or_default();
+        let _ = writeln!(out, "last error:    {e} ({when})");
+    }
+    if !r.scopes.is_empty() {
+        let _ = writeln!(out, "scopes:        {}", r.scopes.join(" "));
+    }
+    if let Some(p) = &r.seed_path {
+        let _ = writeln!(out, "credentials:   {p}");
+    }
+    if let Some(p) = &r.persist_path {
+        let _ = writeln!(out, "saves to:      {p}");
+    }
+    let _ = writeln!(out, "agent:         {} (up {})", r.agent_version, human_secs(r.uptime_s as i64));
+    out
+}
+
+fn human_secs(s: i64) -> String {
+    let d = humantime::format_duration(std::time::Duration::from_secs(s.unsigned_abs()));
+    if s < 0 { format!("-{d}") } else { d.to_string() }
+}
+
+fn human_ago(at_ms: u64) -> String {
+    let now = crate::credentials::now_ms();
+    format!("{} ago", human_secs((now.saturating_sub(at_ms) / 1000) as i64))
+}

@@ -1,0 +1,415 @@
+//! The credentials file: its two shapes, parsing with errors that name the field at fault, and
+//! updating the tokens while every field we do not know survives untouched.
+
+use serde_json::{Map, Value};
+use sidecred_proto::Secret;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Claude Code's key for the OAuth block.
+const CLAUDE_KEY: &str = "claudeAiOauth";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid JSON ({detail})")]
+    Json { path: PathBuf, detail: String },
+    #[error("{path}: field `{field}` {problem}")]
+    Field { path: PathBuf, field: String, problem: String },
+    #[error(
+        "{path}: neither Claude Code's `claudeAiOauth` block nor the flat `access_token`/`refresh_token` \
+         shape was found; log in with `sidecred-agent login` or copy ~/.claude/.credentials.json here"
+    )]
+    UnknownShape { path: PathBuf },
+}
+
+/// Which layout the file uses, so a write-back keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt" (epoch ms), ...}, ...}`
+    ClaudeCode,
+    /// `{"access_token", "refresh_token", "expires_at" (RFC 3339), ...}` from the deployment guide.
+    Flat,
+}
+
+/// One OAuth credential set, plus the whole document it came from.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub access_token: Secret,
+    pub refresh_token: Secret,
+    /// Expiry as Unix epoch milliseconds.
+    pub expires_at_ms: u64,
+    pub scopes: Vec<String>,
+    pub subscription_type: Option<String>,
+    pub account: Option<String>,
+    shape: Shape,
+    /// The full document, so unknown fields at any level are written back as they were read.
+    doc: Map<String, Value>,
+}
+
+/// What a refresh or login brought back, to be merged into the document.
+#[derive(Debug, Clone)]
+pub struct TokenUpdate {
+    pub access_token: Secret,
+    /// `None` when the endpoint did not send one: the old refresh token stays valid and is kept.
+    pub refresh_token: Option<Secret>,
+    pub expires_at_ms: u64,
+    pub scopes: Option<Vec<String>>,
+}
+
+impl Credentials {
+    /// Parses `bytes` read from `path` (the path is only used in error messages).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, CredentialsError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CredentialsError::Json { path: path.to_owned(), detail: json_fault(&e) })?;
+        Self::from_value(value, path)
+    }
+
+    /// Interprets an already-parsed document (the state file embeds one).
+    pub fn from_value(value: Value, path: &Path) -> Result<Self, CredentialsError> {
+        let Value::Object(doc) = value else {
+            return Err(CredentialsError::Json {
+                path: path.to_owned(),
+                detail: "the top level must be an object".into(),
+            });
+        };
+        if doc.contains_key(CLAUDE_KEY) {
+            Self::parse_claude_code(doc, path)
+        } else if doc.contains_key("access_token") || doc.contains_key("refresh_token") {
+            Self::parse_flat(doc, path)
+        } else {
+            Err(CredentialsError::UnknownShape { path: path.to_owned() })
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Self, CredentialsError> {
+        let bytes =
+            std::fs::read(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
+        Self::parse(&bytes, path)
+    }
+
+    /// A new Claude Code-shaped document, for a first login.
+    pub fn new_claude_code(update: TokenUpdate) -> Self {
+        let mut doc = Map::new();
+        doc.insert(CLAUDE_KEY.into(), Value::Object(Map::new()));
+        let base = Credentials {
+            access_token: Secret::default(),
+            refresh_token: Secret::default(),
+            expires_at_ms: 0,
+            scopes: Vec::new(),
+            subscription_type: None,
+            account: None,
+            shape: Shape::ClaudeCode,
+            doc,
+        };
+        base.with_update(update)
+    }
+
+    fn parse_claude_code(doc: Map<String, Value>, path: &Path) -> Result<Self, CredentialsError> {
+        let field_err = |field: &str, problem: &str| CredentialsError::Field {
+            path: path.to_owned(),
+            field: format!("{CLAUDE_KEY}.{field}"),
+            problem: problem.to_owned(),
+        };
+        let Some(Value::Object(oauth)) = doc.get(CLAUDE_KEY) else {
+            return Err(CredentialsError::Field {
+                path: path.to_owned(),
+                field: CLAUDE_KEY.to_owned(),
+                problem: "must be an object".to_owned(),
+            });
+        };
+        let access_token = required_string(oauth, "accessToken").map_err(|p| field_err("accessToken", p))?;
+        let refresh_token = required_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
+        let expires_at_ms = match oauth.get("expiresAt") {
+            Some(v) => epoch_ms(v).ok_or_else(|| field_err("expiresAt", "must be epoch milliseconds"))?,
+            None => return Err(field_err("expiresAt", "is missing")),
+        };
+        let scopes = string_list(oauth.get("scopes")).map_err(|p| field_err("scopes", p))?;
+        let subscription_type = oauth.get("subscriptionType").and_then(Value::as_str).map(str::to_owned);
+        let account = oauth
+            .get("emailAddress")
+            .or_else(|| oauth.get("email"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(Credentials {
+            access_token: Secret::new(access_token),
+            refresh_token: Secret::new(refresh_token),
+            expires_at_ms,
+            scopes,
+            subscription_type,
+            account,
+            shape: Shape::ClaudeCode,
+            doc,
+        })
+    }
+
+    fn parse_flat(doc: Map<String, Value>, path: &Path) -> Result<Self, CredentialsError> {
+        let field_err = |field: &str, problem: &str| CredentialsError::Field {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let access_token = required_string(&doc, "access_token").map_err(|p| field_err("access_token", p))?;
+        let refresh_token =
+            required_string(&doc, "refresh_token").map_err(|p| field_err("refresh_token", p))?;
+        let expires_at_ms = match doc.get("expires_at") {
+            Some(Value::String(s)) => parse_rfc3339_ms(s)
+                .ok_or_else(|| field_err("expires_at", "must be an RFC 3339 time such as 2025-12-31T23:59:59Z"))?,
+            Some(v) => epoch_ms(v).ok_or_else(|| field_err("expires_at", "must be RFC 3339 or epoch ms"))?,
+            None => return Err(field_err("expires_at", "is missing")),
+        };
+        let scopes = match doc.get("scopes") {
+            Some(v) => string_list(Some(v)).map_err(|p| field_err("scopes", p))?,
+            None => doc
+                .get("scope")
+                .and_then(Value::as_str)
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+        };
+        let subscription_type = doc.get("subscription_type").and_then(Value::as_str).map(str::to_owned);
+        let account = doc.get("email").and_then(Value::as_str).map(str::to_owned);
+        Ok(Credentials {
+            access_token: Secret::new(access_token),
+            refresh_token: Secret::new(refresh_token),
+            expires_at_ms,
+            scopes,
+            subscription_type,
+            account,
+            shape: Shape::Flat,
+            doc,
+        })
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The same document with new tokens. Fields the update does not name are left exactly as read.
+    pub fn with_update(&self, update: TokenUpdate) -> Self {
+        let mut next = self.clone();
+        let refresh_token = update.refresh_token.unwrap_or_else(|| self.refresh_token.clone());
+        let scopes = update.scopes.unwrap_or_else(|| self.scopes.clone());
+        match self.shape {
+            Shape::ClaudeCode => {
+                let block = next.doc.entry(CLAUDE_KEY).or_insert_with(|| Value::Object(Map::new()));
+                if !block.is_object() {
+                    *block = Value::Object(Map::new());
+                }
+                if let Value::Object(oauth) = block {
+                    oauth.insert("accessToken".into(), update.access_token.expose().into());
+                    oauth.insert("refreshToken".into(), refresh_token.expose().into());
+                    oauth.insert("expiresAt".into(), update.expires_at_ms.into());
+                    oauth.insert("scopes".into(), scopes.clone().into());
+                }
+            }
+            Shape::Flat => {
+                next.doc.insert("access_token".into(), update.access_token.expose().into());
+                next.doc.insert("refresh_token".into(), refresh_token.expose().into());
+                next.doc.insert("expires_at".into(), format_rfc3339(update.expires_at_ms).into());
+                if next.doc.contains_key("scopes") {
+                    next.doc.insert("scopes".into(), scopes.clone().into());
+                }
+            }
+        }
+        next.access_token = update.access_token;
+        next.refresh_token = refresh_token;
+        next.expires_at_ms = update.expires_at_ms;
+        next.scopes = scopes;
+        next
+    }
+
+    /// The whole document, ready to write.
+    pub fn to_json(&self) -> Value {
+        Value::Object(self.doc.clone())
+    }
+
+    /// The serialized file, pretty-printed with a trailing newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        to_pretty_bytes(&self.to_json())
+    }
+
+    /// Whether both tokens equal `other`'s: the same credential set, whatever else differs.
+    pub fn same_tokens(&self, other: &Credentials) -> bool {
+        self.access_token == other.access_token && self.refresh_token == other.refresh_token
+    }
+
+    /// Milliseconds of validity left at `now_ms`, zero once expired.
+    pub fn remaining_ms(&self, now_ms: u64) -> u64 {
+        self.expires_at_ms.saturating_sub(now_ms)
+    }
+}
+
+pub fn to_pretty_bytes(value: &Value) -> Vec<u8> {
+    // A serde_json::Value always serializes.
+    let mut out = serde_json::to_vec_pretty(value).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, &'static str> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err("is empty"),
+        Some(_) => Err("must be a string"),
+        None => Err("is missing"),
+    }
+}
+
+fn string_list(value: Option<&Value>) -> Result<Vec<String>, &'static str> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or("must be a list of strings"))
+            .collect(),
+        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_owned).collect()),
+        Some(_) => Err("must be a list of strings"),
+    }
+}
+
+/// Epoch milliseconds from a JSON number. Values that can only be seconds (before 2001 as ms) are
+/// taken as seconds, since some tools write those.
+fn epoch_ms(value: &Value) -> Option<u64> {
+    let n = value.as_u64().or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
+    Some(if n < 1_000_000_000_000 { n.saturating_mul(1000) } else { n })
+}
+
+fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
+}
+
+fn format_rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Describes a JSON error by kind and position, never by the text around it: the file holds tokens.
+pub fn json_fault(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let kind = match e.classify() {
+        Category::Io => "read error",
+        Category::Syntax => "syntax error",
+        Category::Data => "unexpected value",
+        Category::Eof => "unexpected end of file",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLAUDE: &str = r#"{
+      "claudeAiOauth": {
+        "accessToken": "sk-ant-oat01-AAA",
+        "refreshToken": "sk-ant-ort01-RRR",
+        "expiresAt": 1747909518727,
+        "scopes": ["user:inference", "user:profile"],
+        "subscriptionType": "max",
+        "rateLimitTier": "default_claude_max_20x",
+        "nested": {"keep": [1, 2, {"deep": true}]}
+      },
+      "mcpOAuth": {"server": {"token": "x"}},
+      "zzz": null
+    }"#;
+
+    fn p() -> &'static Path {
+        Path::new("/creds/.credentials.json")
+    }
+
+    #[test]
+    fn reads_claude_code_shape() {
+        let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+        assert_eq!(c.shape(), Shape::ClaudeCode);
+        assert_eq!(c.access_token.expose(), "sk-ant-oat01-AAA");
+        assert_eq!(c.refresh_token.expose(), "sk-ant-ort01-RRR");
+        assert_eq!(c.expires_at_ms, 1747909518727);
+        assert_eq!(c.scopes, vec!["user:inference", "user:profile"]);
+        assert_eq!(c.subscription_type.as_deref(), Some("max"));
+    }
+
+    #[test]
+    fn update_keeps_every_unknown_field() {
+        let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+        let next = c.with_update(TokenUpdate {
+            access_token: Secret::new("A2"),
+            refresh_token: Some(Secret::new("R2")),
+            expires_at_ms: 42,
+            scopes: None,
+        });
+        let before: Value = serde_json::from_str(CLAUDE).expect("json");
+        let after = next.to_json();
+        assert_eq!(after["mcpOAuth"], before["mcpOAuth"]);
+        assert_eq!(after["zzz"], Value::Null);
+        assert_eq!(after[CLAUDE_KEY]["rateLimitTier"], before[CLAUDE_KEY]["rateLimitTier"]);
+        assert_eq!(after[CLAUDE_KEY]["nested"], before[CLAUDE_KEY]["nested"]);
+        assert_eq!(after[CLAUDE_KEY]["subscriptionType"], "max");
+        assert_eq!(after[CLAUDE_KEY]["accessToken"], "A2");
+        assert_eq!(after[CLAUDE_KEY]["refreshToken"], "R2");
+        assert_eq!(after[CLAUDE_KEY]["expiresAt"], 42);
+        assert_eq!(after[CLAUDE_KEY]["scopes"], before[CLAUDE_KEY]["scopes"]);
+        let reparsed = Credentials::parse(&next.to_bytes(), p()).expect("reparse");
+        assert_eq!(reparsed.refresh_token.expose(), "R2");
+    }
+
+    #[test]
+    fn update_without_refresh_token_keeps_the_old_one() {
+        let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+        let next = c.with_update(TokenUpdate {
+            access_token: Secret::new("A2"),
+            refresh_token: None,
+            expires_at_ms: 42,
+            scopes: None,
+        });
+        assert_eq!(next.refresh_token.expose(), "sk-ant-ort01-RRR");
+        assert_eq!(next.to_json()[CLAUDE_KEY]["refreshToken"], "sk-ant-ort01-RRR");
+    }
+
+    #[test]
+    fn reads_and_writes_the_flat_shape() {
+        let flat = r#"{"access_token":"A","refresh_token":"R","expires_at":"2025-12-31T23:59:59Z",
+                       "user_id":"user-1","email":"me@example.com"}"#;
+        let c = Credentials::parse(flat.as_bytes(), p()).expect("parse");
+        assert_eq!(c.shape(), Shape::Flat);
+        assert_eq!(c.expires_at_ms, 1767225599000);
+        assert_eq!(c.account.as_deref(), Some("me@example.com"));
+        let next = c.with_update(TokenUpdate {
+            access_token: Secret::new("A2"),
+            refresh_token: Some(Secret::new("R2")),
+            expires_at_ms: 1767225600000,
+            scopes: None,
+        });
+        let v = next.to_json();
+        assert_eq!(v["expires_at"], "2026-01-01T00:00:00Z");
+        assert_eq!(v["user_id"], "user-1");
+        assert_eq!(v["refresh_token"], "R2");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field_and_hide_values() {
+        let cases = [
+            (r#"{"claudeAiOauth":{"refreshToken":"sk-secret","expiresAt":1}}"#, "claudeAiOauth.accessToken"),
+            (r#"{"claudeAiOauth":{"accessToken":"sk-secret","expiresAt":1}}"#, "claudeAiOauth.refreshToken"),
+            (r#"{"claudeAiOauth":{"accessToken":"sk-secret","refreshToken":"r"}}"#, "claudeAiOauth.expiresAt"),
+            (
+                r#"{"claudeAiOauth":{"accessToken":"sk-secret","refreshToken":"r","expiresAt":"soon"}}"#,
+                "claudeAiOauth.expiresAt",
+            ),
+            (r#"{"claudeAiOauth":"sk-secret"}"#, "`claudeAiOauth`"),
+            (r#"{"access_token":"sk-secret","refresh_token":"r","expires_at":"tomorrow"}"#, "expires_at"),
+            (r#"{"claudeAiOauth":{"accessToken":"sk-secret""#, "line 1"),
+            (r#"{"something":"sk-secret"}"#, "claudeAiOauth"),
+        ];
+        for (input, needle) in cases {
+            let err = Credentials::parse(input.as_bytes(), p()).expect_err(input).to_string();
+            assert!(err.contains("/creds/.credentials.json"), "{err}");
+            assert!(err.contains(needle), "{err} should mention {needle}");
+            assert!(!err.contains("sk-secret"), "{err} leaks a value");
+        }
+    }
+}

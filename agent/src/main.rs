@@ -1,0 +1,46 @@
+//! `sidecred-agent`: owns the Claude OAuth credentials, keeps the access token fresh and serves it over a
+//! Unix socket; also carries the account commands that talk to a running agent.
+
+mod atomic;
+mod cli;
+mod commands;
+mod credentials;
+mod oauth;
+mod refresh;
+mod run;
+mod socket;
+mod store;
+mod watch;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    cli::init_logging(cli.log_format, cli.command.default_log_level());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.command.worker_threads())
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidecred-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Run(args) => run::run(args).await,
+            cli::Command::Status(args) => commands::status(args).await,
+            cli::Command::Refresh(args) => commands::refresh(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sidecred-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

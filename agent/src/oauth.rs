@@ -1,0 +1,308 @@
+//! Requests to the OAuth token endpoint: the refresh grant and the authorization-code exchange. Claude's
+//! endpoint wants JSON bodies, so both are sent here with one HTTP client, shared by refresh and login.
+
+use crate::credentials::json_fault;
+use serde::Deserialize;
+use serde_json::json;
+use sidecred_proto::Secret;
+use std::time::Duration;
+
+pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
+pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+
+/// The longest `Retry-After` honoured; a larger value is treated as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub token_url: String,
+    pub client_id: String,
+    pub user_agent: String,
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct OAuthClient {
+    http: reqwest::Client,
+    config: OAuthConfig,
+}
+
+/// A successful token response.
+#[derive(Debug, Clone)]
+pub struct TokenResponse {
+    pub access_token: Secret,
+    /// `None` when the endpoint did not rotate it: the old one stays valid.
+    pub refresh_token: Option<Secret>,
+    pub expires_in: Duration,
+    pub scopes: Option<Vec<String>>,
+    pub account_email: Option<String>,
+}
+
+/// Why a token request failed, split the way the caller must act on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// Worth retrying later: network trouble, timeouts, 5xx, 429, a garbled answer.
+    #[error("{reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// The grant is dead (`invalid_grant`, or 401/403): retrying cannot help, a person must log in.
+    #[error("{reason}")]
+    Rejected { reason: String },
+}
+
+impl TokenError {
+    fn transient(reason: impl Into<String>) -> Self {
+        TokenError::Transient { reason: reason.into(), retry_after: None }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+    account: Option<RawAccount>,
+}
+
+#[derive(Deserialize)]
+struct RawAccount {
+    email_address: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawError {
+    error: Option<serde_json::Value>,
+    error_description: Option<String>,
+}
+
+impl OAuthClient {
+    pub fn new(config: OAuthConfig) -> Result<Self, reqwest::Error> {
+        // reqwest reads HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment by default.
+        let http = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(OAuthClient { http, config })
+    }
+
+    pub fn config(&self) -> &OAuthConfig {
+        &self.config
+    }
+
+    /// The shared HTTP client, for the few other calls the account commands make.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn refresh(&self, refresh_token: &Secret) -> Result<TokenResponse, TokenError> {
+        let body = json!({
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token.expose(),
+            "client_id": self.config.client_id,
+        });
+        self.token_request(body).await
+    }
+
+    pub async fn exchange_code(
+        &self,
+        code: &Secret,
+        verifier: &Secret,
+        redirect_uri: &str,
+        state: &Secret,
+    ) -> Result<TokenResponse, TokenError> {
+        let body = json!({
+            "grant_type": "authorization_code",
+            "code": code.expose(),
+            "redirect_uri": redirect_uri,
+            "client_id": self.config.client_id,
+            "code_verifier": verifier.expose(),
+            "state": state.expose(),
+        });
+        self.token_request(body).await
+    }
+
+    async fn token_request(&self, body: serde_json::Value) -> Result<TokenResponse, TokenError> {
+        let url = &self.config.token_url;
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?;
+        if status.is_success() {
+            parse_success(&bytes, url)
+        } else {
+            Err(classify_failure(status.as_u16(), &bytes, retry_after, url))
+        }
+    }
+}
+
+fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, TokenError> {
+    let raw: RawTokenResponse = serde_json::from_slice(bytes).map_err(|e| {
+        TokenError::transient(format!("token endpoint {url} sent malformed JSON ({})", json_fault(&e)))
+    })?;
+    let access_token = raw
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| TokenError::transient(format!("token endpoint {url} answered without `access_token`")))?;
+    let expires_in = raw
+        .expires_in
+        .as_ref()
+        .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+        .filter(|s| *s > 0)
+        .ok_or_else(|| {
+            TokenError::transient(format!("token endpoint {url} answered without a positive `expires_in`"))
+        })?;
+    Ok(TokenResponse {
+        access_token: Secret::new(access_token),
+        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
+        expires_in: Duration::from_secs(expires_in),
+        scopes: raw.scope.map(|s| s.split_whitespace().map(str::to_owned).collect()),
+        account_email: raw.account.and_then(|a| a.email_address),
+    })
+}
+
+/// Sorts a non-2xx answer into "retry later" and "log in again".
+pub fn classify_failure(status: u16, body: &[u8], retry_after: Option<Duration>, url: &str) -> TokenError {
+    let raw: RawError = serde_json::from_slice(body).unwrap_or_default();
+    // `error` is a string in OAuth; some gateways nest an object. Only short codes are quoted back,
+    // since a body we do not understand could echo what we sent.
+    let code = match &raw.error {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Object(o)) => o.get("type").and_then(|t| t.as_str()).map(str::to_owned),
+        _ => None,
+    }
+    .filter(|c| c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'));
+    let description = raw
+        .error_description
+        .filter(|d| d.len() <= 200 && !d.contains("sk-ant-"))
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default();
+    let code_text = code.as_deref().map(|c| format!(" {c}")).unwrap_or_default();
+    let reason = format!("token endpoint {url} answered {status}{code_text}{description}");
+    match (status, code.as_deref()) {
+        (_, Some("invalid_grant")) | (401 | 403, _) => TokenError::Rejected { reason },
+        (429, _) => TokenError::Transient { reason, retry_after },
+        (s, _) if s >= 500 => TokenError::Transient { reason, retry_after },
+        // Other 4xx (invalid_request, invalid_client, a proxy's 407...) point at configuration; retrying
+        // with backoff keeps the agent alive while someone fixes it, and status shows the reason.
+        _ => TokenError::Transient { reason, retry_after },
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate_parse(value)?;
+            at.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// `Retry-After` may be an HTTP date (IMF-fixdate).
+fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
+    // "Sun, 06 Nov 1994 08:49:37 GMT" -> "1994-11-06T08:49:37Z"
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else { return None };
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let m = months.iter().position(|x| x == month)? + 1;
+    humantime::parse_rfc3339(&format!("{year}-{m:02}-{day:0>2}T{time}Z")).ok()
+}
+
+/// A transport error in words, without the request (whose body holds a token).
+fn describe_reqwest(e: &reqwest::Error, url: &str) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    // The source chain names the OS error (refused, unreachable, TLS) and never includes the body.
+    let mut detail = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        format!("token endpoint {url}: {what}")
+    } else {
+        format!("token endpoint {url}: {what} ({detail})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://token.test/v1/oauth/token";
+
+    #[test]
+    fn status_table() {
+        let cases: &[(u16, &str, bool)] = &[
+            (400, r#"{"error":"invalid_grant","error_description":"Refresh token not found"}"#, false),
+            (401, r#"{"error":"invalid_token"}"#, false),
+            (403, "", false),
+            (400, r#"{"error":"invalid_request"}"#, true),
+            (429, r#"{"error":{"type":"rate_limit_error"}}"#, true),
+            (500, "oops", true),
+            (502, "<html>bad gateway</html>", true),
+            (503, "", true),
+        ];
+        for (status, body, transient) in cases {
+            let err = classify_failure(*status, body.as_bytes(), None, URL);
+            assert_eq!(matches!(err, TokenError::Transient { .. }), *transient, "{status} {body}: {err}");
+            assert!(err.to_string().contains(&status.to_string()), "{err}");
+        }
+    }
+
+    #[test]
+    fn failure_text_never_echoes_tokens() {
+        let body = r#"{"error":"sk-ant-ort01-leaked","error_description":"bad token sk-ant-ort01-leaked"}"#;
+        let err = classify_failure(400, body.as_bytes(), None, URL);
+        assert!(!err.to_string().contains("leaked"), "{err}");
+    }
+
+    #[test]
+    fn parses_success_and_keeps_missing_refresh_token_as_none() {
+        let body = br#"{"access_token":"A","expires_in":28800,"scope":"user:inference user:profile","token_type":"Bearer"}"#;
+        let r = parse_success(body, URL).expect("ok");
+        assert!(r.refresh_token.is_none());
+        assert_eq!(r.expires_in, Duration::from_secs(28800));
+        assert_eq!(r.scopes, Some(vec!["user:inference".to_owned(), "user:profile".to_owned()]));
+    }
+
+    #[test]
+    fn malformed_success_is_transient_and_quiet() {
+        let err = parse_success(br#"{"access_token":"sk-ant-oat01-leak","expires_in":"#, URL).expect_err("bad");
+        assert!(matches!(err, TokenError::Transient { .. }));
+        assert!(!err.to_string().contains("leak"), "{err}");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(reqwest::header::RETRY_AFTER, "999999".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+    }
+}

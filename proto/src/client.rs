@@ -1,0 +1,87 @@
+//! A minimal client for the agent's socket, used by the forwarder and by the agent's own CLI commands.
+
+use crate::{
+    read_frame, write_frame, FrameError, ProtoError, Request, RequestFrame, Response, ResponseFrame,
+    StatusReport, TokenGrant, PROTOCOL_VERSION,
+};
+use std::path::Path;
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the agent at {path}: {source}")]
+    Connect { path: String, source: std::io::Error },
+    #[error("talking to the agent: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the agent closed the connection without answering")]
+    Closed,
+    #[error("the agent answered with protocol version {0}, this side speaks {PROTOCOL_VERSION}")]
+    Version(u16),
+    #[error("the agent answered {got} to a {asked} request")]
+    UnexpectedAnswer { asked: &'static str, got: &'static str },
+    #[error("{0}")]
+    Agent(#[from] ProtoError),
+}
+
+impl ClientError {
+    /// Whether the failure is about reaching the agent (worth retrying on a new connection) rather than
+    /// an answer from it.
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Frame(_) | ClientError::Closed)
+    }
+}
+
+/// One connection to the agent; reusable for any number of requests, one at a time.
+pub struct Client {
+    stream: BufReader<UnixStream>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).await.map_err(|source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Client { stream: BufReader::new(stream), buf: Vec::with_capacity(512) })
+    }
+
+    /// Sends one request and returns the agent's answer, errors included as `Response::Error`.
+    pub async fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        write_frame(self.stream.get_mut(), &RequestFrame::from(request)).await?;
+        let frame: ResponseFrame = read_frame(&mut self.stream, &mut self.buf).await?.ok_or(ClientError::Closed)?;
+        if frame.v != PROTOCOL_VERSION {
+            return Err(ClientError::Version(frame.v));
+        }
+        Ok(frame.response)
+    }
+
+    pub async fn get_token(&mut self) -> Result<TokenGrant, ClientError> {
+        self.call_for_token(Request::GetToken, "get_token").await
+    }
+
+    pub async fn report_rejected(&mut self, token: crate::Secret) -> Result<TokenGrant, ClientError> {
+        self.call_for_token(Request::ReportRejected { token }, "report_rejected").await
+    }
+
+    pub async fn refresh(&mut self) -> Result<TokenGrant, ClientError> {
+        self.call_for_token(Request::Refresh, "refresh").await
+    }
+
+    pub async fn status(&mut self) -> Result<StatusReport, ClientError> {
+        match self.call(Request::Status).await? {
+            Response::Status(report) => Ok(*report),
+            Response::Error(e) => Err(e.into()),
+            Response::Token(_) => Err(ClientError::UnexpectedAnswer { asked: "status", got: "a token" }),
+        }
+    }
+
+    async fn call_for_token(&mut self, request: Request, asked: &'static str) -> Result<TokenGrant, ClientError> {
+        match self.call(request).await? {
+            Response::Token(grant) => Ok(grant),
+            Response::Error(e) => Err(e.into()),
+            Response::Status(_) => Err(ClientError::UnexpectedAnswer { asked, got: "a status" }),
+        }
+    }
+}

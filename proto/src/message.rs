@@ -1,0 +1,254 @@
+use crate::{Secret, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What a client asks of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The current access token. Answered from memory; waits only when the token has expired.
+    GetToken,
+    /// The upstream rejected `token`. The agent refreshes only if it is still the current token, so many
+    /// reports of the same token cause one refresh. Answered with the token to use now.
+    ReportRejected { token: Secret },
+    /// Refresh now, whatever the expiry. Answered once the new pair is persisted.
+    Refresh,
+    /// The agent's state, for `sidecred-agent status` and health checks.
+    Status,
+}
+
+/// What the agent answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Token(TokenGrant),
+    Status(Box<StatusReport>),
+    Error(ProtoError),
+}
+
+/// A request on the wire: the version it speaks, then the request itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub v: u16,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A response on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub v: u16,
+    #[serde(flatten)]
+    pub response: Response,
+}
+
+impl From<Request> for RequestFrame {
+    fn from(request: Request) -> Self {
+        RequestFrame { v: PROTOCOL_VERSION, request }
+    }
+}
+
+impl From<Response> for ResponseFrame {
+    fn from(response: Response) -> Self {
+        ResponseFrame { v: PROTOCOL_VERSION, response }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    pub access_token: Secret,
+    /// Expiry as Unix epoch milliseconds, by the agent's clock.
+    pub expires_at_ms: u64,
+    /// Milliseconds of validity left when the agent answered. Clients that compare against their own
+    /// clock should use this, not `expires_at_ms`.
+    pub expires_in_ms: u64,
+}
+
+/// Where the agent's token lifecycle stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    /// A valid token is being served and no refresh is failing.
+    Valid,
+    /// A refresh request is in flight; the current token (if still valid) is served meanwhile.
+    Refreshing,
+    /// Refreshes are failing; the current token is served while it is valid.
+    Degraded,
+    /// The token has expired and could not be refreshed yet: token requests fail with `unavailable`.
+    Expired,
+    /// The refresh token was rejected (`invalid_grant`): someone must log in again.
+    ReauthRequired,
+    /// No usable credentials were found (missing or invalid file).
+    NoCredentials,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Valid => "valid",
+            TokenState::Refreshing => "refreshing",
+            TokenState::Degraded => "degraded",
+            TokenState::Expired => "expired",
+            TokenState::ReauthRequired => "reauth_required",
+            TokenState::NoCredentials => "no_credentials",
+        }
+    }
+
+    /// Whether a token is being served: what a readiness probe wants to know.
+    pub fn serves_token(self) -> bool {
+        matches!(self, TokenState::Valid | TokenState::Refreshing | TokenState::Degraded)
+    }
+}
+
+impl fmt::Display for TokenState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The agent's view of itself. Nothing in it is secret: tokens appear only as fingerprints.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub state: Option<TokenState>,
+    /// Human-readable explanation of the state, with what to do when action is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// Seconds until the access token expires (negative once expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_in_s: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at_ms: Option<u64>,
+    #[serde(default)]
+    pub refresh_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The file the credentials were seeded from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_path: Option<String>,
+    /// The file rotated credentials are written to (the seed itself when writing back in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist_path: Option<String>,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub uptime_s: u64,
+}
+
+/// Why a request failed. The code is for programs, the message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtoError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtoError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtoError { code, message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The refresh token is dead; a person must log in again.
+    ReauthRequired,
+    /// No valid token right now (expired and the refresh is failing, or no credentials): retry later.
+    Unavailable,
+    /// The request was malformed; the connection is closed after this answer.
+    BadRequest,
+    /// The request's protocol version is not spoken by this agent.
+    UnsupportedVersion,
+    /// The peer's uid is not allowed to ask for tokens.
+    PermissionDenied,
+    /// A bug or an unexpected local failure.
+    Internal,
+    /// A code this build does not know (sent by a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ReauthRequired => "reauth_required",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_shape() {
+        let frame = RequestFrame::from(Request::GetToken);
+        assert_eq!(
+            serde_json::to_string(&frame).expect("serialize"),
+            r#"{"v":1,"op":"get_token"}"#
+        );
+        let frame = RequestFrame::from(Request::ReportRejected { token: Secret::new("t") });
+        assert_eq!(
+            serde_json::to_string(&frame).expect("serialize"),
+            r#"{"v":1,"op":"report_rejected","token":"t"}"#
+        );
+    }
+
+    #[test]
+    fn response_round_trip() {
+        let responses = [
+            Response::Token(TokenGrant {
+                access_token: Secret::new("a"),
+                expires_at_ms: 5,
+                expires_in_ms: 3,
+            }),
+            Response::Status(Box::new(StatusReport {
+                state: Some(TokenState::ReauthRequired),
+                ..Default::default()
+            })),
+            Response::Error(ProtoError::new(ErrorCode::Unavailable, "x")),
+        ];
+        for response in responses {
+            let frame = ResponseFrame::from(response);
+            let json = serde_json::to_vec(&frame).expect("serialize");
+            let back: ResponseFrame = serde_json::from_slice(&json).expect("deserialize");
+            assert_eq!(back, frame);
+        }
+    }
+
+    #[test]
+    fn unknown_error_codes_and_fields_are_tolerated() {
+        let json = r#"{"v":1,"kind":"error","code":"brand_new","message":"m","extra":1}"#;
+        let frame: ResponseFrame = serde_json::from_str(json).expect("deserialize");
+        match frame.response {
+            Response::Error(e) => assert_eq!(e.code, ErrorCode::Unknown),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
