@@ -1,1 +1,8 @@
+//! Shared pieces of the end-to-end tests: starting the real binaries, temp layouts, fakes of the
+//! outside services. The tests themselves live in `tests/tests/*.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fake_login;
+pub mod fake_oauth;
+pub mod fake_upstream;
+pub mod harness;
