@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// A token this close to expiry is treated as expired: by the time a request reaches the upstream it
 /// would be, and serving a token past its expiry only earns a 401.
@@ -156,7 +156,6 @@ enum Lifecycle {
 struct Live {
     credentials: Credentials,
     deadline: Instant,
-    lifetime: Duration,
 }
 
 pub struct Manager {
@@ -423,7 +422,7 @@ impl Manager {
         let deadline = now + remaining;
         self.account = credentials.account.clone().or(self.account.take());
         self.next_attempt = Some(refresh_due(deadline, self.policy.margin(lifetime)));
-        self.live = Some(Live { credentials, deadline, lifetime });
+        self.live = Some(Live { credentials, deadline });
         self.lifecycle = Lifecycle::Healthy;
         self.token_rejected = false;
     }
@@ -496,7 +495,7 @@ impl Manager {
         if let Some(email) = response.account_email {
             self.account = Some(email);
         }
-        self.live = Some(Live { credentials, deadline, lifetime: response.expires_in });
+        self.live = Some(Live { credentials, deadline });
         // Persist before anyone is handed the new access token: once it is served, a crash must not
         // leave the old (now dead) refresh token as the only one on disk.
         self.persist_live().await;
@@ -522,10 +521,14 @@ impl Manager {
         let credentials = live.credentials.clone();
         let seed_sha = self.seed_sha256.clone();
         let retired = self.retired.clone();
+        let started = Instant::now();
         let result =
             tokio::task::spawn_blocking(move || store.persist(&credentials, seed_sha.as_deref(), &retired)).await;
         match result {
-            Ok(Ok(())) => self.persist_retry = None,
+            Ok(Ok(())) => {
+                debug!(took = ?started.elapsed(), "saved the credentials");
+                self.persist_retry = None;
+            }
             Ok(Err(e)) => {
                 error!(error = %e, "could not save the refreshed credentials; they live only in memory until a retry succeeds");
                 self.last_error = Some((format!("saving credentials failed: {e}"), now_ms()));
@@ -563,11 +566,12 @@ impl Manager {
                 TokenState::Expired,
                 Some("the access token has expired and has not been refreshed yet".to_owned()),
             ),
-            _ if self.inflight.is_some() => (TokenState::Refreshing, None),
+            // A retry in flight is still degraded: the failures are what an operator needs to see.
             Lifecycle::Failing { attempts } => (
                 TokenState::Degraded,
                 Some(format!("{attempts} refresh attempt(s) failed; serving the current token while it is valid")),
             ),
+            _ if self.inflight.is_some() => (TokenState::Refreshing, None),
             Lifecycle::Healthy if self.persist_retry.is_some() => (
                 TokenState::Degraded,
                 Some("the current credentials are not saved yet; retrying".to_owned()),

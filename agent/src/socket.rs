@@ -123,7 +123,13 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) {
         }
     };
     let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::with_capacity(512);
     if !ctx.config.allowed_uids.contains(&peer.uid()) {
+        // Read (and discard) the request first, so the peer is not writing into a closed socket when the
+        // answer arrives and sees the reason instead of a broken pipe.
+        let _ = tokio::time::timeout(Duration::from_secs(1), read_frame::<_, RequestFrame>(&mut reader, &mut buf))
+            .await;
         warn!(uid = peer.uid(), pid = ?peer.pid(), "refusing a peer whose uid is not allowed (see --allow-uid)");
         let denied = ProtoError::new(
             ErrorCode::PermissionDenied,
@@ -132,8 +138,6 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) {
         let _ = write_frame(&mut writer, &ResponseFrame::from(Response::Error(denied))).await;
         return;
     }
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::with_capacity(512);
     loop {
         let response = match read_frame::<_, RequestFrame>(&mut reader, &mut buf).await {
             Ok(None) => return,

@@ -10,10 +10,10 @@ use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the agent at {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    #[error("cannot connect to the agent at {path}: {cause}")]
+    Connect { path: String, cause: std::io::Error },
     #[error("talking to the agent: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
     #[error("the agent closed the connection without answering")]
     Closed,
     #[error("the agent answered with protocol version {0}, this side speaks {PROTOCOL_VERSION}")]
@@ -22,6 +22,12 @@ pub enum ClientError {
     UnexpectedAnswer { asked: &'static str, got: &'static str },
     #[error("{0}")]
     Agent(#[from] ProtoError),
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        ClientError::Frame(e)
+    }
 }
 
 impl ClientError {
@@ -40,9 +46,9 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(path).await.map_err(|cause| ClientError::Connect {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Ok(Client { stream: BufReader::new(stream), buf: Vec::with_capacity(512) })
     }

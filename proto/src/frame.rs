@@ -17,8 +17,9 @@ pub enum FrameError {
     UnsupportedVersion { got: u16, supported: u16 },
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    // The cause is in the message, not `source()`, so `{:#}` chains do not print it twice.
     #[error("socket I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
 
 /// Serializes `msg` into a complete frame: length prefix and JSON body.
@@ -107,5 +108,11 @@ mod tests {
         let body = br#"{"v":7,"op":"teleport"}"#;
         let err = decode_frame::<RequestFrame>(body).expect_err("must fail");
         assert!(matches!(err, FrameError::UnsupportedVersion { got: 7, .. }), "{err}");
+    }
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
     }
 }

@@ -230,7 +230,7 @@ impl Sandbox {
             .arg(self.socket())
             .arg("--token-url")
             .arg(token_url)
-            .args(["--backoff-min", "50ms", "--backoff-max", "500ms", "--request-timeout", "5s"])
+            .args(["--backoff-min", "50ms", "--backoff-max", "500ms"])
             .env("SIDECRED_LOG", "debug")
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")

@@ -1,0 +1,599 @@
+//! End-to-end tests of `sidecred-agent` against the fake token endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use nix::sys::signal::Signal;
+use rand::Rng;
+use serde_json::{json, Value};
+use sidecred_proto::client::{Client, ClientError};
+use sidecred_proto::{ErrorCode, Secret, TokenState};
+use sidecred_tests::fake_oauth::{FakeOAuth, Fault, Pair};
+use sidecred_tests::harness::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const HOUR_MS: u64 = 3600 * 1000;
+
+fn seed_with(sb: &Sandbox, pair: &Pair, expires_at_ms: u64) {
+    write_json(&sb.seed(), &claude_code_credentials(&pair.access_token, &pair.refresh_token, expires_at_ms));
+}
+
+fn agent_code(err: &ClientError) -> Option<ErrorCode> {
+    match err {
+        ClientError::Agent(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+async fn token(sb: &Sandbox) -> String {
+    sb.client().await.get_token().await.expect("get_token").access_token.expose().to_owned()
+}
+
+/// Runs `sidecred-agent <args>` to completion; returns (exit code, stdout, stderr).
+fn agent_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin()).args(args).output().expect("run sidecred-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_no_secrets("sidecred-agent cli stderr", &stderr);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_an_expired_token_make_exactly_one_refresh() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() - 60_000);
+    // A slow endpoint, so all 200 requests arrive while the one refresh is in flight.
+    fake.set_delay(Duration::from_millis(1500));
+    let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let socket = sb.socket();
+        tasks.spawn(async move {
+            let mut c = Client::connect(&socket).await?;
+            c.get_token().await
+        });
+    }
+    let mut tokens = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        tokens.push(joined.unwrap().expect("every waiting request gets the new token"));
+    }
+    assert_eq!(tokens.len(), 200);
+    let fresh = fake.latest_access_token().unwrap();
+    assert!(tokens.iter().all(|g| g.access_token.expose() == fresh), "all 200 got the refreshed token");
+    assert_eq!(fake.received(), 1, "200 concurrent needs made exactly one refresh request");
+    assert_eq!(fake.rotations(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_forced_refreshes_leave_the_live_refresh_token_on_disk_and_keep_unknown_fields() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+
+    let mut client = sb.client().await;
+    for i in 0..50 {
+        let grant = client.refresh().await.unwrap_or_else(|e| panic!("refresh {i}: {e}"));
+        assert_eq!(Some(grant.access_token.expose().to_owned()), fake.latest_access_token());
+        // Persisted before it was served: the file already holds the live refresh token.
+        let on_disk = refresh_token_of(&read_json(&sb.seed())).unwrap();
+        assert!(fake.is_live(&on_disk), "after refresh {i} the file holds a dead refresh token");
+    }
+    assert_eq!(fake.rotations(), 50);
+    let live = fake.live_refresh_tokens();
+    assert_eq!(live.len(), 1);
+    let doc = read_json(&sb.seed());
+    assert_eq!(refresh_token_of(&doc).as_deref(), Some(live[0].as_str()));
+    assert_eq!(access_token_of(&doc), fake.latest_access_token());
+    // Unknown fields at every level survived fifty rewrites.
+    assert_eq!(doc["claudeAiOauth"]["rateLimitTier"], "default_claude_max_20x");
+    assert_eq!(doc["claudeAiOauth"]["organizationUuid"], "org-unknown-field");
+    assert_eq!(doc["claudeAiOauth"]["subscriptionType"], "max");
+    assert_eq!(doc["mcpOAuth"], json!({ "some-server": { "nested": [1, 2, {"deep": true}] } }));
+    let mode = std::fs::metadata(sb.seed()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // No temp file left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(sb.creds_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only the credentials file: {leftovers:?}");
+    // Wire format: JSON bodies with the right client id, and the agent's own User-Agent.
+    assert!(fake.bad_requests().is_empty(), "{:?}", fake.bad_requests());
+    assert!(fake.user_agents().iter().all(|ua| ua.starts_with("sidecred/")), "{:?}", fake.user_agents());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reports_of_the_same_rejected_token_make_one_refresh() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    fake.set_delay(Duration::from_millis(300));
+    let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let rejected = token(&sb).await;
+    assert_eq!(rejected, pair.access_token);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let socket = sb.socket();
+        let rejected = Secret::new(rejected.clone());
+        tasks.spawn(async move { Client::connect(&socket).await?.report_rejected(rejected).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let grant = joined.unwrap().expect("a report gets the new token");
+        assert_ne!(grant.access_token.expose(), rejected);
+    }
+    assert_eq!(fake.received(), 1, "fifty reports of one token: one refresh");
+    // A late report of the old token is answered with the current one, without another refresh.
+    let grant = sb.client().await.report_rejected(Secret::new(rejected.clone())).await.unwrap();
+    assert_eq!(Some(grant.access_token.expose().to_owned()), fake.latest_access_token());
+    assert_eq!(fake.received(), 1);
+}
+
+fn make_read_only_layout(sb: &Sandbox) {
+    std::fs::set_permissions(sb.seed(), std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(sb.creds_dir(), std::fs::Permissions::from_mode(0o555)).unwrap();
+}
+
+fn require_readonly_mounts() {
+    assert!(
+        can_mount_readonly(),
+        "this test needs private read-only mounts (root or CAP_SYS_ADMIN, and `unshare`): root ignores chmod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_seed_with_a_state_dir_works_and_survives_a_restart() {
+    require_readonly_mounts();
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    make_read_only_layout(&sb);
+    let seed_before = std::fs::read(sb.seed()).unwrap();
+
+    let mut cmd = sb.agent_cmd(&fake.token_url());
+    cmd.arg("--state-dir").arg(sb.state_dir());
+    let mut agent = sb.start_agent("agent-1", with_readonly_mount(&sb.creds_dir(), &cmd)).await;
+    let mut client = sb.client().await;
+    for _ in 0..3 {
+        client.refresh().await.expect("refresh with a read-only seed");
+    }
+    assert_eq!(std::fs::read(sb.seed()).unwrap(), seed_before, "the seed is never written");
+    let state = read_json(&sb.state_file());
+    let live = refresh_token_of(&state).unwrap();
+    assert!(fake.is_live(&live));
+    assert_eq!(state["version"], 1);
+    assert!(state["seedSha256"].is_string());
+    assert_eq!(state["retiredRefreshTokens"].as_array().map(Vec::len), Some(3));
+    assert_eq!(state["credentials"]["mcpOAuth"]["some-server"]["nested"][2]["deep"], true);
+
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    let served_before = fake.latest_access_token().unwrap();
+    let received_before = fake.received();
+
+    // Restart: the state wins over the unchanged seed, whose refresh token is dead.
+    let _agent = sb.start_agent("agent-2", with_readonly_mount(&sb.creds_dir(), &cmd)).await;
+    assert_eq!(token(&sb).await, served_before);
+    assert_eq!(fake.received(), received_before, "a restart needs no refresh");
+    sb.client().await.refresh().await.expect("the state's refresh token is the live one");
+    assert!(!fake.was_rotated(&pair.refresh_token) || !fake.is_live(&pair.refresh_token));
+    assert!(fake.is_live(&refresh_token_of(&read_json(&sb.state_file())).unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_seed_without_a_state_dir_is_refused_with_a_clear_error() {
+    require_readonly_mounts();
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    make_read_only_layout(&sb);
+    let cmd = with_readonly_mount(&sb.creds_dir(), &sb.agent_cmd(&fake.token_url()));
+    let mut agent = Proc::spawn("agent", cmd, &sb.log("agent"));
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let log = agent.log();
+    assert!(log.contains("read-only"), "the error says the file is read-only: {log}");
+    assert!(log.contains("--state-dir"), "the error says what to do: {log}");
+    assert!(log.contains(&sb.creds_dir().display().to_string()), "the error names the file: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_secret_update_is_adopted_and_invalid_content_is_ignored() {
+    require_readonly_mounts();
+    let fake = FakeOAuth::start().await;
+    let first = fake.issue_pair();
+    let sb = Sandbox::new();
+    std::fs::remove_dir(sb.creds_dir()).unwrap();
+    let creds = |p: &Pair| {
+        serde_json::to_vec(&claude_code_credentials(&p.access_token, &p.refresh_token, now_ms() + 8 * HOUR_MS))
+            .unwrap()
+    };
+    let mut secret = SecretDir::create(&sb.creds_dir(), &[(".credentials.json", &creds(&first))]);
+    let mut cmd = sb.agent_cmd(&fake.token_url());
+    cmd.arg("--state-dir").arg(sb.state_dir());
+    let cmd = with_readonly_mount(&sb.creds_dir(), &cmd);
+    let mut agent = sb.start_agent("agent-1", cmd).await;
+    sb.client().await.refresh().await.unwrap();
+
+    // Someone logs in again and updates the Secret: the kubelet swaps `..data`.
+    let second = fake.issue_pair();
+    secret.update(&[(".credentials.json", &creds(&second))]);
+    let swapped = Instant::now();
+    let socket = sb.socket();
+    wait_until_async("the new login to be served", Duration::from_secs(2), || {
+        let socket = socket.clone();
+        let want = second.access_token.clone();
+        async move {
+            match Client::connect(&socket).await {
+                Ok(mut c) => c.get_token().await.is_ok_and(|g| g.access_token.expose() == want),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    eprintln!("secret update adopted after {:?}", swapped.elapsed());
+
+    // Broken content: logged with the file and field at fault; the last good token keeps being served.
+    secret.update(&[(".credentials.json", br#"{"claudeAiOauth": {"accessToken": 12}}"#)]);
+    agent.wait_for_log("ignoring the changed seed", Duration::from_secs(5)).await;
+    let log = agent.log();
+    assert!(log.contains(".credentials.json") && log.contains("accessToken"), "names file and field: {log}");
+    assert_eq!(token(&sb).await, second.access_token);
+
+    // The new login's refresh token is the one in use now.
+    sb.client().await.refresh().await.unwrap();
+    assert!(fake.was_rotated(&second.refresh_token));
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    // Two minutes left: inside the refresh margin, so the agent tries right away.
+    seed_with(&sb, &pair, now_ms() + 120_000);
+    fake.set_fault(Some(Fault::Status(500)));
+    let mut cmd = sb.agent_cmd(&fake.token_url());
+    cmd.args(["--request-timeout", "500ms"]);
+    let _agent = sb.start_agent("agent", cmd).await;
+
+    let socket = sb.socket().display().to_string();
+    for fault in [Fault::Status(500), Fault::Hang, Fault::Malformed, Fault::Reset, Fault::Status(503)] {
+        fake.set_fault(Some(fault.clone()));
+        let seen = fake.received();
+        wait_until(&format!("retries under {fault:?}"), Duration::from_secs(20), || fake.received() >= seen + 2)
+            .await;
+        assert_eq!(token(&sb).await, pair.access_token, "the valid token keeps flowing under {fault:?}");
+        let status = sb.client().await.status().await.unwrap();
+        assert_eq!(status.state, Some(TokenState::Degraded), "{fault:?}: {status:?}");
+        assert!(status.last_error.is_some(), "{fault:?}: status names the error");
+    }
+    let (code, out, _) = agent_cli(&["status", "--socket", &socket]);
+    assert_eq!(code, 0, "still serving a valid token: the probe passes\n{out}");
+    assert!(out.contains("degraded") && out.contains("last error"), "{out}");
+    let (_, json_out, _) = agent_cli(&["status", "--json", "--socket", &socket]);
+    let report: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(report["state"], "degraded");
+    assert!(report["last_error"].as_str().unwrap().contains("503"), "{report}");
+
+    // 429 with Retry-After: the next attempt waits at least that long (the backoff cap here is 500 ms).
+    fake.set_fault(Some(Fault::TooMany { retry_after_s: 2 }));
+    let seen = fake.received();
+    wait_until("a 429", Duration::from_secs(10), || fake.received() > seen).await;
+    let first_429 = Instant::now();
+    let after_first = fake.received();
+    wait_until("the retry after a 429", Duration::from_secs(10), || fake.received() > after_first).await;
+    assert!(first_429.elapsed() >= Duration::from_millis(1900), "Retry-After honoured: {:?}", first_429.elapsed());
+
+    // The endpoint recovers: the agent refreshes and is healthy again.
+    fake.set_fault(None);
+    let socket_path = sb.socket();
+    wait_until_async("recovery", Duration::from_secs(10), || {
+        let p = socket_path.clone();
+        async move {
+            let Ok(mut c) = Client::connect(&p).await else { return false };
+            c.status().await.is_ok_and(|s| s.state == Some(TokenState::Valid))
+        }
+    })
+    .await;
+    assert_eq!(fake.rotations(), 1);
+    assert_eq!(Some(token(&sb).await), fake.latest_access_token());
+    assert!(fake.is_live(&refresh_token_of(&read_json(&sb.seed())).unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_is_reported_and_the_token_still_served() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 120_000);
+    // Nothing listens on port 9 of loopback.
+    let _agent = sb.start_agent("agent", sb.agent_cmd("http://127.0.0.1:9/v1/oauth/token")).await;
+    let socket = sb.socket();
+    wait_until_async("a reported error", Duration::from_secs(10), || {
+        let p = socket.clone();
+        async move {
+            let Ok(mut c) = Client::connect(&p).await else { return false };
+            c.status().await.is_ok_and(|s| s.last_error.is_some())
+        }
+    })
+    .await;
+    let status = sb.client().await.status().await.unwrap();
+    let err = status.last_error.unwrap();
+    assert!(err.contains("127.0.0.1:9"), "the error names the endpoint: {err}");
+    assert_eq!(token(&sb).await, pair.access_token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_refresh_token_requires_a_new_login_which_is_picked_up() {
+    let fake = FakeOAuth::start().await;
+    let dead = fake.unknown_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &dead, now_ms() - 1000);
+    let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let socket = sb.socket();
+    wait_until_async("reauth_required", Duration::from_secs(10), || {
+        let p = socket.clone();
+        async move {
+            let Ok(mut c) = Client::connect(&p).await else { return false };
+            c.status().await.is_ok_and(|s| s.state == Some(TokenState::ReauthRequired))
+        }
+    })
+    .await;
+    let err = sb.client().await.get_token().await.unwrap_err();
+    assert_eq!(agent_code(&err), Some(ErrorCode::ReauthRequired));
+    assert!(err.to_string().contains("log in again"), "{err}");
+    let (code, out, _) = agent_cli(&["status", "--socket", &socket.display().to_string()]);
+    assert_eq!(code, 1, "the probe fails while a login is needed");
+    assert!(out.contains("reauth_required"), "{out}");
+    // The dead token is not retried in a loop.
+    let tries = fake.received();
+    assert_eq!(tries, 1);
+
+    let fresh = fake.issue_pair();
+    seed_with(&sb, &fresh, now_ms() + 8 * HOUR_MS);
+    let s = socket.clone();
+    wait_until_async("the new login", Duration::from_secs(2), || {
+        let p = s.clone();
+        let want = fresh.access_token.clone();
+        async move {
+            let Ok(mut c) = Client::connect(&p).await else { return false };
+            c.get_token().await.is_ok_and(|g| g.access_token.expose() == want)
+        }
+    })
+    .await;
+    assert_eq!(fake.received(), tries);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_refresh_waits_for_it_and_persists_the_new_pair() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    fake.set_delay(Duration::from_millis(1500));
+    let mut agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let socket = sb.socket();
+    let refresh = tokio::spawn(async move { Client::connect(&socket).await?.refresh().await });
+    wait_until("the refresh to reach the endpoint", Duration::from_secs(10), || fake.received() == 1).await;
+    assert_eq!(fake.rotations(), 0, "the refresh is still in flight");
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
+    assert_eq!(fake.rotations(), 1);
+    let on_disk = refresh_token_of(&read_json(&sb.seed())).unwrap();
+    assert!(fake.is_live(&on_disk), "the pair obtained during shutdown was saved");
+    assert!(!sb.socket().exists(), "the socket is removed");
+    let _ = refresh.await;
+    assert!(agent.log().contains("waiting for the refresh in flight"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_around_refreshes_never_tears_the_file_or_loses_the_login_outside_the_window() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let mut windows = 0;
+    let mut rng = rand::rng();
+    for round in 0..20 {
+        let name = format!("agent-{round}");
+        let mut agent = sb.start_agent(&name, sb.agent_cmd(&fake.token_url())).await;
+        // The restarted agent works from what the last one left: prove it with a refresh.
+        sb.client().await.refresh().await.unwrap_or_else(|e| panic!("round {round}: restart needs a login: {e}"));
+        let socket = sb.socket();
+        let hammer = tokio::spawn(async move {
+            let Ok(mut c) = Client::connect(&socket).await else { return };
+            while c.refresh().await.is_ok() {}
+        });
+        let delay = Duration::from_micros(rng.random_range(0..60_000));
+        tokio::time::sleep(delay).await;
+        agent.kill9();
+        let _ = hammer.await;
+
+        let bytes = std::fs::read(sb.seed()).expect("the file exists after kill -9");
+        assert!(!bytes.is_empty(), "round {round}: empty file");
+        let doc: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("round {round}: torn file"));
+        assert_eq!(doc["mcpOAuth"]["some-server"]["nested"][2]["deep"], true);
+        let on_disk = refresh_token_of(&doc).unwrap();
+        if !fake.is_live(&on_disk) {
+            // The endpoint rotated for a client that died before it could save the answer.
+            assert!(fake.was_rotated(&on_disk), "round {round}: the file holds a token the server never issued");
+            windows += 1;
+            let relogin = fake.issue_pair();
+            seed_with(&sb, &relogin, now_ms() + 8 * HOUR_MS);
+        }
+    }
+    eprintln!("kill -9 landed in the endpoint-answering window {windows} time(s) out of 20");
+    assert!(windows < 20, "the window is not the whole refresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_uid_is_not_allowed_gets_no_token() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    // The test runs as some uid; allow only another one.
+    let mut cmd = sb.agent_cmd(&fake.token_url());
+    cmd.args(["--allow-uid", "4242"]);
+    let agent = Proc::spawn("agent", cmd, &sb.log("agent"));
+    agent.wait_for_log("listening", Duration::from_secs(20)).await;
+    let err = sb.client().await.get_token().await.unwrap_err();
+    assert_eq!(agent_code(&err), Some(ErrorCode::PermissionDenied), "{err}");
+    assert!(agent.log().contains("not allowed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_on_the_machine_is_refused_unless_allowed() {
+    let me = nix::unistd::getuid().as_raw();
+    if me != 0 {
+        eprintln!("skipping the setpriv half: needs root to run a peer as uid 65534");
+    }
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    for (allow, expect_ok) in [(me.to_string(), false), (format!("{me},65534"), true)] {
+        let sb = Sandbox::new();
+        seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+        for dir in [sb.path(), &sb.path().join("run")] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut cmd = sb.agent_cmd(&fake.token_url());
+        cmd.args(["--socket-mode", "0666", "--allow-uid", &allow]);
+        let _agent = sb.start_agent("agent", cmd).await;
+        if me != 0 {
+            continue;
+        }
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(agent_bin())
+            .args(["refresh", "--socket"])
+            .arg(sb.socket())
+            .output()
+            .expect("setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_no_secrets("refresh as 65534", &stderr);
+        assert_eq!(out.status.success(), expect_ok, "allow={allow}: {stderr}");
+        if !expect_ok {
+            assert!(stderr.contains("uid 65534 is not allowed"), "{stderr}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flat_shape_of_the_deployment_guide_is_read_and_kept() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    write_json(
+        &sb.seed(),
+        &json!({
+            "access_token": pair.access_token,
+            "refresh_token": pair.refresh_token,
+            "expires_at": "2099-01-01T00:00:00Z",
+            "user_id": "user-1",
+            "email": "someone@example.com"
+        }),
+    );
+    let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    assert_eq!(token(&sb).await, pair.access_token);
+    sb.client().await.refresh().await.unwrap();
+    let doc = read_json(&sb.seed());
+    assert_eq!(doc["user_id"], "user-1");
+    assert_eq!(doc["email"], "someone@example.com");
+    assert!(fake.is_live(doc["refresh_token"].as_str().unwrap()));
+    assert_eq!(doc["access_token"].as_str(), fake.latest_access_token().as_deref());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_credentials_name_the_field_and_a_later_login_is_adopted() {
+    let fake = FakeOAuth::start().await;
+    let sb = Sandbox::new();
+    write_json(&sb.seed(), &json!({"claudeAiOauth": {"accessToken": "x", "expiresAt": 1}}));
+    let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let status = sb.client().await.status().await.unwrap();
+    assert_eq!(status.state, Some(TokenState::NoCredentials));
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("refreshToken") && message.contains(".credentials.json"), "{message}");
+    let err = sb.client().await.get_token().await.unwrap_err();
+    assert!(matches!(agent_code(&err), Some(ErrorCode::ReauthRequired | ErrorCode::Unavailable)), "{err}");
+
+    let pair = fake.issue_pair();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let socket = sb.socket();
+    wait_until_async("the login to be adopted", Duration::from_secs(2), || {
+        let p = socket.clone();
+        async move {
+            let Ok(mut c) = Client::connect(&p).await else { return false };
+            c.get_token().await.is_ok()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_response_without_a_refresh_token_keeps_the_old_one() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    fake.set_omit_refresh_token(true);
+    let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    sb.client().await.refresh().await.unwrap();
+    let doc = read_json(&sb.seed());
+    assert_eq!(refresh_token_of(&doc).as_deref(), Some(pair.refresh_token.as_str()));
+    assert_eq!(access_token_of(&doc), fake.latest_access_token());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_closes_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let mut agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let mut keeper = sb.client().await;
+    assert!(keeper.get_token().await.is_ok());
+
+    for garbage in [&b"\x00\x00\x00\x05hello"[..], b"\xff\xff\xff\xff", b"\x00\x00\x00\x02{}"] {
+        let mut raw = tokio::net::UnixStream::connect(sb.socket()).await.unwrap();
+        raw.write_all(garbage).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.unwrap().unwrap();
+        let body: Value = serde_json::from_slice(&answer[4..]).unwrap();
+        assert_eq!(body["kind"], "error", "{body}");
+        assert!(body["code"] == "bad_request" || body["code"] == "unsupported_version", "{body}");
+    }
+    // The earlier connection is still usable and the agent is alive.
+    assert_eq!(keeper.get_token().await.unwrap().access_token.expose(), pair.access_token);
+    assert!(agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_show_fingerprints_never_tokens() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let mut cmd = sb.agent_cmd(&fake.token_url());
+    cmd.args(["--log-format", "json"]).env("SIDECRED_LOG", "trace");
+    let mut agent = sb.start_agent("agent", cmd).await;
+    sb.client().await.refresh().await.unwrap();
+    let _ = sb.client().await.report_rejected(Secret::new("sctest-bogus")).await;
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    let log = agent.log();
+    let fp = sidecred_proto::fingerprint(&pair.refresh_token);
+    assert!(log.contains(&fp), "the log identifies tokens by fingerprint");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not a JSON log line ({} chars)", line.len()));
+    }
+    // Proc's drop checks the log for every token value.
+}
+
