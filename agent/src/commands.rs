@@ -1,19 +1,41 @@
-//! Commands that talk to a running agent over its socket.
+//! Commands that talk to a running agent over its socket (`status` falls back to the credentials
+//! file when no agent answers).
 
-use crate::cli::{SocketArgs, StatusArgs};
+use crate::cli::{SocketArgs, Source, StatusArgs};
 use anyhow::Context;
-use sidecred_proto::client::Client;
+use sidecred_proto::client::{Client, ClientError};
 use sidecred_proto::StatusReport;
 use std::process::ExitCode;
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(&args.socket.socket).await?;
-    let report = client.status().await.context("asking the agent for its status")?;
+    let mut agent_problem = None;
+    if args.source != Source::File {
+        match agent_status(&args.socket.socket).await {
+            Ok(report) => return print_agent_status(&report, args.json),
+            Err(e) if args.source == Source::Auto && e.is_connection_failure() => {
+                agent_problem = Some(format!("no agent answered on {}", args.socket.socket.display()));
+            }
+            Err(e @ ClientError::Connect { .. }) => return Err(e.into()),
+            Err(e) => return Err(e).context("asking the agent for its status"),
+        }
+    }
+    crate::account::print_file_status(&args.credentials, args.json, agent_problem)
+}
+
+async fn agent_status(socket: &std::path::Path) -> Result<StatusReport, ClientError> {
+    Client::connect(socket).await?.status().await
+}
+
+fn print_agent_status(report: &StatusReport, json: bool) -> anyhow::Result<ExitCode> {
     let healthy = report.state.is_some_and(|s| s.serves_token());
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if json {
+        let mut value = serde_json::to_value(report)?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("source".into(), "agent".into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print!("{}", render_status(&report));
+        print!("source:        agent\n{}", render_status(report));
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -73,10 +95,7 @@ fn render_status(r: &StatusReport) -> String {
     out
 }
 
-fn human_secs(s: i64) -> String {
-    let d = humantime::format_duration(std::time::Duration::from_secs(s.unsigned_abs()));
-    if s < 0 { format!("-{d}") } else { d.to_string() }
-}
+use crate::account::human_secs;
 
 fn human_ago(at_ms: u64) -> String {
     let now = crate::credentials::now_ms();

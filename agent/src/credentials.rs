@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Claude Code's key for the OAuth block.
-const CLAUDE_KEY: &str = "claudeAiOauth";
+pub const CLAUDE_KEY: &str = "claudeAiOauth";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -22,6 +22,16 @@ pub enum CredentialsError {
          shape was found; log in with `sidecred-agent login` or copy ~/.claude/.credentials.json here"
     )]
     UnknownShape { path: PathBuf },
+}
+
+impl CredentialsError {
+    /// The field at fault, when one is (`claudeAiOauth.expiresAt`, ...).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            CredentialsError::Field { field, .. } => Some(field),
+            _ => None,
+        }
+    }
 }
 
 /// Which layout the file uses, so a write-back keeps it.
@@ -91,8 +101,16 @@ impl Credentials {
 
     /// A new Claude Code-shaped document, for a first login.
     pub fn new_claude_code(update: TokenUpdate) -> Self {
-        let mut doc = Map::new();
-        doc.insert(CLAUDE_KEY.into(), Value::Object(Map::new()));
+        Self::claude_code_in(Map::new(), update)
+    }
+
+    /// A login written into an existing document that holds no usable credentials (only `mcpOAuth`
+    /// after a logout, or a damaged `claudeAiOauth` block): every other key, and every other field of
+    /// an existing `claudeAiOauth` object, is kept.
+    pub fn claude_code_in(mut doc: Map<String, Value>, update: TokenUpdate) -> Self {
+        if !doc.get(CLAUDE_KEY).is_some_and(Value::is_object) {
+            doc.insert(CLAUDE_KEY.into(), Value::Object(Map::new()));
+        }
         let base = Credentials {
             access_token: Secret::default(),
             refresh_token: Secret::default(),
@@ -216,6 +234,32 @@ impl Credentials {
         next.refresh_token = refresh_token;
         next.expires_at_ms = update.expires_at_ms;
         next.scopes = scopes;
+        next
+    }
+
+    /// The same document with the plan a login learnt from the profile endpoint. `None` leaves a field
+    /// as it was.
+    pub fn with_plan(&self, subscription_type: Option<&str>, rate_limit_tier: Option<&str>) -> Self {
+        let mut next = self.clone();
+        let (sub_key, tier_key) = match self.shape {
+            Shape::ClaudeCode => ("subscriptionType", "rateLimitTier"),
+            Shape::Flat => ("subscription_type", "rate_limit_tier"),
+        };
+        let target = match self.shape {
+            Shape::ClaudeCode => next.doc.get_mut(CLAUDE_KEY).and_then(Value::as_object_mut),
+            Shape::Flat => Some(&mut next.doc),
+        };
+        if let Some(obj) = target {
+            if let Some(s) = subscription_type {
+                obj.insert(sub_key.into(), s.into());
+            }
+            if let Some(t) = rate_limit_tier {
+                obj.insert(tier_key.into(), t.into());
+            }
+        }
+        if let Some(s) = subscription_type {
+            next.subscription_type = Some(s.to_owned());
+        }
         next
     }
 
@@ -368,6 +412,34 @@ mod tests {
         });
         assert_eq!(next.refresh_token.expose(), "sk-ant-ort01-RRR");
         assert_eq!(next.to_json()[CLAUDE_KEY]["refreshToken"], "sk-ant-ort01-RRR");
+    }
+
+    #[test]
+    fn login_into_a_document_without_credentials_keeps_the_rest() {
+        let doc = serde_json::json!({
+            "mcpOAuth": {"server": {"token": "x"}},
+            "claudeAiOauth": {"accessToken": 7, "keepMe": true}
+        });
+        let Value::Object(doc) = doc else { unreachable!() };
+        let c = Credentials::claude_code_in(
+            doc,
+            TokenUpdate {
+                access_token: Secret::new("A"),
+                refresh_token: Some(Secret::new("R")),
+                expires_at_ms: 1_800_000_000_000,
+                scopes: Some(vec!["user:inference".into()]),
+            },
+        )
+        .with_plan(Some("max"), Some("tier"));
+        let v = c.to_json();
+        assert_eq!(v["mcpOAuth"]["server"]["token"], "x");
+        assert_eq!(v[CLAUDE_KEY]["keepMe"], true);
+        assert_eq!(v[CLAUDE_KEY]["accessToken"], "A");
+        assert_eq!(v[CLAUDE_KEY]["subscriptionType"], "max");
+        assert_eq!(v[CLAUDE_KEY]["rateLimitTier"], "tier");
+        let reparsed = Credentials::parse(&c.to_bytes(), p()).expect("reparse");
+        assert_eq!(reparsed.subscription_type.as_deref(), Some("max"));
+        assert_eq!(reparsed.scopes, vec!["user:inference"]);
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! `sidecred-agent`: owns the Claude OAuth credentials, keeps the access token fresh and serves it over a
 //! Unix socket; also carries the account commands that talk to a running agent.
 
+mod account;
+mod api;
 mod atomic;
 mod cli;
 mod commands;
 mod credentials;
+mod login;
 mod oauth;
 mod refresh;
 mod run;
 mod socket;
 mod store;
 mod watch;
+mod writeback;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -34,6 +38,10 @@ fn main() -> ExitCode {
             cli::Command::Run(args) => run::run(args).await,
             cli::Command::Status(args) => commands::status(args).await,
             cli::Command::Refresh(args) => commands::refresh(args).await,
+            cli::Command::Login(args) => login::login(args).await,
+            cli::Command::Validate(args) => account::validate(args).await,
+            cli::Command::Info(args) => account::info(args).await,
+            cli::Command::Logout(args) => account::logout(args),
         }
     });
     match result {

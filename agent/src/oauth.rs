@@ -1,7 +1,7 @@
 //! Requests to the OAuth token endpoint: the refresh grant and the authorization-code exchange. Claude's
 //! endpoint wants JSON bodies, so both are sent here with one HTTP client, shared by refresh and login.
 
-use crate::credentials::json_fault;
+use crate::credentials::{json_fault, TokenUpdate};
 use serde::Deserialize;
 use serde_json::json;
 use sidecred_proto::Secret;
@@ -36,6 +36,19 @@ pub struct TokenResponse {
     pub expires_in: Duration,
     pub scopes: Option<Vec<String>>,
     pub account_email: Option<String>,
+}
+
+impl TokenResponse {
+    /// The update to merge into the credentials, with the expiry counted from `arrived_ms` (the local
+    /// clock when the answer arrived).
+    pub fn into_update(self, arrived_ms: u64) -> TokenUpdate {
+        TokenUpdate {
+            access_token: self.access_token,
+            refresh_token: self.refresh_token,
+            expires_at_ms: arrived_ms.saturating_add(self.expires_in.as_millis() as u64),
+            scopes: self.scopes,
+        }
+    }
 }
 
 /// Why a token request failed, split the way the caller must act on it.
@@ -224,7 +237,13 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
 
 /// A transport error in words, without the request (whose body holds a token).
 fn describe_reqwest(e: &reqwest::Error, url: &str) -> String {
-    let what = if e.is_timeout() {
+    describe_request_error(e, "token endpoint", url)
+}
+
+/// A transport error in words, naming `what` was asked at `url`. Never includes a request's headers or
+/// body, so it is safe for requests that carry a token.
+pub fn describe_request_error(e: &reqwest::Error, what: &str, url: &str) -> String {
+    let failure = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
         "connection failed"
@@ -241,9 +260,9 @@ fn describe_reqwest(e: &reqwest::Error, url: &str) -> String {
         source = s.source();
     }
     if detail.is_empty() {
-        format!("token endpoint {url}: {what}")
+        format!("{what} {url}: {failure}")
     } else {
-        format!("token endpoint {url}: {what} ({detail})")
+        format!("{what} {url}: {failure} ({detail})")
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::credentials::{now_ms, Credentials, TokenUpdate};
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
+use crate::writeback::WriteBack;
 use crate::store::{is_retired, retire, Loaded, SeedRead, Store};
 use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenGrant, TokenState};
 use std::future::Future;
@@ -179,6 +180,7 @@ pub struct Manager {
     last_error: Option<(String, u64)>,
     token_rejected: bool,
     account: Option<String>,
+    write_back: Option<WriteBack>,
 }
 
 impl Manager {
@@ -223,6 +225,7 @@ impl Manager {
             last_error: None,
             token_rejected: false,
             account: None,
+            write_back: None,
         };
         match start {
             Ok(loaded) => {
@@ -234,6 +237,16 @@ impl Manager {
         }
         manager.publish();
         (manager, rx)
+    }
+
+    /// Also writes every new pair to a Kubernetes Secret. The pair running now is offered at once, so a
+    /// Secret left behind by an earlier pod (state from a volume) catches up.
+    pub fn with_write_back(mut self, write_back: WriteBack) -> Self {
+        if let Some(live) = &self.live {
+            write_back.offer(&live.credentials, &self.retired);
+        }
+        self.write_back = Some(write_back);
+        self
     }
 
     /// Runs until `shutdown` fires and any refresh in flight has finished and been persisted.
@@ -499,6 +512,9 @@ impl Manager {
         // Persist before anyone is handed the new access token: once it is served, a crash must not
         // leave the old (now dead) refresh token as the only one on disk.
         self.persist_live().await;
+        if let (Some(wb), Some(live)) = (&self.write_back, &self.live) {
+            wb.offer(&live.credentials, &self.retired);
+        }
         self.lifecycle = Lifecycle::Healthy;
         self.token_rejected = false;
         self.refresh_count += 1;

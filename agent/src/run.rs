@@ -6,6 +6,7 @@ use crate::oauth::{OAuthClient, OAuthConfig};
 use crate::refresh::{Manager, Policy};
 use crate::socket;
 use crate::store::{Origin, Store};
+use crate::writeback::WriteBack;
 use anyhow::Context;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,7 +65,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;
 
-    let (manager, snapshots) = Manager::new(store, oauth, policy, loaded);
+    let (mut manager, snapshots) = Manager::new(store, oauth, policy, loaded);
+    if let Some(secret) = &args.write_back_secret {
+        info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
+        manager = manager.with_write_back(WriteBack::spawn(secret.clone(), args.write_back_key.clone()));
+    }
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 

@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# One image with both binaries; the Deployment (k8s/) and Compose (deploy/compose/) run it with two commands:
+#   /usr/local/bin/sidecred-agent run      (owns the credentials, serves the token on a Unix socket)
+#   /usr/local/bin/sidecred-forwarder      (the default command: the HTTP proxy on :8000)
+#
+#   docker build -t ghcr.io/sidecred/sidecred:0.1.0 .
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+# The cache mounts keep the crate registry and incremental build output between builds on one machine
+# (BuildKit); the binaries are copied out of the cached target/ in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p sidecred-agent -p sidecred-forwarder \
+    && install -D -m 0755 -t /out/usr/local/bin target/release/sidecred-agent target/release/sidecred-forwarder
+# Mount points for the socket and the state. Sticky and world-writable like /tmp, so that Compose can run the
+# pair as the host user's uid (to read ~/.claude) and still initialise its named volumes from here.
+# In Kubernetes both paths are volumes whose ownership comes from fsGroup.
+RUN install -d -m 1777 /out/run/sidecred /out/var/lib/sidecred
+
+# Debian 12 with glibc and libgcc, no shell, no package manager, uid 65532 ("nonroot").
+FROM gcr.io/distroless/cc-debian12:nonroot
+LABEL org.opencontainers.image.title="sidecred" \
+      org.opencontainers.image.description="Serves a Claude Pro/Max OAuth account as an Anthropic API endpoint" \
+      org.opencontainers.image.source="https://github.com/sidecred/sidecred" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /out/ /
+USER 65532:65532
+EXPOSE 8000
+CMD ["/usr/local/bin/sidecred-forwarder"]

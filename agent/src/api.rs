@@ -1,0 +1,239 @@
+//! The two Anthropic API calls the account commands make with an OAuth access token: the model list
+//! (does the API accept this token?) and the OAuth profile (whose account is it?).
+
+use crate::oauth::describe_request_error;
+use serde::Serialize;
+use serde_json::Value;
+use sidecred_proto::Secret;
+
+pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
+/// The beta an OAuth access token needs on every API request.
+pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+const MODELS_PATH: &str = "/v1/models";
+const PROFILE_PATH: &str = "/api/oauth/profile";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The request did not get an answer: DNS, connection, TLS, timeout.
+    #[error("{detail}")]
+    Transport { endpoint: String, detail: String },
+    /// The API answered with a non-2xx status.
+    #[error("{endpoint} answered {status}{}", describe(.error_type, .message))]
+    Status { endpoint: String, status: u16, error_type: Option<String>, message: Option<String> },
+    /// A 2xx answer we could not read.
+    #[error("{endpoint} sent an answer that is not the expected JSON ({detail})")]
+    Malformed { endpoint: String, detail: String },
+}
+
+impl ApiError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+fn describe(error_type: &Option<String>, message: &Option<String>) -> String {
+    match (error_type, message) {
+        (Some(t), Some(m)) => format!(" {t}: {m}"),
+        (Some(t), None) => format!(" {t}"),
+        (None, Some(m)) => format!(": {m}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Talks to the API with one shared HTTP client (the token endpoint's, so proxy and User-Agent
+/// settings are the same).
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, base: &str) -> Self {
+        Api { http, base: base.trim_end_matches('/').to_owned() }
+    }
+
+    pub fn models_url(&self) -> String {
+        format!("{}{MODELS_PATH}", self.base)
+    }
+
+    pub fn profile_url(&self) -> String {
+        format!("{}{PROFILE_PATH}", self.base)
+    }
+
+    /// `Ok` when the API accepts `token` for `GET /v1/models`.
+    pub async fn check_models(&self, token: &Secret) -> Result<(), ApiError> {
+        self.get_json(&self.models_url(), token).await.map(|_| ())
+    }
+
+    pub async fn profile(&self, token: &Secret) -> Result<Profile, ApiError> {
+        let url = self.profile_url();
+        let body = self.get_json(&url, token).await?;
+        Ok(Profile::from_json(&body))
+    }
+
+    /// The one place that builds an authenticated API request.
+    async fn get_json(&self, url: &str, token: &Secret) -> Result<Value, ApiError> {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose())
+            .header("anthropic-beta", OAUTH_BETA)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport { endpoint: url.to_owned(), detail: describe_request_error(&e, "API", url) })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Transport { endpoint: url.to_owned(), detail: describe_request_error(&e, "API", url) })?;
+        if !status.is_success() {
+            let (error_type, message) = error_details(&bytes);
+            return Err(ApiError::Status { endpoint: url.to_owned(), status: status.as_u16(), error_type, message });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed {
+            endpoint: url.to_owned(),
+            detail: crate::credentials::json_fault(&e),
+        })
+    }
+}
+
+/// `{"type":"error","error":{"type":"authentication_error","message":"..."}}`: the type, and the message
+/// when it is short and cannot be an echoed token.
+fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return (None, None) };
+    let err = v.get("error").unwrap_or(&Value::Null);
+    let error_type = err
+        .get("type")
+        .or_else(|| if err.is_string() { Some(err) } else { None })
+        .and_then(Value::as_str)
+        .filter(|t| t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .map(str::to_owned);
+    let message = err
+        .get("message")
+        .and_then(Value::as_str)
+        .filter(|m| m.len() <= 200 && !m.contains("sk-ant-"))
+        .map(str::to_owned);
+    (error_type, message)
+}
+
+/// What `/api/oauth/profile` says about the account; every field is optional because the endpoint
+/// is not documented and has changed before.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Profile {
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub account_uuid: Option<String>,
+    pub organization_name: Option<String>,
+    pub organization_uuid: Option<String>,
+    pub organization_type: Option<String>,
+    pub billing_type: Option<String>,
+    pub rate_limit_tier: Option<String>,
+    pub has_claude_max: Option<bool>,
+    pub has_claude_pro: Option<bool>,
+}
+
+impl Profile {
+    pub fn from_json(v: &Value) -> Self {
+        let text = |ptrs: &[&str]| {
+            ptrs.iter()
+                .find_map(|p| v.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty()))
+                .map(str::to_owned)
+        };
+        let flag = |p: &str| v.pointer(p).and_then(Value::as_bool);
+        Profile {
+            email: text(&["/account/email", "/account/email_address"]),
+            display_name: text(&["/account/display_name", "/account/full_name"]),
+            account_uuid: text(&["/account/uuid"]),
+            organization_name: text(&["/organization/name"]),
+            organization_uuid: text(&["/organization/uuid"]),
+            organization_type: text(&["/organization/organization_type"]),
+            billing_type: text(&["/organization/billing_type"]),
+            rate_limit_tier: text(&["/organization/rate_limit_tier", "/account/rate_limit_tier"]),
+            has_claude_max: flag("/account/has_claude_max"),
+            has_claude_pro: flag("/account/has_claude_pro"),
+        }
+    }
+
+    /// The value Claude Code stores as `subscriptionType`: `max`, `pro`, `team`, `enterprise`.
+    pub fn subscription_type(&self) -> Option<String> {
+        if let Some(t) = self.organization_type.as_deref() {
+            let plan = t.strip_prefix("claude_").unwrap_or(t);
+            if !plan.is_empty() {
+                return Some(plan.to_owned());
+            }
+        }
+        if self.has_claude_max == Some(true) {
+            Some("max".into())
+        } else if self.has_claude_pro == Some(true) {
+            Some("pro".into())
+        } else {
+            None
+        }
+    }
+
+    /// The plan in words: "Claude Max", "Claude Pro", or what the endpoint said.
+    pub fn plan(&self) -> Option<String> {
+        self.subscription_type().map(|s| match s.as_str() {
+            "max" => "Claude Max".to_owned(),
+            "pro" => "Claude Pro".to_owned(),
+            "team" => "Claude Team".to_owned(),
+            "enterprise" => "Claude Enterprise".to_owned(),
+            other => other.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn profile_picks_fields_and_derives_the_plan() {
+        let v = json!({
+            "account": {"uuid": "acc-1", "email": "me@example.com", "display_name": "Me",
+                        "has_claude_max": true, "has_claude_pro": false},
+            "organization": {"uuid": "org-1", "name": "Me's org", "organization_type": "claude_max",
+                             "rate_limit_tier": "default_claude_max_20x", "billing_type": "stripe_subscription"}
+        });
+        let p = Profile::from_json(&v);
+        assert_eq!(p.email.as_deref(), Some("me@example.com"));
+        assert_eq!(p.organization_uuid.as_deref(), Some("org-1"));
+        assert_eq!(p.subscription_type().as_deref(), Some("max"));
+        assert_eq!(p.plan().as_deref(), Some("Claude Max"));
+        assert_eq!(p.rate_limit_tier.as_deref(), Some("default_claude_max_20x"));
+    }
+
+    #[test]
+    fn profile_tolerates_missing_and_odd_fields() {
+        let p = Profile::from_json(&json!({"account": {"email_address": "x@y", "has_claude_pro": true}}));
+        assert_eq!(p.email.as_deref(), Some("x@y"));
+        assert_eq!(p.plan().as_deref(), Some("Claude Pro"));
+        let empty = Profile::from_json(&json!({"organization": "weird", "account": 3}));
+        assert_eq!(empty, Profile::default());
+        assert_eq!(empty.plan(), None);
+    }
+
+    #[test]
+    fn error_details_are_short_and_never_echo_tokens() {
+        let body = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid bearer token sk-ant-oat01-x"}}"#;
+        assert_eq!(error_details(body), (Some("authentication_error".into()), None));
+        let body = br#"{"type":"error","error":{"type":"permission_error","message":"scope user:inference required"}}"#;
+        assert_eq!(error_details(body).1.as_deref(), Some("scope user:inference required"));
+        assert_eq!(error_details(b"<html>"), (None, None));
+    }
+
+    #[test]
+    fn base_url_is_joined_without_double_slashes() {
+        let api = Api::new(reqwest::Client::new(), "http://127.0.0.1:9/");
+        assert_eq!(api.models_url(), "http://127.0.0.1:9/v1/models");
+        assert_eq!(api.profile_url(), "http://127.0.0.1:9/api/oauth/profile");
+    }
+}

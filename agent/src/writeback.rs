@@ -1,0 +1,218 @@
+//! Writing the live pair back to the Kubernetes Secret the seed is mounted from.
+//!
+//! Refresh tokens rotate: after the first refresh the token in the Secret is dead, so a replacement pod
+//! that starts from the Secret fails hours later. With `--write-back-secret NAMESPACE/NAME` the agent patches
+//! the Secret after every refresh, so a new pod always starts from the live pair. The RBAC this needs is
+//! `get` and `patch` on that one Secret (`resourceNames`), nothing else.
+//!
+//! The Secret may also change under us: someone logs in again and updates it. The write-back never
+//! overwrites a login it has not seen: it patches only when the Secret holds the pair it is replacing (or
+//! one it spent earlier), and uses the Secret's `resourceVersion` so a concurrent update makes the patch
+//! fail with a conflict instead of being lost.
+
+use crate::credentials::Credentials;
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::api::{Api, Patch, PatchParams};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for SecretRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (namespace, name) =
+            s.split_once('/').ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME (e.g. default/sidecred-credentials)"))?;
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part.len() <= 253
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        if !valid(namespace) || !valid(name) {
+            return Err(format!("`{s}`: namespace and name must be lowercase DNS names"));
+        }
+        Ok(SecretRef { namespace: namespace.to_owned(), name: name.to_owned() })
+    }
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What to write: the credentials document, and the fingerprints of refresh tokens this agent held
+/// before (a Secret holding one of those is stale and may be overwritten).
+#[derive(Clone)]
+struct Offer {
+    bytes: Arc<Vec<u8>>,
+    refresh_fp: String,
+    known_fps: Vec<String>,
+}
+
+/// Handle the refresh manager uses to hand over each newly persisted pair.
+#[derive(Clone)]
+pub struct WriteBack {
+    tx: watch::Sender<Option<Offer>>,
+}
+
+impl WriteBack {
+    /// Starts the writer task. Only the newest pair matters: offers that arrive while a write is in
+    /// progress replace each other.
+    pub fn spawn(secret: SecretRef, key: String) -> WriteBack {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(writer(secret, key, rx));
+        WriteBack { tx }
+    }
+
+    /// `known` are the fingerprints of the refresh tokens this pair replaced.
+    pub fn offer(&self, credentials: &Credentials, known: &[String]) {
+        let offer = Offer {
+            bytes: Arc::new(credentials.to_bytes()),
+            refresh_fp: credentials.refresh_token.fingerprint(),
+            known_fps: known.to_vec(),
+        };
+        self.tx.send_replace(Some(offer));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG): {0}")]
+    Config(String),
+    #[error("the Kubernetes API refused to {verb} secret {secret}: {reason} (the RBAC role needs `get` and `patch` on this Secret)")]
+    Forbidden { verb: &'static str, secret: SecretRef, reason: String },
+    #[error("secret {0} does not exist")]
+    NotFound(SecretRef),
+    #[error("secret {secret} changed while it was being updated; retrying")]
+    Conflict { secret: SecretRef },
+    #[error("{verb} secret {secret}: {reason}")]
+    Api { verb: &'static str, secret: SecretRef, reason: String },
+}
+
+enum Outcome {
+    Written,
+    AlreadyCurrent,
+    /// The Secret holds a login this agent has not seen.
+    NewerLogin,
+}
+
+async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<Offer>>) {
+    let mut api: Option<Api<KubeSecret>> = None;
+    let mut delay = Duration::from_secs(1);
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let Some(offer) = rx.borrow_and_update().clone() else { break };
+            let result = match &api {
+                Some(api) => write(api, &secret, &key, &offer).await,
+                None => match connect(&secret).await {
+                    Ok(a) => {
+                        let r = write(&a, &secret, &key, &offer).await;
+                        api = Some(a);
+                        r
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(Outcome::Written) => {
+                    info!(secret = %secret, refresh_token = %offer.refresh_fp, "wrote the live pair back to the Secret");
+                    delay = Duration::from_secs(1);
+                    break;
+                }
+                Ok(Outcome::AlreadyCurrent) => {
+                    debug!(secret = %secret, "the Secret already holds the live pair");
+                    break;
+                }
+                Ok(Outcome::NewerLogin) => {
+                    warn!(
+                        secret = %secret,
+                        "the Secret holds a login this agent has not seen; not overwriting it (it is adopted when the mount updates)"
+                    );
+                    break;
+                }
+                Err(WriteError::Conflict { .. }) => continue,
+                Err(e) => {
+                    warn!(secret = %secret, error = %e, retry_in = ?delay, "writing the live pair back to the Secret failed");
+                    // A newer pair cuts the wait short; it is retried from the top.
+                    let _ = tokio::time::timeout(delay, rx.changed()).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
+
+async fn connect(secret: &SecretRef) -> Result<Api<KubeSecret>, WriteError> {
+    let config = kube::Config::infer().await.map_err(|e| WriteError::Config(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(|e| WriteError::Config(e.to_string()))?;
+    Ok(Api::namespaced(client, &secret.namespace))
+}
+
+async fn write(api: &Api<KubeSecret>, secret: &SecretRef, key: &str, offer: &Offer) -> Result<Outcome, WriteError> {
+    let current = api.get(&secret.name).await.map_err(|e| classify(e, "get", secret))?;
+    let held = current
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|b| Credentials::parse(&b.0, &PathBuf::from(format!("secret {secret} key {key}"))).ok());
+    if let Some(held) = &held {
+        let held_fp = held.refresh_token.fingerprint();
+        if held_fp == offer.refresh_fp {
+            return Ok(Outcome::AlreadyCurrent);
+        }
+        if !offer.known_fps.contains(&held_fp) {
+            return Ok(Outcome::NewerLogin);
+        }
+    }
+    let encoded = base64_encode(&offer.bytes);
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": current.metadata.resource_version },
+        "data": { key: encoded },
+    });
+    let params = PatchParams { field_manager: Some("sidecred-agent".to_owned()), ..PatchParams::default() };
+    api.patch(&secret.name, &params, &Patch::Merge(&patch)).await.map_err(|e| classify(e, "patch", secret))?;
+    Ok(Outcome::Written)
+}
+
+fn classify(e: kube::Error, verb: &'static str, secret: &SecretRef) -> WriteError {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => {
+            WriteError::Forbidden { verb, secret: secret.clone(), reason: status.message.clone() }
+        }
+        kube::Error::Api(status) if status.code == 404 => WriteError::NotFound(secret.clone()),
+        kube::Error::Api(status) if status.code == 409 => WriteError::Conflict { secret: secret.clone() },
+        // kube's errors describe the request and status, never the bearer token.
+        other => WriteError::Api { verb, secret: secret.clone(), reason: other.to_string() },
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_refs_parse_and_bad_ones_say_why() {
+        let r: SecretRef = "sidecred/sidecred-credentials".parse().unwrap();
+        assert_eq!(r.to_string(), "sidecred/sidecred-credentials");
+        for bad in ["nope", "/x", "x/", "Upper/x", "a/b/c"] {
+            let err = bad.parse::<SecretRef>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The access log: one line per proxied request, written when its response body ends, so a stream's
+//! line carries the bytes it really delivered and whether the client stayed to the end.
+
+use http::{HeaderValue, Method, Uri};
+use std::time::{Duration, Instant};
+
+/// The log target, so `SIDECRED_LOG=warn,sidecred_forwarder::access=info` keeps just these lines.
+pub const TARGET: &str = "sidecred_forwarder::access";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    /// The client disconnected before the end of the body.
+    ClientClosed,
+    /// The upstream failed in the middle of the body.
+    UpstreamFailed,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+/// Everything the line needs, gathered along the way. Holds no secret: no header but the request id.
+pub struct AccessLog {
+    pub method: Method,
+    pub uri: Uri,
+    pub request_id: HeaderValue,
+    pub started: Instant,
+    pub status: u16,
+    /// Time until the upstream's response headers (including a retry), if it was asked at all.
+    pub upstream: Option<Duration>,
+    pub retried: bool,
+    /// Response body bytes delivered to the client.
+    pub bytes: u64,
+}
+
+impl AccessLog {
+    pub fn new(method: Method, uri: Uri, request_id: HeaderValue, started: Instant) -> Self {
+        AccessLog { method, uri, request_id, started, status: 0, upstream: None, retried: false, bytes: 0 }
+    }
+
+    pub fn emit(self, outcome: Outcome) {
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        let upstream_ms = self.upstream.map_or(-1.0, millis);
+        let duration_ms = millis(self.started.elapsed());
+        tracing::info!(
+            target: TARGET,
+            method = %self.method,
+            path = %self.uri.path(),
+            status = self.status,
+            upstream_ms,
+            duration_ms,
+            bytes = self.bytes,
+            retried = self.retried,
+            outcome = %outcome.as_str(),
+            request_id = %request_id,
+            "request"
+        );
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}

@@ -1,0 +1,148 @@
+//! Command-line and environment configuration. Every flag can also be set as `SIDECRED_<NAME>`.
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidecred-forwarder",
+    version,
+    about = "Serves the Anthropic API with the Claude OAuth token held by sidecred-agent"
+)]
+pub struct Cli {
+    /// Address to accept clients on (HTTP/1.1 and cleartext HTTP/2).
+    #[arg(long, env = "SIDECRED_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// The Anthropic API. Plain http is allowed (for tests and local fakes).
+    #[arg(long, env = "SIDECRED_UPSTREAM", default_value = "https://api.anthropic.com", value_parser = parse_upstream)]
+    pub upstream: http::Uri,
+    /// The agent's Unix socket.
+    #[arg(long, env = "SIDECRED_SOCKET", default_value_os_t = sidecred_proto::default_socket_path())]
+    pub socket: PathBuf,
+    /// How long a request keeps trying to reach an agent that does not answer (e.g. while it restarts)
+    /// before it is answered 503.
+    #[arg(long, env = "SIDECRED_AGENT_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub agent_wait: Duration,
+    /// Largest request body accepted (413 beyond). Accepts suffixes KiB, MiB, GiB, KB, MB, GB.
+    #[arg(long, env = "SIDECRED_MAX_REQUEST_BODY", default_value = "32MiB", value_parser = parse_size)]
+    pub max_request_body: u64,
+    /// Request bodies up to this size are kept while they stream, so a request the upstream rejects
+    /// with 401 can be retried once with a refreshed token. Larger ones get the 401 passed through.
+    #[arg(long, env = "SIDECRED_RETRY_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
+    pub retry_body_limit: u64,
+    /// File of keys clients must present (`x-api-key` or `Authorization: Bearer`), one per line,
+    /// `#` starts a comment. Without it, anyone who can reach --listen can use the account.
+    #[arg(long, env = "SIDECRED_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.
+    #[arg(long, env = "SIDECRED_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log format on stderr (filter with SIDECRED_LOG, e.g. `info` or `warn,sidecred_forwarder::access=info`).
+    #[arg(long, env = "SIDECRED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Runtime worker threads.
+    #[arg(long, env = "SIDECRED_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_upstream(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{s}` must start with https:// (or http:// for a local test server)")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("`{s}` has no host"));
+    }
+    // Request paths are forwarded as they are; a base path would silently be dropped, so refuse it.
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(format!("`{s}` must be a bare origin such as https://api.anthropic.com (no path or query)"));
+    }
+    Ok(uri)
+}
+
+/// Parses `32MiB`, `1m`, `512KB`, `1048576` into bytes. Binary and decimal suffixes both mean what
+/// they say; a bare `K`/`M`/`G` is binary, as in nginx's `client_max_body_size`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size such as 32MiB or 1048576"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("`{s}`: unknown size unit `{other}` (use KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SIDECRED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal; a log collector gets plain `key=value` text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("512KB"), Ok(512_000));
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn upstreams() {
+        assert!(parse_upstream("https://api.anthropic.com").is_ok());
+        assert!(parse_upstream("http://127.0.0.1:9999/").is_ok());
+        assert!(parse_upstream("ftp://x").is_err());
+        assert!(parse_upstream("https://api.anthropic.com/v1").is_err());
+        assert!(parse_upstream("/just/a/path").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["sidecred-forwarder"]).expect("defaults parse");
+        assert_eq!(cli.listen, "127.0.0.1:8000".parse().expect("addr"));
+        assert_eq!(cli.max_request_body, 32 << 20);
+        assert_eq!(cli.retry_body_limit, 1 << 20);
+        assert_eq!(cli.agent_wait, Duration::from_secs(2));
+        assert_eq!(cli.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cli.workers, 2);
+    }
+}

@@ -1,0 +1,354 @@
+//! The header rules between client and upstream: what is dropped, what is set, how betas merge.
+//! Pure functions over `HeaderMap`, so every rule is tested here without a network.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use sidecred_proto::Secret;
+
+/// The beta flag the API requires for OAuth access tokens.
+pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+/// Sent when the client names no API version.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+pub static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+pub static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones the old
+/// `Proxy-Connection` convention and hyper's HTTP/2 encoder also refuse to carry across.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The token holds bytes a header cannot carry. Never quotes the token.
+    #[error("the agent served a token that is not a valid header value (fingerprint {0})")]
+    Token(String),
+}
+
+/// Turns the client's request headers into the upstream's, in place: drops the client's credentials and
+/// everything hop-by-hop, sets the agent's token, merges the OAuth beta, defaults the API version and
+/// points `Host` at the upstream. Everything else passes unchanged.
+pub fn to_upstream(headers: &mut HeaderMap, token: &Secret, host: &HeaderValue) -> Result<(), HeaderError> {
+    strip_hop_by_hop(headers);
+    headers.remove(&X_API_KEY);
+    // The interim 100 was already answered to the client by our server; the upstream need not repeat it.
+    headers.remove(header::EXPECT);
+    set_authorization(headers, token)?;
+    merge_beta(headers);
+    if !headers.contains_key(&ANTHROPIC_VERSION) {
+        headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+    }
+    headers.insert(header::HOST, host.clone());
+    Ok(())
+}
+
+/// Replaces any `Authorization` with the agent's token, marked sensitive so HTTP/2 never indexes it.
+pub fn set_authorization(headers: &mut HeaderMap, token: &Secret) -> Result<(), HeaderError> {
+    let mut value = bearer(token)?;
+    value.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, value);
+    Ok(())
+}
+
+fn bearer(token: &Secret) -> Result<HeaderValue, HeaderError> {
+    let t = token.expose().as_bytes();
+    let mut buf = Vec::with_capacity(7 + t.len());
+    buf.extend_from_slice(b"Bearer ");
+    buf.extend_from_slice(t);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).map_err(|_| HeaderError::Token(token.fingerprint()))
+}
+
+/// Cleans the upstream's response headers for the client.
+pub fn to_client(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+/// Removes the standard hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Makes `anthropic-beta` one value that holds the client's betas (from any number of header values,
+/// comma-separated) and the OAuth beta, each once, in the client's order with the OAuth beta first.
+pub fn merge_beta(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(&ANTHROPIC_BETA).iter();
+    let Some(first) = values.next() else {
+        headers.insert(ANTHROPIC_BETA.clone(), HeaderValue::from_static(OAUTH_BETA));
+        return;
+    };
+    let single = values.next().is_none();
+    // The common case: one value that already lists the OAuth beta and nothing twice. Leave it alone.
+    if single && is_merged(first.as_bytes()) {
+        return;
+    }
+    let mut seen: Vec<&[u8]> = Vec::with_capacity(8);
+    seen.push(OAUTH_BETA.as_bytes());
+    for value in headers.get_all(&ANTHROPIC_BETA) {
+        for beta in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if !beta.is_empty() && !seen.contains(&beta) {
+                seen.push(beta);
+            }
+        }
+    }
+    let mut merged = Vec::with_capacity(seen.iter().map(|b| b.len() + 1).sum());
+    for (i, beta) in seen.iter().enumerate() {
+        if i > 0 {
+            merged.push(b',');
+        }
+        merged.extend_from_slice(beta);
+    }
+    // Built only from pieces of valid header values and commas, so it is valid too.
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(merged)) {
+        Ok(v) => {
+            headers.insert(ANTHROPIC_BETA.clone(), v);
+        }
+        Err(_) => {
+            headers.insert(ANTHROPIC_BETA.clone(), HeaderValue::from_static(OAUTH_BETA));
+        }
+    }
+}
+
+/// Whether a single beta value already lists the OAuth beta, has no empty items, and repeats nothing.
+fn is_merged(value: &[u8]) -> bool {
+    let mut has_oauth = false;
+    let mut items = 0usize;
+    for beta in value.split(|b| *b == b',') {
+        if beta.is_empty() || beta != beta.trim_ascii() {
+            return false;
+        }
+        items += 1;
+        if items > 16 {
+            return false;
+        }
+        has_oauth |= beta == OAUTH_BETA.as_bytes();
+        let occurrences = value.split(|b| *b == b',').filter(|other| *other == beta).count();
+        if occurrences > 1 {
+            return false;
+        }
+    }
+    has_oauth
+}
+
+/// The request's id: the client's `x-request-id` when it sent a usable one, else a new one, which is
+/// then set on the request so the upstream sees it too.
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        if is_usable_request_id(v.as_bytes()) {
+            return v.clone();
+        }
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// Visible ASCII of sensible length: it ends up in logs, so nothing that could forge a log line.
+fn is_usable_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: u128 = rand::random();
+    let mut buf = [0u8; 35];
+    buf[..3].copy_from_slice(b"sc-");
+    for (i, slot) in buf[3..].iter_mut().enumerate() {
+        *slot = HEX[((n >> (i * 4)) & 0xf) as usize];
+    }
+    // Hex digits and a prefix are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("sc-unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn beta_of(h: &HeaderMap) -> Vec<&str> {
+        h.get_all(&ANTHROPIC_BETA).iter().map(|v| v.to_str().unwrap()).collect()
+    }
+
+    fn host() -> HeaderValue {
+        HeaderValue::from_static("api.anthropic.com")
+    }
+
+    #[test]
+    fn client_credentials_are_replaced_by_the_agents_token() {
+        let mut h = map(&[
+            ("authorization", "Bearer client-key"),
+            ("x-api-key", "sk-client"),
+            ("proxy-authorization", "Basic abc"),
+            ("content-type", "application/json"),
+        ]);
+        to_upstream(&mut h, &Secret::new("tok-1"), &host()).unwrap();
+        assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
+        assert_eq!(h["authorization"], "Bearer tok-1");
+        assert!(h["authorization"].is_sensitive());
+        assert!(!h.contains_key("x-api-key"));
+        assert!(!h.contains_key("proxy-authorization"));
+        assert_eq!(h["content-type"], "application/json");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Custom-Hop"),
+            ("connection", "upgrade"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-foo"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("expect", "100-continue"),
+            ("x-kept", "yes"),
+        ]);
+        to_upstream(&mut h, &Secret::new("t"), &host()).unwrap();
+        for gone in [
+            "connection",
+            "x-custom-hop",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "expect",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be dropped");
+        }
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn host_is_rewritten_and_version_defaulted() {
+        let mut h = map(&[("host", "127.0.0.1:8000")]);
+        to_upstream(&mut h, &Secret::new("t"), &host()).unwrap();
+        assert_eq!(h["host"], "api.anthropic.com");
+        assert_eq!(h["anthropic-version"], DEFAULT_ANTHROPIC_VERSION);
+
+        let mut h = map(&[("anthropic-version", "2099-01-01")]);
+        to_upstream(&mut h, &Secret::new("t"), &host()).unwrap();
+        assert_eq!(h["anthropic-version"], "2099-01-01");
+    }
+
+    #[test]
+    fn beta_is_added_when_absent() {
+        let mut h = HeaderMap::new();
+        merge_beta(&mut h);
+        assert_eq!(beta_of(&h), [OAUTH_BETA]);
+    }
+
+    #[test]
+    fn betas_merge_across_values_without_duplicates() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["a-1"], "oauth-2025-04-20,a-1"),
+            (&["a-1,b-2"], "oauth-2025-04-20,a-1,b-2"),
+            (&["a-1 , b-2", "c-3"], "oauth-2025-04-20,a-1,b-2,c-3"),
+            (&["a-1", "a-1,oauth-2025-04-20"], "oauth-2025-04-20,a-1"),
+            (&["oauth-2025-04-20,oauth-2025-04-20"], "oauth-2025-04-20"),
+            (&["a-1,,", " "], "oauth-2025-04-20,a-1"),
+            (&["a-1,oauth-2025-04-20 "], "oauth-2025-04-20,a-1"),
+            (&[""], "oauth-2025-04-20"),
+        ];
+        for (values, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in *values {
+                h.append(ANTHROPIC_BETA.clone(), HeaderValue::from_str(v).unwrap());
+            }
+            merge_beta(&mut h);
+            assert_eq!(beta_of(&h), [*want], "from {values:?}");
+        }
+    }
+
+    #[test]
+    fn an_already_merged_beta_is_left_untouched() {
+        for v in ["a-1,oauth-2025-04-20", "oauth-2025-04-20", "oauth-2025-04-20,z-9,a-1"] {
+            let mut h = map(&[("anthropic-beta", v)]);
+            merge_beta(&mut h);
+            assert_eq!(beta_of(&h), [v]);
+        }
+    }
+
+    #[test]
+    fn is_merged_rejects_duplicates_and_blanks() {
+        assert!(is_merged(b"oauth-2025-04-20"));
+        assert!(!is_merged(b"a,oauth-2025-04-20,a"));
+        assert!(!is_merged(b"a, oauth-2025-04-20"));
+        assert!(!is_merged(b"oauth-2025-04-20,"));
+        assert!(!is_merged(b"a"));
+    }
+
+    #[test]
+    fn tokens_that_cannot_be_headers_are_errors_that_hide_the_token() {
+        let mut h = HeaderMap::new();
+        let err = to_upstream(&mut h, &Secret::new("bad\ntoken-sctest"), &host()).unwrap_err();
+        assert!(!err.to_string().contains("sctest"));
+    }
+
+    #[test]
+    fn response_headers_lose_hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/event-stream"),
+            ("request-id", "req_1"),
+        ]);
+        to_client(&mut h);
+        assert!(!h.contains_key("connection"));
+        assert!(!h.contains_key("transfer-encoding"));
+        assert_eq!(h["content-type"], "text/event-stream");
+        assert_eq!(h["request-id"], "req_1");
+    }
+
+    #[test]
+    fn request_ids_pass_through_or_are_generated() {
+        let mut h = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(request_id(&mut h), "abc-123");
+
+        let mut h = HeaderMap::new();
+        let id = request_id(&mut h);
+        assert_eq!(h["x-request-id"], id);
+        assert!(id.to_str().unwrap().starts_with("sc-"));
+        assert_eq!(id.len(), 35);
+        assert_ne!(request_id(&mut HeaderMap::new()), id);
+
+        for bad in ["has space", &"x".repeat(200)] {
+            let mut h = map(&[("x-request-id", bad)]);
+            let id = request_id(&mut h);
+            assert!(id.to_str().unwrap().starts_with("sc-"), "{bad:?} should be replaced");
+            assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The request path: route, check the client's key, get the token, rewrite headers, send upstream,
+//! retry once on 401, stream the answer back.
+
+use crate::access::AccessLog;
+use crate::agent::{AgentError, TokenSource};
+use crate::body::{ResponseBody, Tee, UpstreamBody};
+use crate::errors::ApiError;
+use crate::headers;
+use crate::health;
+use crate::keys::InboundKeys;
+use crate::upstream::Upstream;
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use sidecred_proto::TokenGrant;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+pub struct Proxy {
+    pub upstream: Upstream,
+    pub tokens: TokenSource,
+    pub keys: Option<InboundKeys>,
+    pub max_request_body: u64,
+    pub retry_body_limit: u64,
+}
+
+impl Proxy {
+    /// The hyper service: every request gets an answer, errors included, so the error type is empty.
+    pub async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+        let resp = match req.uri().path() {
+            "/livez" => health::livez(),
+            "/readyz" => health::readyz(&self.tokens).await,
+            "/health" => health::health(&self.tokens).await,
+            _ => return Ok(self.forward(req).await),
+        };
+        // Probes come every few seconds; they go to debug so the access log stays about traffic.
+        debug!(path = req.uri().path(), status = resp.status().as_u16(), "probe");
+        Ok(resp)
+    }
+
+    async fn forward(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let request_id = headers::request_id(&mut parts.headers);
+        let mut log = AccessLog::new(parts.method.clone(), parts.uri.clone(), request_id.clone(), started);
+        let mut resp = match self.forward_inner(parts, body, &mut log).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        };
+        log.status = resp.status().as_u16();
+        resp.headers_mut().entry(&headers::X_REQUEST_ID).or_insert(request_id);
+        resp.map(|body| body.with_log(log))
+    }
+
+    async fn forward_inner(
+        &self,
+        mut parts: Parts,
+        body: Incoming,
+        log: &mut AccessLog,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        if let Some(keys) = &self.keys {
+            keys.check(&parts.headers).map_err(|r| ApiError::unauthorized(r.to_string()))?;
+        }
+        let path = upstream_path(&parts.uri).ok_or_else(ApiError::not_found)?;
+        let declared = declared_length(&parts.headers);
+        if declared.is_some_and(|n| n > self.max_request_body) {
+            return Err(ApiError::too_large(self.max_request_body));
+        }
+
+        let grant = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
+        headers::to_upstream(&mut parts.headers, &grant.access_token, &self.upstream.host)
+            .map_err(|e| ApiError::agent_unavailable(e))?;
+        let uri = self.upstream.uri(path);
+
+        let (body, tee) = if body.is_end_stream() {
+            (UpstreamBody::Empty, None)
+        } else {
+            let (body, tee) = UpstreamBody::streaming(body, self.max_request_body, self.retry_body_limit);
+            (body, Some(tee))
+        };
+        // Keep what a retry needs only when a retry is possible at all.
+        let may_retry = tee.is_none() || declared.is_none_or(|n| n <= self.retry_body_limit);
+        let retry_headers = may_retry.then(|| parts.headers.clone());
+
+        let sent = Instant::now();
+        let headers = std::mem::take(&mut parts.headers);
+        let first = self.send(&parts, uri.clone(), headers, body, tee.as_ref()).await;
+        let resp = match first {
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                self.after_rejection(resp, &grant, &parts, uri, retry_headers, tee.as_ref(), log).await?
+            }
+            other => other?,
+        };
+        log.upstream = Some(sent.elapsed());
+
+        let (mut rparts, incoming) = resp.into_parts();
+        headers::to_client(&mut rparts.headers);
+        // The client's protocol is not the upstream's; the server picks the right framing.
+        rparts.version = Version::default();
+        Ok(Response::from_parts(rparts, ResponseBody::upstream(incoming)))
+    }
+
+    async fn send(
+        &self,
+        parts: &Parts,
+        uri: Uri,
+        headers: HeaderMap,
+        body: UpstreamBody,
+        tee: Option<&Tee>,
+    ) -> Result<Response<Incoming>, ApiError> {
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        self.upstream.client.request(req).await.map_err(|e| {
+            if tee.is_some_and(Tee::was_too_large) {
+                ApiError::too_large(self.max_request_body)
+            } else {
+                let detail = error_chain(&e);
+                warn!(error = %detail, "upstream request failed");
+                ApiError::bad_gateway(detail)
+            }
+        })
+    }
+
+    /// The upstream said 401: the token was revoked or expired early. Tell the agent (which refreshes
+    /// once however many requests report the same token), then send the request again with the new
+    /// token if its body was small enough to keep; otherwise the client gets the 401.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_rejection(
+        &self,
+        rejected: Response<Incoming>,
+        grant: &TokenGrant,
+        parts: &Parts,
+        uri: Uri,
+        retry_headers: Option<HeaderMap>,
+        tee: Option<&Tee>,
+        log: &mut AccessLog,
+    ) -> Result<Response<Incoming>, ApiError> {
+        let fresh = match self.tokens.report_rejected(&grant.access_token).await {
+            Ok(fresh) => fresh,
+            Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
+            Err(e) => {
+                warn!(token = %grant.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
+                return Ok(rejected);
+            }
+        };
+        if fresh.access_token == grant.access_token {
+            warn!(token = %grant.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
+            return Ok(rejected);
+        }
+        let replay = match tee {
+            None => Some(UpstreamBody::Empty),
+            Some(tee) => tee.replay(),
+        };
+        let (Some(body), Some(mut headers)) = (replay, retry_headers) else {
+            debug!(
+                token = %grant.access_token,
+                body_bytes = tee.map_or(0, Tee::bytes_seen),
+                "upstream 401 on a body too large to keep for a retry (--retry-body-limit); passing it on"
+            );
+            return Ok(rejected);
+        };
+        // Dropping the 401 before reading it costs that connection its reuse, which is cheaper than
+        // making the client wait for an error body nobody reads.
+        drop(rejected);
+        headers::set_authorization(&mut headers, &fresh.access_token).map_err(ApiError::agent_unavailable)?;
+        log.retried = true;
+        debug!(old = %grant.access_token, new = %fresh.access_token, "retrying with the refreshed token");
+        self.send(parts, uri, headers, body, None).await
+    }
+}
+
+/// Where a client path goes upstream: `/v1/...` as it is, `/api/v1/...` without `/api` (the base URL
+/// the deployment guide gives clients), query kept. Anything else is not ours to forward.
+pub fn upstream_path(uri: &Uri) -> Option<PathAndQuery> {
+    let pq = uri.path_and_query()?;
+    let is_v1 = |p: &str| p == "/v1" || p.starts_with("/v1/");
+    let path = pq.path();
+    if is_v1(path) {
+        return Some(pq.clone());
+    }
+    match path.strip_prefix("/api") {
+        Some(rest) if is_v1(rest) => PathAndQuery::try_from(&pq.as_str()["/api".len()..]).ok(),
+        _ => None,
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn agent_failure(e: &AgentError) -> ApiError {
+    match e {
+        AgentError::ReauthRequired(m) => reauth(m),
+        AgentError::Refused(p) => {
+            warn!(code = %p.code, error = %p.message, "the agent has no token to serve");
+            ApiError::agent_unavailable(format_args!("it has no valid token ({}): {}", p.code, p.message))
+        }
+        AgentError::Unreachable { .. } | AgentError::Timeout(_) => {
+            warn!(error = %e, "the agent is not answering");
+            ApiError::agent_unavailable(e)
+        }
+    }
+}
+
+fn reauth(agent_message: &str) -> ApiError {
+    warn!("the agent's refresh token was rejected: someone must log in again");
+    ApiError::unauthorized(format!(
+        "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
+         (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
+    ))
+}
+
+/// The error and its causes on one line: hyper's top-level messages ("client error (Connect)") say
+/// little on their own.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(s: &str) -> Option<String> {
+        upstream_path(&s.parse::<Uri>().unwrap()).map(|p| p.as_str().to_owned())
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(path("/v1/messages").as_deref(), Some("/v1/messages"));
+        assert_eq!(path("/v1/messages?beta=true").as_deref(), Some("/v1/messages?beta=true"));
+        assert_eq!(path("/api/v1/messages").as_deref(), Some("/v1/messages"));
+        assert_eq!(path("/api/v1/models?limit=5").as_deref(), Some("/v1/models?limit=5"));
+        assert_eq!(path("/v1").as_deref(), Some("/v1"));
+        assert_eq!(path("http://h:1/v1/models").as_deref(), Some("/v1/models"));
+        assert_eq!(path("/"), None);
+        assert_eq!(path("/v2/messages"), None);
+        assert_eq!(path("/v1x"), None);
+        assert_eq!(path("/api/v2/messages"), None);
+        assert_eq!(path("/api"), None);
+        assert_eq!(path("/apiv1/messages"), None);
+        assert_eq!(path("/health/v1"), None);
+    }
+
+    #[test]
+    fn declared_lengths() {
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_length(&h), None);
+        h.insert(CONTENT_LENGTH, "42".parse().unwrap());
+        assert_eq!(declared_length(&h), Some(42));
+        h.insert(CONTENT_LENGTH, "nope".parse().unwrap());
+        assert_eq!(declared_length(&h), None);
+    }
+
+    #[test]
+    fn reauth_message_says_to_log_in_again() {
+        let e = reauth("invalid_grant");
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(e.kind, "authentication_error");
+        assert!(e.message.contains("log in again"));
+    }
+}

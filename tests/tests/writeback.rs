@@ -1,0 +1,131 @@
+//! `--write-back-secret`: after each refresh the agent patches the Kubernetes Secret with the live pair,
+//! against a fake of the two API calls it may make.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sidecred_tests::fake_kube::FakeKube;
+use sidecred_tests::fake_oauth::{FakeOAuth, Pair};
+use sidecred_tests::harness::*;
+use std::process::Command;
+use std::time::Duration;
+
+const NS: &str = "sidecred";
+const NAME: &str = "sidecred-credentials";
+const KEY: &str = ".credentials.json";
+const SA_TOKEN: &str = "sctest-serviceaccount-token";
+
+fn creds(p: &Pair) -> Vec<u8> {
+    serde_json::to_vec_pretty(&claude_code_credentials(&p.access_token, &p.refresh_token, now_ms() + 8 * 3600 * 1000))
+        .unwrap()
+}
+
+fn secret_refresh_token(kube: &FakeKube) -> Option<String> {
+    let bytes = kube.value(KEY)?;
+    refresh_token_of(&serde_json::from_slice(&bytes).ok()?)
+}
+
+fn agent_cmd(sb: &Sandbox, fake: &FakeOAuth, secret: &str) -> Command {
+    let mut cmd = sb.agent_cmd(&fake.token_url());
+    cmd.arg("--state-dir")
+        .arg(sb.state_dir())
+        .args(["--write-back-secret", secret])
+        .env("KUBECONFIG", sb.path().join("kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refresh_is_written_back_and_a_new_pod_starts_from_the_live_pair() {
+    let fake = FakeOAuth::start().await;
+    let first = fake.issue_pair();
+    let kube = FakeKube::start(NS, NAME, SA_TOKEN, KEY, &creds(&first)).await;
+    let sb = Sandbox::new();
+    kube.write_kubeconfig(&sb.path().join("kubeconfig"));
+    std::fs::remove_dir(sb.creds_dir()).unwrap();
+    let mut mount = SecretDir::create(&sb.creds_dir(), &[(KEY, &creds(&first))]);
+    let secret = format!("{NS}/{NAME}");
+
+    let mut agent = sb.start_agent("agent-1", agent_cmd(&sb, &fake, &secret)).await;
+    let mut client = sb.client().await;
+    for round in 0..3 {
+        client.refresh().await.unwrap();
+        let live = fake.live_refresh_tokens().pop().unwrap();
+        wait_until(&format!("write-back {round}"), Duration::from_secs(10), || {
+            secret_refresh_token(&kube).as_deref() == Some(live.as_str())
+        })
+        .await;
+    }
+    // Unknown fields of the credentials survive the trip through the Secret.
+    let doc: serde_json::Value = serde_json::from_slice(&kube.value(KEY).unwrap()).unwrap();
+    assert_eq!(doc["mcpOAuth"]["some-server"]["nested"][2]["deep"], true);
+
+    // A concurrent writer bumps the resourceVersion: the patch conflicts, is retried, and lands.
+    kube.conflict_next_patch();
+    client.refresh().await.unwrap();
+    let live = fake.live_refresh_tokens().pop().unwrap();
+    wait_until("write-back after a conflict", Duration::from_secs(10), || {
+        secret_refresh_token(&kube).as_deref() == Some(live.as_str())
+    })
+    .await;
+    assert!(kube.seen().iter().any(|s| s.status == 409), "the conflict happened");
+
+    // Only what the RBAC role grants: get and patch of this one Secret, as JSON merge patches.
+    let path = format!("/api/v1/namespaces/{NS}/secrets/{NAME}");
+    for seen in kube.seen() {
+        assert_eq!(seen.path, path, "{seen:?}");
+        assert!(seen.verb == "get" || seen.verb == "patch", "{seen:?}");
+        if seen.verb == "patch" {
+            assert_eq!(seen.content_type.as_deref(), Some("application/merge-patch+json"));
+        }
+        assert!(seen.status == 200 || seen.status == 409, "{seen:?}");
+    }
+
+    // The whole pod is replaced and nothing is kept but the Secret, which the kubelet has synced.
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    std::fs::remove_dir_all(sb.state_dir()).unwrap();
+    mount.update(&[(KEY, &kube.value(KEY).unwrap())]);
+    let received = fake.received();
+    let _agent = sb.start_agent("agent-2", agent_cmd(&sb, &fake, &secret)).await;
+    sb.client().await.refresh().await.expect("the new pod's refresh token is live");
+    assert_eq!(fake.received(), received + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_login_in_the_secret_is_never_overwritten() {
+    let fake = FakeOAuth::start().await;
+    let first = fake.issue_pair();
+    let kube = FakeKube::start(NS, NAME, SA_TOKEN, KEY, &creds(&first)).await;
+    let sb = Sandbox::new();
+    kube.write_kubeconfig(&sb.path().join("kubeconfig"));
+    seed_json(&sb, &first);
+    let agent = sb.start_agent("agent", agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"))).await;
+
+    // Someone logs in again and applies the Secret; the mount has not caught up yet.
+    let newer = fake.issue_pair();
+    kube.set_value(KEY, &creds(&newer));
+    sb.client().await.refresh().await.unwrap();
+    agent.wait_for_log("not overwriting it", Duration::from_secs(10)).await;
+    assert_eq!(secret_refresh_token(&kube).as_deref(), Some(newer.refresh_token.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_write_back_is_reported_and_tokens_keep_flowing() {
+    let fake = FakeOAuth::start().await;
+    let first = fake.issue_pair();
+    // The role only grants the Secret `other`.
+    let kube = FakeKube::start(NS, "other", SA_TOKEN, KEY, b"{}").await;
+    let sb = Sandbox::new();
+    kube.write_kubeconfig(&sb.path().join("kubeconfig"));
+    seed_json(&sb, &first);
+    let agent = sb.start_agent("agent", agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"))).await;
+    sb.client().await.refresh().await.unwrap();
+    agent.wait_for_log("needs `get` and `patch`", Duration::from_secs(10)).await;
+    assert!(agent.log().contains(&format!("{NS}/{NAME}")));
+    assert_eq!(
+        sb.client().await.get_token().await.unwrap().access_token.expose(),
+        fake.latest_access_token().unwrap()
+    );
+}
+
+fn seed_json(sb: &Sandbox, p: &Pair) {
+    write_json(&sb.seed(), &serde_json::from_slice(&creds(p)).unwrap());
+}
