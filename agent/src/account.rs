@@ -324,8 +324,14 @@ async fn token_from_file(path: &Path, oauth: &OAuthClient) -> Result<Obtained, O
         ObtainError::RefreshFailed { path: shown.clone(), reason, rejected }
     })?;
     let next = creds.with_update(response.into_update(now_ms()));
-    write_atomic(&target, &next.to_bytes()).map_err(|source| ObtainError::SaveFailed { path: shown, source })?;
-    Ok(Obtained { token: next.access_token.clone(), source, expires_at_ms: next.expires_at_ms, refreshed: true })
+    write_atomic(&target, &next.to_bytes())
+        .map_err(|source| ObtainError::SaveFailed { path: shown, source })?;
+    Ok(Obtained {
+        token: next.access_token.clone(),
+        source,
+        expires_at_ms: next.expires_at_ms,
+        refreshed: true,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -473,7 +479,12 @@ pub async fn info(args: AccountArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let report = InfoReport { source: got.source, plan: profile.plan(), subscription_type: profile.subscription_type(), profile };
+    let report = InfoReport {
+        source: got.source,
+        plan: profile.plan(),
+        subscription_type: profile.subscription_type(),
+        profile,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -527,7 +538,9 @@ enum LogoutPlan {
 }
 
 fn plan_logout(bytes: &[u8]) -> LogoutPlan {
-    let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(bytes) else { return LogoutPlan::RemoveFile };
+    let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(bytes) else {
+        return LogoutPlan::RemoveFile;
+    };
     let kept: Vec<String> = doc.keys().filter(|k| *k != CLAUDE_KEY).cloned().collect();
     let flat = doc.contains_key("access_token") || doc.contains_key("refresh_token");
     if doc.contains_key(CLAUDE_KEY) && !kept.is_empty() && !flat {
@@ -615,7 +628,8 @@ pub fn human_secs(s: i64) -> String {
 }
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 #[cfg(test)]
@@ -651,7 +665,10 @@ mod tests {
         assert_eq!(expired.state, FileState::Expired);
         assert!(render_file_status(&expired).contains("expired:       50m ago"));
 
-        let p = write(dir.path(), r#"{"claudeAiOauth":{"accessToken":"sk-secret-a","refreshToken":"r","expiresAt":"soon"}}"#);
+        let p = write(
+            dir.path(),
+            r#"{"claudeAiOauth":{"accessToken":"sk-secret-a","refreshToken":"r","expiresAt":"soon"}}"#,
+        );
         let bad = file_status(&p, now);
         assert_eq!(bad.state, FileState::Unreadable);
         assert_eq!(bad.field.as_deref(), Some("claudeAiOauth.expiresAt"));
@@ -672,14 +689,22 @@ mod tests {
             LogoutPlan::RemoveBlock { kept: vec!["mcpOAuth".into()] }
         );
         assert_eq!(plan_logout(br#"{"claudeAiOauth":{}}"#), LogoutPlan::RemoveFile);
-        assert_eq!(plan_logout(br#"{"access_token":"a","refresh_token":"r","email":"x"}"#), LogoutPlan::RemoveFile);
+        assert_eq!(
+            plan_logout(br#"{"access_token":"a","refresh_token":"r","email":"x"}"#),
+            LogoutPlan::RemoveFile
+        );
         assert_eq!(plan_logout(b"not json"), LogoutPlan::RemoveFile);
         assert_eq!(plan_logout(br#"{"mcpOAuth":{}}"#), LogoutPlan::NothingToDo);
     }
 
     #[test]
     fn api_errors_are_explained() {
-        let status = |s: u16| ApiError::Status { endpoint: "https://api.test/v1/models".into(), status: s, error_type: None, message: None };
+        let status = |s: u16| ApiError::Status {
+            endpoint: "https://api.test/v1/models".into(),
+            status: s,
+            error_type: None,
+            message: None,
+        };
         assert_eq!(explain_api_error(&status(401)).0, "revoked");
         assert_eq!(explain_api_error(&status(403)).0, "scope_missing");
         assert_eq!(explain_api_error(&status(500)).0, "api_error");

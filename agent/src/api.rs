@@ -87,15 +87,23 @@ impl Api {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| ApiError::Transport { endpoint: url.to_owned(), detail: describe_request_error(&e, "API", url) })?;
+            .map_err(|e| ApiError::Transport {
+                endpoint: url.to_owned(),
+                detail: describe_request_error(&e, "API", url),
+            })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Transport { endpoint: url.to_owned(), detail: describe_request_error(&e, "API", url) })?;
+        let bytes = response.bytes().await.map_err(|e| ApiError::Transport {
+            endpoint: url.to_owned(),
+            detail: describe_request_error(&e, "API", url),
+        })?;
         if !status.is_success() {
             let (error_type, message) = error_details(&bytes);
-            return Err(ApiError::Status { endpoint: url.to_owned(), status: status.as_u16(), error_type, message });
+            return Err(ApiError::Status {
+                endpoint: url.to_owned(),
+                status: status.as_u16(),
+                error_type,
+                message,
+            });
         }
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed {
             endpoint: url.to_owned(),

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "sidecred-agent", version, about = "Owns Claude OAuth credentials and serves the access token over a Unix socket")]
+#[command(
+    name = "sidecred-agent",
+    version,
+    about = "Owns Claude OAuth credentials and serves the access token over a Unix socket"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "SIDECRED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -246,7 +250,8 @@ pub fn default_credentials_path() -> PathBuf {
 
 fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    let mode = u32::from_str_radix(digits, 8).map_err(|_| format!("`{s}` is not an octal mode such as 0660"))?;
+    let mode =
+        u32::from_str_radix(digits, 8).map_err(|_| format!("`{s}` is not an octal mode such as 0660"))?;
     if mode > 0o777 {
         return Err(format!("`{s}` is not a permission mode (at most 0777)"));
     }

@@ -138,7 +138,8 @@ impl Credentials {
             });
         };
         let access_token = required_string(oauth, "accessToken").map_err(|p| field_err("accessToken", p))?;
-        let refresh_token = required_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
+        let refresh_token =
+            required_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
         let expires_at_ms = match oauth.get("expiresAt") {
             Some(v) => epoch_ms(v).ok_or_else(|| field_err("expiresAt", "must be epoch milliseconds"))?,
             None => return Err(field_err("expiresAt", "is missing")),
@@ -172,8 +173,9 @@ impl Credentials {
         let refresh_token =
             required_string(&doc, "refresh_token").map_err(|p| field_err("refresh_token", p))?;
         let expires_at_ms = match doc.get("expires_at") {
-            Some(Value::String(s)) => parse_rfc3339_ms(s)
-                .ok_or_else(|| field_err("expires_at", "must be an RFC 3339 time such as 2025-12-31T23:59:59Z"))?,
+            Some(Value::String(s)) => parse_rfc3339_ms(s).ok_or_else(|| {
+                field_err("expires_at", "must be an RFC 3339 time such as 2025-12-31T23:59:59Z")
+            })?,
             Some(v) => epoch_ms(v).ok_or_else(|| field_err("expires_at", "must be RFC 3339 or epoch ms"))?,
             None => return Err(field_err("expires_at", "is missing")),
         };
@@ -199,6 +201,7 @@ impl Credentials {
         })
     }
 
+    #[cfg(test)]
     pub fn shape(&self) -> Shape {
         self.shape
     }
@@ -303,10 +306,9 @@ fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, &'stat
 fn string_list(value: Option<&Value>) -> Result<Vec<String>, &'static str> {
     match value {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or("must be a list of strings"))
-            .collect(),
+        Some(Value::Array(items)) => {
+            items.iter().map(|v| v.as_str().map(str::to_owned).ok_or("must be a list of strings")).collect()
+        }
         Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_owned).collect()),
         Some(_) => Err("must be a list of strings"),
     }
@@ -467,7 +469,10 @@ mod tests {
         let cases = [
             (r#"{"claudeAiOauth":{"refreshToken":"sk-secret","expiresAt":1}}"#, "claudeAiOauth.accessToken"),
             (r#"{"claudeAiOauth":{"accessToken":"sk-secret","expiresAt":1}}"#, "claudeAiOauth.refreshToken"),
-            (r#"{"claudeAiOauth":{"accessToken":"sk-secret","refreshToken":"r"}}"#, "claudeAiOauth.expiresAt"),
+            (
+                r#"{"claudeAiOauth":{"accessToken":"sk-secret","refreshToken":"r"}}"#,
+                "claudeAiOauth.expiresAt",
+            ),
             (
                 r#"{"claudeAiOauth":{"accessToken":"sk-secret","refreshToken":"r","expiresAt":"soon"}}"#,
                 "claudeAiOauth.expiresAt",

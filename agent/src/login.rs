@@ -114,8 +114,10 @@ impl Attempt {
         if scopes.is_empty() {
             return Err(LoginError::NoScopes);
         }
-        let auth_url = AuthUrl::new(args.authorize_url.clone())
-            .map_err(|e| LoginError::AuthorizeUrl { url: args.authorize_url.clone(), detail: e.to_string() })?;
+        let auth_url = AuthUrl::new(args.authorize_url.clone()).map_err(|e| LoginError::AuthorizeUrl {
+            url: args.authorize_url.clone(),
+            detail: e.to_string(),
+        })?;
         let redirect = RedirectUrl::new(redirect_uri.to_owned())
             .map_err(|e| LoginError::RedirectUri { url: redirect_uri.to_owned(), detail: e.to_string() })?;
         let client = BasicClient::new(ClientId::new(args.endpoint.client_id.clone()))
@@ -231,16 +233,16 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
             let attempt = Attempt::new(&args, &loopback.redirect_uri())?;
             announce_browser(&attempt, args.timeout, !args.no_open);
             let waited = tokio::time::timeout_at(deadline, loopback.wait_for_callback()).await;
-            let (callback, stream) = match waited {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(LoginError::Timeout {
+            let (callback, stream) =
+                match waited {
+                    Ok(result) => result?,
+                    Err(_) => return Err(LoginError::Timeout {
                         after: args.timeout,
-                        hint: " (or use --mode paste when the browser cannot reach localhost on this machine)",
+                        hint:
+                            " (or use --mode paste when the browser cannot reach localhost on this machine)",
                     }
-                    .into())
-                }
-            };
+                    .into()),
+                };
             (attempt, callback, Some(stream))
         }
     };
@@ -324,11 +326,12 @@ async fn finish(
 
     match destination {
         Destination::Stdout => {
-            let creds = Credentials::new_claude_code(update).with_plan(subscription.as_deref(), tier.as_deref());
+            let creds =
+                Credentials::new_claude_code(update).with_plan(subscription.as_deref(), tier.as_deref());
             let mut out = std::io::stdout().lock();
-            out.write_all(&creds.to_bytes())
-                .and_then(|()| out.flush())
-                .map_err(|source| LoginError::Save(WriteError::Io { path: PathBuf::from("<stdout>"), source }))?;
+            out.write_all(&creds.to_bytes()).and_then(|()| out.flush()).map_err(|source| {
+                LoginError::Save(WriteError::Io { path: PathBuf::from("<stdout>"), source })
+            })?;
         }
         Destination::File(path) => {
             // Read again: the file may have changed while the person was signing in.
@@ -345,7 +348,11 @@ async fn finish(
 }
 
 /// The paste mode: print the URL, then read `CODE#STATE` lines from stdin until one parses.
-async fn read_pasted_code(attempt: &Attempt, deadline: Instant, timeout: Duration) -> Result<Callback, LoginError> {
+async fn read_pasted_code(
+    attempt: &Attempt,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Callback, LoginError> {
     eprintln!("To log in, open this URL in a browser (on any machine) and sign in with your Claude account:");
     eprintln!();
     eprintln!("{}", attempt.url);
@@ -367,6 +374,10 @@ async fn read_pasted_code(attempt: &Attempt, deadline: Instant, timeout: Duratio
             Ok(Some(Err(e))) => return Err(LoginError::Stdin(e)),
             Ok(Some(Ok(line))) => line,
         };
+        if !stdin_is_terminal() {
+            // Nothing echoed the piped line: end the prompt's line ourselves.
+            eprintln!();
+        }
         if line.expose().trim().is_empty() {
             continue;
         }
@@ -459,7 +470,10 @@ impl Loopback {
         let v4 = TcpListener::bind(v4_addr)
             .await
             .map_err(|source| LoginError::Listen { addr: v4_addr.to_string(), source })?;
-        let port = v4.local_addr().map_err(|source| LoginError::Listen { addr: v4_addr.to_string(), source })?.port();
+        let port = v4
+            .local_addr()
+            .map_err(|source| LoginError::Listen { addr: v4_addr.to_string(), source })?
+            .port();
         // Hosts without IPv6 simply get no second listener.
         let v6 = TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).await.ok();
         Ok(Loopback { v4, v6, port })
@@ -534,7 +548,12 @@ async fn read_request_target(stream: &mut TcpStream) -> Option<String> {
     let mut parts = line.split(' ');
     let (method, target) = (parts.next()?, parts.next()?);
     if method != "GET" {
-        let _ = stream.write_all(Page::response("405 Method Not Allowed", "Not allowed", "Only GET is served here.").as_bytes()).await;
+        let _ = stream
+            .write_all(
+                Page::response("405 Method Not Allowed", "Not allowed", "Only GET is served here.")
+                    .as_bytes(),
+            )
+            .await;
         return None;
     }
     Some(target.to_owned())
@@ -552,7 +571,10 @@ impl Page {
         Page {
             status: "200 OK",
             title: "sidecred: logged in",
-            message: format!("Logged in as {}. You can close this tab and return to the terminal.", done.who()),
+            message: format!(
+                "Logged in as {}. You can close this tab and return to the terminal.",
+                done.who()
+            ),
         }
     }
 
@@ -609,7 +631,12 @@ fn read_existing(path: &Path) -> Result<Existing, LoginError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Absent),
-        Err(e) => return Err(LoginError::Existing { path: path.to_owned(), problem: format!("cannot be read ({e})") }),
+        Err(e) => {
+            return Err(LoginError::Existing {
+                path: path.to_owned(),
+                problem: format!("cannot be read ({e})"),
+            })
+        }
     };
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| LoginError::Existing {
         path: path.to_owned(),
@@ -679,7 +706,8 @@ mod tests {
         // The challenge is the S256 of the verifier, base64url without padding.
         use base64::Engine;
         use sha2::Digest;
-        let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(a.verifier.expose()));
+        let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(a.verifier.expose()));
         assert_eq!(q["code_challenge"], expected);
         assert_eq!(a.verifier.expose().len(), 43);
         assert!(!q.values().any(|v| v == a.verifier.expose()), "the verifier must not be in the URL");
@@ -695,7 +723,10 @@ mod tests {
             Attempt::new(&args(&["--authorize-url", "not a url"]), DEFAULT_MANUAL_REDIRECT_URI),
             Err(LoginError::AuthorizeUrl { .. })
         ));
-        assert!(matches!(Attempt::new(&args(&["--scopes", " "]), DEFAULT_MANUAL_REDIRECT_URI), Err(LoginError::NoScopes)));
+        assert!(matches!(
+            Attempt::new(&args(&["--scopes", " "]), DEFAULT_MANUAL_REDIRECT_URI),
+            Err(LoginError::NoScopes)
+        ));
     }
 
     #[test]
@@ -717,7 +748,10 @@ mod tests {
     #[test]
     fn redirect_query_forms() {
         let state = Secret::new("st");
-        assert_eq!(Callback::from_query("code=c%2B1&state=st").into_code(&state).expect("code").expose(), "c+1");
+        assert_eq!(
+            Callback::from_query("code=c%2B1&state=st").into_code(&state).expect("code").expose(),
+            "c+1"
+        );
         let denied = Callback::from_query("error=access_denied&error_description=User%20said%20no&state=st");
         let err = denied.into_code(&state).expect_err("denied").to_string();
         assert!(err.contains("access_denied") && err.contains("User said no"), "{err}");
@@ -753,7 +787,9 @@ mod tests {
             // An idle connection must not block the real one.
             let _idle = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
             let mut cb = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-            cb.write_all(b"GET /callback?code=c&state=s HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+            cb.write_all(b"GET /callback?code=c&state=s HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .expect("write");
             let mut answer = String::new();
             cb.read_to_string(&mut answer).await.expect("read");
             answer

@@ -100,10 +100,6 @@ impl OAuthClient {
         Ok(OAuthClient { http, config })
     }
 
-    pub fn config(&self) -> &OAuthConfig {
-        &self.config
-    }
-
     /// The shared HTTP client, for the few other calls the account commands make.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -148,10 +144,7 @@ impl OAuthClient {
             .map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?;
+        let bytes = response.bytes().await.map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?;
         if status.is_success() {
             parse_success(&bytes, url)
         } else {
@@ -164,10 +157,9 @@ fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, TokenError> {
     let raw: RawTokenResponse = serde_json::from_slice(bytes).map_err(|e| {
         TokenError::transient(format!("token endpoint {url} sent malformed JSON ({})", json_fault(&e)))
     })?;
-    let access_token = raw
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| TokenError::transient(format!("token endpoint {url} answered without `access_token`")))?;
+    let access_token = raw.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        TokenError::transient(format!("token endpoint {url} answered without `access_token`"))
+    })?;
     let expires_in = raw
         .expires_in
         .as_ref()
@@ -309,7 +301,8 @@ mod tests {
 
     #[test]
     fn malformed_success_is_transient_and_quiet() {
-        let err = parse_success(br#"{"access_token":"sk-ant-oat01-leak","expires_in":"#, URL).expect_err("bad");
+        let err =
+            parse_success(br#"{"access_token":"sk-ant-oat01-leak","expires_in":"#, URL).expect_err("bad");
         assert!(matches!(err, TokenError::Transient { .. }));
         assert!(!err.to_string().contains("leak"), "{err}");
     }

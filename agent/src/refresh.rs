@@ -4,8 +4,8 @@
 
 use crate::credentials::{now_ms, Credentials, TokenUpdate};
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
-use crate::writeback::WriteBack;
 use crate::store::{is_retired, retire, Loaded, SeedRead, Store};
+use crate::writeback::WriteBack;
 use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenGrant, TokenState};
 use std::future::Future;
 use std::pin::Pin;
@@ -465,7 +465,10 @@ impl Manager {
                 self.lifecycle = Lifecycle::Failing { attempts };
                 self.last_error = Some((reason.clone(), now_ms()));
                 self.next_attempt = Some(Instant::now() + delay);
-                self.answer_waiters(Err(ProtoError::new(ErrorCode::Unavailable, format!("refresh failed: {reason}"))));
+                self.answer_waiters(Err(ProtoError::new(
+                    ErrorCode::Unavailable,
+                    format!("refresh failed: {reason}"),
+                )));
             }
             Err(TokenError::Rejected { reason }) => {
                 let message = format!("{reason}. {REAUTH_HINT}");
@@ -539,7 +542,8 @@ impl Manager {
         let retired = self.retired.clone();
         let started = Instant::now();
         let result =
-            tokio::task::spawn_blocking(move || store.persist(&credentials, seed_sha.as_deref(), &retired)).await;
+            tokio::task::spawn_blocking(move || store.persist(&credentials, seed_sha.as_deref(), &retired))
+                .await;
         match result {
             Ok(Ok(())) => {
                 debug!(took = ?started.elapsed(), "saved the credentials");
@@ -548,7 +552,8 @@ impl Manager {
             Ok(Err(e)) => {
                 error!(error = %e, "could not save the refreshed credentials; they live only in memory until a retry succeeds");
                 self.last_error = Some((format!("saving credentials failed: {e}"), now_ms()));
-                self.persist_retry = Some(Instant::now() + self.policy.backoff_min.max(Duration::from_secs(1)));
+                self.persist_retry =
+                    Some(Instant::now() + self.policy.backoff_min.max(Duration::from_secs(1)));
             }
             Err(join) => {
                 error!(error = %join, "the credentials writer panicked");
@@ -585,13 +590,14 @@ impl Manager {
             // A retry in flight is still degraded: the failures are what an operator needs to see.
             Lifecycle::Failing { attempts } => (
                 TokenState::Degraded,
-                Some(format!("{attempts} refresh attempt(s) failed; serving the current token while it is valid")),
+                Some(format!(
+                    "{attempts} refresh attempt(s) failed; serving the current token while it is valid"
+                )),
             ),
             _ if self.inflight.is_some() => (TokenState::Refreshing, None),
-            Lifecycle::Healthy if self.persist_retry.is_some() => (
-                TokenState::Degraded,
-                Some("the current credentials are not saved yet; retrying".to_owned()),
-            ),
+            Lifecycle::Healthy if self.persist_retry.is_some() => {
+                (TokenState::Degraded, Some("the current credentials are not saved yet; retrying".to_owned()))
+            }
             Lifecycle::Healthy => (TokenState::Valid, None),
         };
         let credentials = self.live.as_ref().map(|l| &l.credentials);
@@ -666,7 +672,11 @@ mod tests {
     #[test]
     fn expiry_guard_applies() {
         let now = Instant::now();
-        let t = Served { access_token: Secret::new("a"), expires_at_ms: 0, deadline: now + Duration::from_secs(4) };
+        let t = Served {
+            access_token: Secret::new("a"),
+            expires_at_ms: 0,
+            deadline: now + Duration::from_secs(4),
+        };
         assert!(!t.is_valid(now));
         let t = Served { deadline: now + Duration::from_secs(60), ..t };
         assert!(t.is_valid(now));

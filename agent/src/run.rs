@@ -41,7 +41,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let initial_sha = loaded.as_ref().ok().and_then(|l| l.seed_sha256.clone());
 
-    let mut policy = Policy { backoff_min: args.backoff_min, backoff_max: args.backoff_max, ..Policy::default() };
+    let mut policy =
+        Policy { backoff_min: args.backoff_min, backoff_max: args.backoff_max, ..Policy::default() };
     if let Some(margin) = args.refresh_margin {
         policy.margin_min = margin;
         policy.margin_fraction = 0.0;

@@ -3,8 +3,8 @@
 
 use crate::refresh::{Command, Snapshot};
 use sidecred_proto::{
-    read_frame, write_frame, ErrorCode, FrameError, ProtoError, Request, RequestFrame, Response, ResponseFrame,
-    StatusReport, TokenGrant,
+    read_frame, write_frame, ErrorCode, FrameError, ProtoError, Request, RequestFrame, Response,
+    ResponseFrame, StatusReport, TokenGrant,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -65,7 +65,8 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(BindError::Bind { path: path.to_owned(), source }),
     }
-    let listener = UnixListener::bind(path).map_err(|source| BindError::Bind { path: path.to_owned(), source })?;
+    let listener =
+        UnixListener::bind(path).map_err(|source| BindError::Bind { path: path.to_owned(), source })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|source| BindError::Bind { path: path.to_owned(), source })?;
     Ok(listener)
@@ -128,8 +129,11 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) {
     if !ctx.config.allowed_uids.contains(&peer.uid()) {
         // Read (and discard) the request first, so the peer is not writing into a closed socket when the
         // answer arrives and sees the reason instead of a broken pipe.
-        let _ = tokio::time::timeout(Duration::from_secs(1), read_frame::<_, RequestFrame>(&mut reader, &mut buf))
-            .await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            read_frame::<_, RequestFrame>(&mut reader, &mut buf),
+        )
+        .await;
         warn!(uid = peer.uid(), pid = ?peer.pid(), "refusing a peer whose uid is not allowed (see --allow-uid)");
         let denied = ProtoError::new(
             ErrorCode::PermissionDenied,
@@ -164,7 +168,9 @@ async fn handle(request: Request, ctx: &Context) -> Response {
     let result = match request {
         Request::GetToken => get_token(ctx).await,
         Request::Status => return Response::Status(Box::new(status(ctx))),
-        Request::ReportRejected { token } => ask_manager(ctx, |reply| Command::Rejected { token, reply }).await,
+        Request::ReportRejected { token } => {
+            ask_manager(ctx, |reply| Command::Rejected { token, reply }).await
+        }
         Request::Refresh => ask_manager(ctx, |reply| Command::Refresh { reply }).await,
     };
     match result {

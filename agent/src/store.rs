@@ -157,11 +157,7 @@ impl Store {
             return Err(StoreError::StateVersion { path: path.clone(), version: doc.version });
         }
         let credentials = Credentials::from_value(doc.credentials, path)?;
-        Ok(Some(StateRead {
-            seed_sha256: doc.seed_sha256,
-            retired: doc.retired_refresh_tokens,
-            credentials,
-        }))
+        Ok(Some(StateRead { seed_sha256: doc.seed_sha256, retired: doc.retired_refresh_tokens, credentials }))
     }
 
     /// The credentials to start from, by the precedence rules at the top of this module.
@@ -174,10 +170,8 @@ impl Store {
             Err(e) => (None, None, Some(e.to_string())),
         };
         let retired = state.as_ref().map(|s| s.retired.clone()).unwrap_or_default();
-        let origin = choose(
-            seed_creds.as_ref().map(|c| (seed_sha256.as_deref().unwrap_or(""), c)),
-            state.as_ref(),
-        );
+        let origin =
+            choose(seed_creds.as_ref().map(|c| (seed_sha256.as_deref().unwrap_or(""), c)), state.as_ref());
         let credentials = match (origin, seed_creds, state) {
             (Some(Origin::Seed), Some(c), _) => c,
             (Some(Origin::State), _, Some(s)) => s.credentials,
@@ -297,7 +291,10 @@ mod tests {
         // Seed changed but carries a refresh token we already spent (a stale Secret): the state.
         assert_eq!(choose(Some(("s2", &seed)), Some(&state("s1", "R5", &["R0"]))), Some(Origin::State));
         // Seed rewritten with the pair the state holds (a write-back landed): the state.
-        assert_eq!(choose(Some(("s3", &creds("R5"))), Some(&state("s1", "R5", &["R0"]))), Some(Origin::State));
+        assert_eq!(
+            choose(Some(("s3", &creds("R5"))), Some(&state("s1", "R5", &["R0"]))),
+            Some(Origin::State)
+        );
         // Seed unusable: the state; neither: nothing.
         assert_eq!(choose(None, Some(&state("s1", "R5", &[]))), Some(Origin::State));
         assert_eq!(choose(None, None), None);

@@ -28,8 +28,9 @@ pub struct SecretRef {
 impl std::str::FromStr for SecretRef {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (namespace, name) =
-            s.split_once('/').ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME (e.g. default/sidecred-credentials)"))?;
+        let (namespace, name) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME (e.g. default/sidecred-credentials)"))?;
         let valid = |part: &str| {
             !part.is_empty()
                 && part.len() <= 253
@@ -159,13 +160,17 @@ async fn connect(secret: &SecretRef) -> Result<Api<KubeSecret>, WriteError> {
     Ok(Api::namespaced(client, &secret.namespace))
 }
 
-async fn write(api: &Api<KubeSecret>, secret: &SecretRef, key: &str, offer: &Offer) -> Result<Outcome, WriteError> {
+async fn write(
+    api: &Api<KubeSecret>,
+    secret: &SecretRef,
+    key: &str,
+    offer: &Offer,
+) -> Result<Outcome, WriteError> {
     let current = api.get(&secret.name).await.map_err(|e| classify(e, "get", secret))?;
-    let held = current
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .and_then(|b| Credentials::parse(&b.0, &PathBuf::from(format!("secret {secret} key {key}"))).ok());
+    let held =
+        current.data.as_ref().and_then(|d| d.get(key)).and_then(|b| {
+            Credentials::parse(&b.0, &PathBuf::from(format!("secret {secret} key {key}"))).ok()
+        });
     if let Some(held) = &held {
         let held_fp = held.refresh_token.fingerprint();
         if held_fp == offer.refresh_fp {
@@ -181,7 +186,9 @@ async fn write(api: &Api<KubeSecret>, secret: &SecretRef, key: &str, offer: &Off
         "data": { key: encoded },
     });
     let params = PatchParams { field_manager: Some("sidecred-agent".to_owned()), ..PatchParams::default() };
-    api.patch(&secret.name, &params, &Patch::Merge(&patch)).await.map_err(|e| classify(e, "patch", secret))?;
+    api.patch(&secret.name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| classify(e, "patch", secret))?;
     Ok(Outcome::Written)
 }
 

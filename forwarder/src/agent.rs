@@ -85,7 +85,8 @@ impl TokenSource {
                         if Instant::now() >= deadline {
                             return Err(self.unreachable(wait, e));
                         }
-                        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+                        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                            .await;
                         pause = (pause * 2).min(RETRY_MAX);
                         continue;
                     }
@@ -150,6 +151,7 @@ impl TokenSource {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use sidecred_proto::{read_frame, write_frame, RequestFrame, Response, ResponseFrame};
@@ -158,7 +160,11 @@ mod tests {
     use tokio::net::UnixListener;
 
     /// A stand-in agent answering every request with `answer`, counting connections.
-    fn serve(listener: UnixListener, answer: Response, conns: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
+    fn serve(
+        listener: UnixListener,
+        answer: Response,
+        conns: Arc<AtomicUsize>,
+    ) -> tokio::task::JoinHandle<()> {
         serve_n(listener, answer, conns, usize::MAX)
     }
 
@@ -179,7 +185,9 @@ mod tests {
                     let mut buf = Vec::new();
                     let mut answered = 0;
                     while answered < per_conn {
-                        let Ok(Some(_)) = read_frame::<_, RequestFrame>(&mut r, &mut buf).await else { return };
+                        let Ok(Some(_)) = read_frame::<_, RequestFrame>(&mut r, &mut buf).await else {
+                            return;
+                        };
                         answered += 1;
                         if write_frame(&mut w, &ResponseFrame::from(answer.clone())).await.is_err() {
                             return;
@@ -219,12 +227,12 @@ mod tests {
         let source = TokenSource::new(path.clone(), Duration::from_secs(5));
         let late = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            serve(UnixListener::bind(&path).unwrap(), grant("late"), Arc::default())
+            let _ = serve(UnixListener::bind(&path).unwrap(), grant("late"), Arc::default()).await;
         });
         let started = Instant::now();
         assert_eq!(source.token().await.unwrap().access_token.expose(), "late");
         assert!(started.elapsed() >= Duration::from_millis(100));
-        late.await.unwrap().abort();
+        late.abort();
     }
 
     #[tokio::test]
@@ -253,7 +261,9 @@ mod tests {
         let answer = Response::Error(ProtoError::new(ErrorCode::Unavailable, "expired"));
         let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default());
         let source = TokenSource::new(path, Duration::from_secs(1));
-        assert!(matches!(source.token().await, Err(AgentError::Refused(e)) if e.code == ErrorCode::Unavailable));
+        assert!(
+            matches!(source.token().await, Err(AgentError::Refused(e)) if e.code == ErrorCode::Unavailable)
+        );
     }
 
     #[tokio::test]

@@ -66,18 +66,8 @@ impl Tee {
 
 pub enum UpstreamBody {
     Empty,
-    Streaming {
-        inner: Incoming,
-        tee: Tee,
-        seen: u64,
-        max: u64,
-        keep_limit: u64,
-    },
-    Replay {
-        chunks: Vec<Bytes>,
-        next: usize,
-        left: u64,
-    },
+    Streaming { inner: Incoming, tee: Tee, seen: u64, max: u64, keep_limit: u64 },
+    Replay { chunks: Vec<Bytes>, next: usize, left: u64 },
 }
 
 impl UpstreamBody {
@@ -93,7 +83,10 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Streaming { inner, tee, seen, max, keep_limit } => {
@@ -203,7 +196,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

@@ -64,7 +64,9 @@ fn parse_upstream(s: &str) -> Result<http::Uri, String> {
     }
     // Request paths are forwarded as they are; a base path would silently be dropped, so refuse it.
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
-        return Err(format!("`{s}` must be a bare origin such as https://api.anthropic.com (no path or query)"));
+        return Err(format!(
+            "`{s}` must be a bare origin such as https://api.anthropic.com (no path or query)"
+        ));
     }
     Ok(uri)
 }
@@ -105,6 +107,7 @@ pub fn init_logging(format: LogFormat) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clap::CommandFactory;

@@ -48,7 +48,11 @@ impl ApiError {
     }
 
     pub fn bad_gateway(detail: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "api_error", format!("the upstream API could not be reached: {detail}"))
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            format!("the upstream API could not be reached: {detail}"),
+        )
     }
 
     pub fn body(&self) -> String {
@@ -72,6 +76,7 @@ pub fn json_response(status: StatusCode, body: String) -> Response<ResponseBody>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

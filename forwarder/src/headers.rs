@@ -65,7 +65,8 @@ fn bearer(token: &Secret) -> Result<HeaderValue, HeaderError> {
     let mut buf = Vec::with_capacity(7 + t.len());
     buf.extend_from_slice(b"Bearer ");
     buf.extend_from_slice(t);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).map_err(|_| HeaderError::Token(token.fingerprint()))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+        .map_err(|_| HeaderError::Token(token.fingerprint()))
 }
 
 /// Cleans the upstream's response headers for the client.
@@ -183,6 +184,7 @@ fn new_request_id() -> HeaderValue {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -25,7 +25,8 @@ pub async fn health(tokens: &TokenSource) -> Response<ResponseBody> {
     match tokens.probe().await {
         Ok(grant) => json_response(
             StatusCode::OK,
-            json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000}).to_string(),
+            json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000})
+                .to_string(),
         ),
         Err(e) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -31,8 +31,8 @@ pub struct InboundKeys {
 
 impl InboundKeys {
     pub fn load(path: &Path) -> Result<Self, KeysError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| KeysError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| KeysError::Read { path: path.to_owned(), source })?;
         let keys = Self::parse(&text);
         if keys.digests.is_empty() {
             return Err(KeysError::Empty { path: path.to_owned() });
@@ -82,6 +82,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use http::HeaderValue;

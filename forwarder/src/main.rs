@@ -67,7 +67,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         );
     }
     let matcher = hyper_util::client::proxy::matcher::Matcher::from_env();
-    let upstream = upstream::Upstream::new(&cli.upstream, &matcher).context("cannot set up the upstream client")?;
+    let upstream =
+        upstream::Upstream::new(&cli.upstream, &matcher).context("cannot set up the upstream client")?;
     let via = upstream.via.clone();
     let proxy = Arc::new(proxy::Proxy {
         upstream,
@@ -77,7 +78,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         retry_body_limit: cli.retry_body_limit,
     });
 
-    let listener = TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let listener =
+        TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
     let local = listener.local_addr().context("cannot read the bound address")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;

@@ -31,7 +31,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// The hyper service: every request gets an answer, errors included, so the error type is empty.
-    pub async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
         let resp = match req.uri().path() {
             "/livez" => health::livez(),
             "/readyz" => health::readyz(&self.tokens).await,
@@ -74,7 +77,7 @@ impl Proxy {
 
         let grant = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
         headers::to_upstream(&mut parts.headers, &grant.access_token, &self.upstream.host)
-            .map_err(|e| ApiError::agent_unavailable(e))?;
+            .map_err(ApiError::agent_unavailable)?;
         let uri = self.upstream.uri(path);
 
         let (body, tee) = if body.is_end_stream() {
@@ -231,6 +234,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -158,6 +158,7 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

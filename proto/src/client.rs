@@ -46,17 +46,17 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|cause| ClientError::Connect {
-            path: path.display().to_string(),
-            cause,
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|cause| ClientError::Connect { path: path.display().to_string(), cause })?;
         Ok(Client { stream: BufReader::new(stream), buf: Vec::with_capacity(512) })
     }
 
     /// Sends one request and returns the agent's answer, errors included as `Response::Error`.
     pub async fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         write_frame(self.stream.get_mut(), &RequestFrame::from(request)).await?;
-        let frame: ResponseFrame = read_frame(&mut self.stream, &mut self.buf).await?.ok_or(ClientError::Closed)?;
+        let frame: ResponseFrame =
+            read_frame(&mut self.stream, &mut self.buf).await?.ok_or(ClientError::Closed)?;
         if frame.v != PROTOCOL_VERSION {
             return Err(ClientError::Version(frame.v));
         }
@@ -83,7 +83,11 @@ impl Client {
         }
     }
 
-    async fn call_for_token(&mut self, request: Request, asked: &'static str) -> Result<TokenGrant, ClientError> {
+    async fn call_for_token(
+        &mut self,
+        request: Request,
+        asked: &'static str,
+    ) -> Result<TokenGrant, ClientError> {
         match self.call(request).await? {
             Response::Token(grant) => Ok(grant),
             Response::Error(e) => Err(e.into()),

@@ -72,6 +72,12 @@ fn malformed(e: &serde_json::Error) -> FrameError {
     FrameError::Malformed(format!("{kind} at line {} column {}", e.line(), e.column()))
 }
 
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,11 +114,5 @@ mod tests {
         let body = br#"{"v":7,"op":"teleport"}"#;
         let err = decode_frame::<RequestFrame>(body).expect_err("must fail");
         assert!(matches!(err, FrameError::UnsupportedVersion { got: 7, .. }), "{err}");
-    }
-}
-
-impl From<std::io::Error> for FrameError {
-    fn from(e: std::io::Error) -> Self {
-        FrameError::Io(e)
     }
 }

@@ -209,10 +209,7 @@ mod tests {
     #[test]
     fn request_wire_shape() {
         let frame = RequestFrame::from(Request::GetToken);
-        assert_eq!(
-            serde_json::to_string(&frame).expect("serialize"),
-            r#"{"v":1,"op":"get_token"}"#
-        );
+        assert_eq!(serde_json::to_string(&frame).expect("serialize"), r#"{"v":1,"op":"get_token"}"#);
         let frame = RequestFrame::from(Request::ReportRejected { token: Secret::new("t") });
         assert_eq!(
             serde_json::to_string(&frame).expect("serialize"),

@@ -149,7 +149,10 @@ fn secret_object(st: &State) -> Value {
     })
 }
 
-async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+async fn handle(
+    req: Request<Incoming>,
+    st: Arc<Mutex<State>>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let verb = match *req.method() {
         Method::GET => "get",
         Method::PATCH => "patch",
@@ -182,7 +185,8 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
         match serde_json::from_slice::<Value>(&body) {
             Err(_) => status(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON"),
             Ok(patch) => {
-                let wanted_rv = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+                let wanted_rv =
+                    patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
                 if s.conflict_next_patch {
                     s.conflict_next_patch = false;
                     s.resource_version += 1;
@@ -193,7 +197,10 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
                     let mut bad = false;
                     if let Some(data) = patch.get("data").and_then(Value::as_object) {
                         for (k, v) in data {
-                            match v.as_str().and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()) {
+                            match v
+                                .as_str()
+                                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                            {
                                 Some(bytes) => {
                                     s.data.insert(k.clone(), bytes);
                                 }

@@ -31,7 +31,8 @@ pub const CLIENT_ID: &str = crate::fake_oauth::CLIENT_ID;
 pub const MANUAL_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
 pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 pub const DEFAULT_SCOPES: &[&str] = &["org:create_api_key", "user:profile", "user:inference"];
-const KNOWN_SCOPES: &[&str] = &["org:create_api_key", "user:profile", "user:inference", "user:sessions:claude_code"];
+const KNOWN_SCOPES: &[&str] =
+    &["org:create_api_key", "user:profile", "user:inference", "user:sessions:claude_code"];
 pub const EMAIL: &str = "someone@example.com";
 pub const ORG_UUID: &str = "org-2222-fake";
 
@@ -92,7 +93,11 @@ impl FakeLogin {
     pub async fn start() -> FakeLogin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake login");
         let addr = listener.local_addr().expect("local addr");
-        let state = Arc::new(Mutex::new(State { expires_in: 8 * 3600, profile: default_profile(), ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            expires_in: 8 * 3600,
+            profile: default_profile(),
+            ..State::default()
+        }));
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -272,8 +277,12 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> HandlerResult 
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let (content_type, authorization, beta, version) =
-        (header("content-type"), header("authorization"), header("anthropic-beta"), header("anthropic-version"));
+    let (content_type, authorization, beta, version) = (
+        header("content-type"),
+        header("authorization"),
+        header("anthropic-beta"),
+        header("anthropic-version"),
+    );
     let body = req.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
     let mut s = st.lock().unwrap();
     let resp = match (method.as_str(), path.as_str()) {
@@ -300,15 +309,31 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> HandlerResult 
 }
 
 /// `None` when the request may proceed; otherwise the refusal the real API gives.
-fn api_call(s: &mut State, authorization: &str, beta: &str, version: &str, scope: &str) -> Option<Response<Full<Bytes>>> {
+fn api_call(
+    s: &mut State,
+    authorization: &str,
+    beta: &str,
+    version: &str,
+    scope: &str,
+) -> Option<Response<Full<Bytes>>> {
     let Some(token) = authorization.strip_prefix("Bearer ") else {
         return Some(api_error(s, StatusCode::UNAUTHORIZED, "authentication_error", "missing bearer token"));
     };
     if !beta.split(',').any(|b| b.trim() == OAUTH_BETA) {
-        return Some(api_error(s, StatusCode::UNAUTHORIZED, "authentication_error", "OAuth authentication is currently not supported."));
+        return Some(api_error(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "OAuth authentication is currently not supported.",
+        ));
     }
     if version.is_empty() {
-        return Some(api_error(s, StatusCode::BAD_REQUEST, "invalid_request_error", "anthropic-version header is required"));
+        return Some(api_error(
+            s,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "anthropic-version header is required",
+        ));
     }
     let Some(scopes) = s.access.get(token) else {
         return Some(api_error(s, StatusCode::UNAUTHORIZED, "authentication_error", "Invalid bearer token"));
@@ -338,7 +363,9 @@ fn authorize(s: &mut State, query: &str) -> Response<Full<Bytes>> {
         Some("response_type must be code")
     } else if get("code_challenge_method") != "S256" {
         Some("code_challenge_method must be S256")
-    } else if challenge.len() != 43 || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    } else if challenge.len() != 43
+        || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         Some("code_challenge must be a base64url SHA-256")
     } else if redirect_uri != MANUAL_REDIRECT_URI && !loopback {
         Some("redirect_uri is not registered for this client")
@@ -355,10 +382,20 @@ fn authorize(s: &mut State, query: &str) -> Response<Full<Bytes>> {
     s.seq += 1;
     let salt: u64 = rand::rng().random();
     let code = format!("sctest-code-{}-{salt:016x}", s.seq);
-    let bound_challenge = if std::mem::take(&mut s.swap_next_challenge) { s256("a different verifier entirely") } else { challenge };
+    let bound_challenge = if std::mem::take(&mut s.swap_next_challenge) {
+        s256("a different verifier entirely")
+    } else {
+        challenge
+    };
     s.codes.insert(
         code.clone(),
-        Grant { challenge: bound_challenge, redirect_uri: redirect_uri.clone(), state: get("state"), scopes, used: false },
+        Grant {
+            challenge: bound_challenge,
+            redirect_uri: redirect_uri.clone(),
+            state: get("state"),
+            scopes,
+            used: false,
+        },
     );
     let mut location = reqwest::Url::parse(&redirect_uri).expect("checked above");
     location.query_pairs_mut().append_pair("code", &code).append_pair("state", &get("state"));
@@ -418,7 +455,12 @@ fn refresh(s: &mut State, doc: &Value) -> Response<Full<Bytes>> {
     s.refresh_requests += 1;
     let presented = doc["refresh_token"].as_str().unwrap_or("").to_owned();
     let Some(scopes) = s.refresh.remove(&presented) else {
-        return oauth_error(s, StatusCode::BAD_REQUEST, "invalid_grant", "refresh token not found or invalid");
+        return oauth_error(
+            s,
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "refresh token not found or invalid",
+        );
     };
     s.rotated_from.push(presented);
     s.rotations += 1;
@@ -447,7 +489,10 @@ mod tests {
 
     #[test]
     fn base64url_matches_rfc7636_appendix_b() {
-        assert_eq!(s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(
+            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
         assert_eq!(base64url(b""), "");
         assert_eq!(base64url(b"f"), "Zg");
         assert_eq!(base64url(b"fo"), "Zm8");

@@ -194,7 +194,8 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> HandlerResult 
     if req.method() != hyper::Method::POST || req.uri().path() != "/v1/oauth/token" {
         return Ok(json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})));
     }
-    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let content_type =
+        req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let user_agent = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let body = req.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
 
@@ -212,7 +213,12 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> HandlerResult 
     }
 }
 
-async fn process(st: &Mutex<State>, content_type: &str, user_agent: &str, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+async fn process(
+    st: &Mutex<State>,
+    content_type: &str,
+    user_agent: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
     let (delay, fault) = {
         let mut s = st.lock().unwrap();
         s.received += 1;
@@ -231,7 +237,10 @@ async fn process(st: &Mutex<State>, content_type: &str, user_agent: &str, body: 
         Some(Fault::Reset) => return None,
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Some(json_response(status, json!({"error": {"type": "api_error", "message": "fault injected"}})));
+            return Some(json_response(
+                status,
+                json!({"error": {"type": "api_error", "message": "fault injected"}}),
+            ));
         }
         Some(Fault::Malformed) => {
             let mut resp = json_response(StatusCode::OK, json!({}));

@@ -233,7 +233,9 @@ async fn handle(
                     )
                 }
             }
-            (&Method::POST, "/v1/messages/count_tokens") => json_answer(StatusCode::OK, json!({"input_tokens": 3})),
+            (&Method::POST, "/v1/messages/count_tokens") => {
+                json_answer(StatusCode::OK, json!({"input_tokens": 3}))
+            }
             (&Method::GET, "/v1/models") => json_answer(
                 StatusCode::OK,
                 json!({"data": [{"type": "model", "id": "claude-fake-1"}], "has_more": false}),
@@ -277,7 +279,10 @@ impl Body for FakeBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             FakeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             FakeBody::Sse(s) => Pin::new(s.as_mut()).poll_frame(cx),
@@ -318,7 +323,8 @@ impl SseBody {
 
     fn event(&self, n: usize) -> String {
         if n == 0 {
-            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_fake\"}}\n\n".to_owned()
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_fake\"}}\n\n"
+                .to_owned()
         } else if n <= self.config.events {
             format!(
                 "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"chunk {n}\"}}}}\n\n"
@@ -333,7 +339,10 @@ impl Body for SseBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let last = this.config.events + 1;
         if this.next > last {

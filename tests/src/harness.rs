@@ -20,7 +20,10 @@ pub fn bin(name: &str) -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => {
             let exe = std::env::current_exe().expect("current_exe");
-            exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_owned()
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("test binary lives in target/<profile>/deps")
+                .to_owned()
         }
     };
     let path = dir.join(name);
@@ -141,7 +144,10 @@ impl Drop for Proc {
 pub fn assert_no_secrets(name: &str, log: &str) {
     if let Some(line) = log.lines().find(|l| l.contains(SECRET_MARKER)) {
         // Print only where, not the line itself: the line holds the secret.
-        panic!("a token leaked into the log of {name} (a line containing {SECRET_MARKER:?}, {} chars)", line.len());
+        panic!(
+            "a token leaked into the log of {name} (a line containing {SECRET_MARKER:?}, {} chars)",
+            line.len()
+        );
     }
 }
 
@@ -285,7 +291,10 @@ pub fn claude_code_credentials(access: &str, refresh: &str, expires_at_ms: u64) 
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Writes JSON to `path` with mode 0600 (replacing it by rename, like an editor or a login would).

@@ -9,7 +9,6 @@ use sidecred_proto::{ErrorCode, Secret, TokenState};
 use sidecred_tests::fake_oauth::{FakeOAuth, Fault, Pair};
 use sidecred_tests::harness::*;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -97,7 +96,8 @@ async fn fifty_forced_refreshes_leave_the_live_refresh_token_on_disk_and_keep_un
     let mode = std::fs::metadata(sb.seed()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // No temp file left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(sb.creds_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(sb.creds_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "only the credentials file: {leftovers:?}");
     // Wire format: JSON bodies with the right client id, and the agent's own User-Agent.
     assert!(fake.bad_requests().is_empty(), "{:?}", fake.bad_requests());
@@ -209,8 +209,12 @@ async fn a_kubernetes_secret_update_is_adopted_and_invalid_content_is_ignored() 
     let sb = Sandbox::new();
     std::fs::remove_dir(sb.creds_dir()).unwrap();
     let creds = |p: &Pair| {
-        serde_json::to_vec(&claude_code_credentials(&p.access_token, &p.refresh_token, now_ms() + 8 * HOUR_MS))
-            .unwrap()
+        serde_json::to_vec(&claude_code_credentials(
+            &p.access_token,
+            &p.refresh_token,
+            now_ms() + 8 * HOUR_MS,
+        ))
+        .unwrap()
     };
     let mut secret = SecretDir::create(&sb.creds_dir(), &[(".credentials.json", &creds(&first))]);
     let mut cmd = sb.agent_cmd(&fake.token_url());
@@ -266,8 +270,10 @@ async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them(
     for fault in [Fault::Status(500), Fault::Hang, Fault::Malformed, Fault::Reset, Fault::Status(503)] {
         fake.set_fault(Some(fault.clone()));
         let seen = fake.received();
-        wait_until(&format!("retries under {fault:?}"), Duration::from_secs(20), || fake.received() >= seen + 2)
-            .await;
+        wait_until(&format!("retries under {fault:?}"), Duration::from_secs(20), || {
+            fake.received() >= seen + 2
+        })
+        .await;
         assert_eq!(token(&sb).await, pair.access_token, "the valid token keeps flowing under {fault:?}");
         let status = sb.client().await.status().await.unwrap();
         assert_eq!(status.state, Some(TokenState::Degraded), "{fault:?}: {status:?}");
@@ -288,7 +294,11 @@ async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them(
     let first_429 = Instant::now();
     let after_first = fake.received();
     wait_until("the retry after a 429", Duration::from_secs(10), || fake.received() > after_first).await;
-    assert!(first_429.elapsed() >= Duration::from_millis(1900), "Retry-After honoured: {:?}", first_429.elapsed());
+    assert!(
+        first_429.elapsed() >= Duration::from_millis(1900),
+        "Retry-After honoured: {:?}",
+        first_429.elapsed()
+    );
 
     // The endpoint recovers: the agent refreshes and is healthy again.
     fake.set_fault(None);
@@ -406,7 +416,11 @@ async fn kill_9_around_refreshes_never_tears_the_file_or_loses_the_login_outside
         let name = format!("agent-{round}");
         let mut agent = sb.start_agent(&name, sb.agent_cmd(&fake.token_url())).await;
         // The restarted agent works from what the last one left: prove it with a refresh.
-        sb.client().await.refresh().await.unwrap_or_else(|e| panic!("round {round}: restart needs a login: {e}"));
+        sb.client()
+            .await
+            .refresh()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: restart needs a login: {e}"));
         let socket = sb.socket();
         let hammer = tokio::spawn(async move {
             let Ok(mut c) = Client::connect(&socket).await else { return };
@@ -419,12 +433,16 @@ async fn kill_9_around_refreshes_never_tears_the_file_or_loses_the_login_outside
 
         let bytes = std::fs::read(sb.seed()).expect("the file exists after kill -9");
         assert!(!bytes.is_empty(), "round {round}: empty file");
-        let doc: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("round {round}: torn file"));
+        let doc: Value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("round {round}: torn file"));
         assert_eq!(doc["mcpOAuth"]["some-server"]["nested"][2]["deep"], true);
         let on_disk = refresh_token_of(&doc).unwrap();
         if !fake.is_live(&on_disk) {
             // The endpoint rotated for a client that died before it could save the answer.
-            assert!(fake.was_rotated(&on_disk), "round {round}: the file holds a token the server never issued");
+            assert!(
+                fake.was_rotated(&on_disk),
+                "round {round}: the file holds a token the server never issued"
+            );
             windows += 1;
             let relogin = fake.issue_pair();
             seed_with(&sb, &relogin, now_ms() + 8 * HOUR_MS);
@@ -592,8 +610,8 @@ async fn json_logs_show_fingerprints_never_tokens() {
     let fp = sidecred_proto::fingerprint(&pair.refresh_token);
     assert!(log.contains(&fp), "the log identifies tokens by fingerprint");
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not a JSON log line ({} chars)", line.len()));
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|_| panic!("not a JSON log line ({} chars)", line.len()));
     }
     // Proc's drop checks the log for every token value.
 }
-

@@ -10,7 +10,9 @@ use sidecred_proto::TokenState;
 use sidecred_tests::fake_oauth::{FakeOAuth, Pair};
 use sidecred_tests::fake_upstream::{sha256_of, FakeUpstream, TokenCheck};
 use sidecred_tests::forwarder_harness::{forwarder_cmd, http_client, start_forwarder, Forwarder};
-use sidecred_tests::harness::{claude_code_credentials, now_ms, wait_until, wait_until_async, write_json, Proc, Sandbox};
+use sidecred_tests::harness::{
+    claude_code_credentials, now_ms, wait_until, wait_until_async, write_json, Proc, Sandbox,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +52,10 @@ impl World {
         check: impl FnOnce(&Arc<FakeOAuth>) -> TokenCheck,
     ) -> World {
         let sandbox = Sandbox::new();
-        write_json(&sandbox.seed(), &claude_code_credentials(&pair.access_token, &pair.refresh_token, expires_at_ms));
+        write_json(
+            &sandbox.seed(),
+            &claude_code_credentials(&pair.access_token, &pair.refresh_token, expires_at_ms),
+        );
         let upstream = FakeUpstream::start(check(&fake)).await;
         let agent = sandbox.start_agent("agent", sandbox.agent_cmd(&fake.token_url())).await;
         World { agent: Some(agent), upstream, fake, pair, sandbox }
@@ -69,7 +74,8 @@ impl World {
 
     async fn restart_agent(&mut self, name: &str) {
         assert!(self.agent.is_none(), "kill the agent first");
-        self.agent = Some(self.sandbox.start_agent(name, self.sandbox.agent_cmd(&self.fake.token_url())).await);
+        self.agent =
+            Some(self.sandbox.start_agent(name, self.sandbox.agent_cmd(&self.fake.token_url())).await);
     }
 
     async fn agent_status(&self) -> sidecred_proto::StatusReport {
@@ -125,7 +131,8 @@ async fn forwards_with_the_agents_token_merged_betas_and_exact_bodies() {
     let fwd = world.forwarder("forwarder", &[]).await;
     let client = http_client();
 
-    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi \u00e9"}]}"#;
+    let body =
+        br#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi \u00e9"}]}"#;
     let resp = client
         .post(fwd.url("/v1/messages?beta=true"))
         .header("content-type", "application/json")
@@ -166,14 +173,16 @@ async fn forwards_with_the_agents_token_merged_betas_and_exact_bodies() {
     assert_eq!(world.upstream.last_seen().unwrap().header("anthropic-beta").as_deref(), Some(OAUTH_BETA));
 
     // 10 MiB, with a Content-Length and then streamed chunked: the same bytes arrive.
-    let big: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> =
+        (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let digest = sha256_of(&big);
     let resp = client.post(fwd.url("/v1/messages")).body(big.clone()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let seen = world.upstream.last_seen().unwrap();
     assert_eq!((seen.body_sha256.as_str(), seen.body_len), (digest.as_str(), big.len()));
 
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let resp = client
         .post(fwd.url("/v1/messages"))
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
@@ -194,7 +203,9 @@ async fn sse_events_arrive_as_the_upstream_sends_them() {
     let h1 = http_client();
     let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
 
-    for (i, (client, version)) in [(h1, reqwest::Version::HTTP_11), (h2, reqwest::Version::HTTP_2)].into_iter().enumerate() {
+    for (i, (client, version)) in
+        [(h1, reqwest::Version::HTTP_11), (h2, reqwest::Version::HTTP_2)].into_iter().enumerate()
+    {
         let resp = stream_request(&client, &fwd.url("/v1/messages")).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), version);
@@ -258,13 +269,23 @@ async fn an_agent_restart_within_the_window_fails_no_request() {
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Set while the agent is down: requests started then are the ones that must wait it out.
+    let agent_down = Arc::new(AtomicBool::new(false));
+    let started_while_down = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..4 {
         let (ok, failed, stop, url) = (ok.clone(), failed.clone(), stop.clone(), fwd.url("/v1/messages"));
+        let (agent_down, started_while_down) = (agent_down.clone(), started_while_down.clone());
         workers.push(tokio::spawn(async move {
             let client = http_client();
+            let mut slowest = Duration::ZERO;
             while !stop.load(Ordering::SeqCst) {
+                if agent_down.load(Ordering::SeqCst) {
+                    started_while_down.fetch_add(1, Ordering::SeqCst);
+                }
+                let started = Instant::now();
                 let (status, body) = message(&client, &url).await;
+                slowest = slowest.max(started.elapsed());
                 if status == 200 {
                     ok.fetch_add(1, Ordering::SeqCst);
                 } else {
@@ -272,18 +293,31 @@ async fn an_agent_restart_within_the_window_fails_no_request() {
                     failed.fetch_add(1, Ordering::SeqCst);
                 }
             }
+            slowest
         }));
     }
-    wait_until("traffic before the restart", Duration::from_secs(20), || ok.load(Ordering::SeqCst) >= 20).await;
+    wait_until("traffic before the restart", Duration::from_secs(20), || ok.load(Ordering::SeqCst) >= 20)
+        .await;
+    agent_down.store(true, Ordering::SeqCst);
     world.kill_agent();
     world.restart_agent("agent-2").await;
+    agent_down.store(false, Ordering::SeqCst);
     let after = ok.load(Ordering::SeqCst);
-    wait_until("traffic after the restart", Duration::from_secs(20), || ok.load(Ordering::SeqCst) >= after + 20).await;
+    wait_until("traffic after the restart", Duration::from_secs(20), || {
+        ok.load(Ordering::SeqCst) >= after + 20
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
+    let mut slowest = Duration::ZERO;
     for w in workers {
-        w.await.unwrap();
+        slowest = slowest.max(w.await.unwrap());
     }
+    eprintln!(
+        "requests started while the agent was down: {}, slowest request: {slowest:?}",
+        started_while_down.load(Ordering::SeqCst)
+    );
     assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed across an agent restart");
+    assert!(started_while_down.load(Ordering::SeqCst) >= 1, "no request met the restart");
     assert!(ok.load(Ordering::SeqCst) >= 40);
 }
 
@@ -338,7 +372,10 @@ async fn a_401_on_a_body_too_large_to_keep_is_passed_on() {
     let fwd = world.forwarder("forwarder", &["--retry-body-limit", "1KiB"]).await;
     let client = http_client();
     world.upstream.reject_next(1);
-    let big = format!(r#"{{"model":"m","max_tokens":1,"messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(4096));
+    let big = format!(
+        r#"{{"model":"m","max_tokens":1,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(4096)
+    );
 
     let resp = client.post(fwd.url("/v1/messages")).body(big.clone()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
@@ -397,7 +434,12 @@ async fn forced_refreshes_during_1000_requests_show_no_client_a_401() {
         failures.extend(w.await.unwrap());
     }
     refresher.await.unwrap();
-    assert!(failures.is_empty(), "{} of {TOTAL} requests failed, e.g. {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} of {TOTAL} requests failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
     assert_eq!(done.load(Ordering::SeqCst), TOTAL);
     assert_eq!(world.fake.rotations(), 3, "the three forced refreshes, and no others");
     let rejected = world.upstream.seen().iter().filter(|s| s.status == 401).count();
@@ -408,7 +450,8 @@ async fn forced_refreshes_during_1000_requests_show_no_client_a_401() {
 async fn paths_and_inbound_keys() {
     let world = World::new().await;
     let keys = world.sandbox.path().join("api-keys");
-    std::fs::write(&keys, "# who may call\nsctest-inbound-key-1\n\n  sctest-inbound-key-2  # the laptop\n").unwrap();
+    std::fs::write(&keys, "# who may call\nsctest-inbound-key-1\n\n  sctest-inbound-key-2  # the laptop\n")
+        .unwrap();
     let fwd = world.forwarder("forwarder", &["--api-keys-file", keys.to_str().unwrap()]).await;
     let client = http_client();
 
@@ -437,7 +480,8 @@ async fn paths_and_inbound_keys() {
     assert_eq!((seen.path.as_str(), seen.query.as_deref()), ("/v1/models", Some("limit=5")));
     assert_eq!(seen.bearer(), Some(world.pair.access_token.as_str()), "the inbound key is replaced");
 
-    let resp = client.get(fwd.url("/v2/whatever")).header("x-api-key", "sctest-inbound-key-1").send().await.unwrap();
+    let resp =
+        client.get(fwd.url("/v2/whatever")).header("x-api-key", "sctest-inbound-key-1").send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_anthropic_error(&resp.json().await.unwrap(), "not_found_error");
 
@@ -498,7 +542,8 @@ async fn bodies_over_the_cap_get_413() {
     assert_eq!(world.upstream.seen_count(), 0);
 
     // Streamed without a length: refused once the count passes the cap.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = over.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        over.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let resp = client
         .post(fwd.url("/v1/messages"))
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))

@@ -8,7 +8,9 @@
 
 use serde_json::{json, Value};
 use sidecred_tests::fake_login::{self, FakeLogin};
-use sidecred_tests::harness::{self, agent_bin, assert_no_secrets, now_ms, read_json, wait_until, write_json, Sandbox};
+use sidecred_tests::harness::{
+    self, agent_bin, assert_no_secrets, now_ms, read_json, wait_until, write_json, Sandbox,
+};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -33,7 +35,11 @@ fn agent_command(sb: &Sandbox, args: &[OsString]) -> std::process::Command {
     cmd.args(args).env("SIDECRED_LOG", "debug").env("HOME", sb.path());
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
-        if k.starts_with("SIDECRED_") || k.to_ascii_lowercase().ends_with("_proxy") || k == "DISPLAY" || k == "WAYLAND_DISPLAY" {
+        if k.starts_with("SIDECRED_")
+            || k.to_ascii_lowercase().ends_with("_proxy")
+            || k == "DISPLAY"
+            || k == "WAYLAND_DISPLAY"
+        {
             cmd.env_remove(&key);
         }
     }
@@ -61,7 +67,10 @@ struct Finished {
     stderr: String,
 }
 
-fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> tokio::task::JoinHandle<()> {
+fn collect(
+    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = [0u8; 4096];
         while let Ok(n) = from.read(&mut buf).await {
@@ -159,7 +168,10 @@ fn login_args(fake: &FakeLogin, creds: &Path, extra: &[&str]) -> Vec<OsString> {
 
 /// The authorize URL the command printed on a line of its own.
 fn printed_url(fake: &FakeLogin, text: &str) -> Option<String> {
-    text.lines().map(|l| l.trim_end_matches('\r')).find(|l| l.starts_with(&fake.authorize_url())).map(str::to_owned)
+    text.lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find(|l| l.starts_with(&fake.authorize_url()))
+        .map(str::to_owned)
 }
 
 fn query(url: &str) -> HashMap<String, String> {
@@ -169,9 +181,16 @@ fn query(url: &str) -> HashMap<String, String> {
 /// Plays the person in the browser: opens the authorize URL and reads the code and state from the
 /// redirect (what Claude's callback page shows as `CODE#STATE`).
 async fn sign_in(url: &str) -> (String, String) {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
+    let client =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
     let resp = client.get(url).send().await.expect("authorize request");
-    assert_eq!(resp.status(), 302, "authorize answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    assert_eq!(
+        resp.status(),
+        302,
+        "authorize answered {}: {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
     let q = query(&location);
     (q["code"].clone(), q["state"].clone())
@@ -204,7 +223,10 @@ fn assert_fresh_login(fake: &FakeLogin, doc: &Value, before_ms: u64) {
     assert!(fake.is_live_refresh_token(refresh), "the refresh token is live");
     let expires_at = oauth["expiresAt"].as_u64().expect("expiresAt is epoch ms");
     let eight_hours = 8 * HOUR_MS;
-    assert!(expires_at >= before_ms + eight_hours && expires_at <= now_ms() + eight_hours, "expiresAt {expires_at}");
+    assert!(
+        expires_at >= before_ms + eight_hours && expires_at <= now_ms() + eight_hours,
+        "expiresAt {expires_at}"
+    );
     assert_eq!(oauth["scopes"], json!(fake_login::DEFAULT_SCOPES));
     assert_eq!(oauth["subscriptionType"], "max");
     assert_eq!(oauth["rateLimitTier"], "default_claude_max_20x");
@@ -321,7 +343,10 @@ async fn wrong_verifier_is_refused_and_the_existing_file_is_untouched() {
     let sb = Sandbox::new();
     let creds = creds_file(&sb);
     let old = fake.issue_pair(fake_login::DEFAULT_SCOPES);
-    write_json(&creds, &harness::claude_code_credentials(&old.access_token, &old.refresh_token, now_ms() + HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&old.access_token, &old.refresh_token, now_ms() + HOUR_MS),
+    );
     let before = std::fs::read(&creds).unwrap();
 
     fake.swap_next_challenge();
@@ -365,7 +390,8 @@ async fn browser_login_receives_the_code_on_the_loopback_listener() {
     let bin = sb.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let opened = sb.path().join("opened-url");
-    std::fs::write(bin.join("xdg-open"), format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", opened.display())).unwrap();
+    std::fs::write(bin.join("xdg-open"), format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", opened.display()))
+        .unwrap();
     std::fs::set_permissions(bin.join("xdg-open"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = agent_command(&sb, &login_args(&fake, &creds, &["--mode", "browser", "--port", "0"]));
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
@@ -377,7 +403,8 @@ async fn browser_login_receives_the_code_on_the_loopback_listener() {
     let url = printed_url(&fake, &login.stderr()).expect("the URL is printed even when a browser opens");
     assert!(login.stderr().contains("Opening a browser"), "{}", login.stderr());
     wait_until("xdg-open to be called", T, || opened.exists()).await;
-    wait_until("xdg-open to write the URL", T, || std::fs::read_to_string(&opened).is_ok_and(|u| u == url)).await;
+    wait_until("xdg-open to write the URL", T, || std::fs::read_to_string(&opened).is_ok_and(|u| u == url))
+        .await;
     let redirect = query(&url)["redirect_uri"].clone();
     assert!(redirect.starts_with("http://localhost:") && redirect.ends_with("/callback"), "{redirect}");
 
@@ -403,12 +430,19 @@ async fn browser_login_reports_a_denied_authorization() {
     let fake = FakeLogin::start().await;
     let sb = Sandbox::new();
     let creds = creds_file(&sb);
-    let login = Run::start("login", agent_command(&sb, &login_args(&fake, &creds, &["--mode", "browser", "--no-open"])));
+    let login = Run::start(
+        "login",
+        agent_command(&sb, &login_args(&fake, &creds, &["--mode", "browser", "--no-open"])),
+    );
     login.wait_for_stderr("Waiting up to").await;
     let url = printed_url(&fake, &login.stderr()).unwrap();
     let mut denied = reqwest::Url::parse(&query(&url)["redirect_uri"]).unwrap();
-    denied.query_pairs_mut().append_pair("error", "access_denied").append_pair("state", &query(&url)["state"]);
-    let page = reqwest::Client::builder().no_proxy().build().unwrap().get(denied.as_str()).send().await.unwrap();
+    denied
+        .query_pairs_mut()
+        .append_pair("error", "access_denied")
+        .append_pair("state", &query(&url)["state"]);
+    let page =
+        reqwest::Client::builder().no_proxy().build().unwrap().get(denied.as_str()).send().await.unwrap();
     assert_eq!(page.status(), 400);
     assert!(page.text().await.unwrap().contains("access_denied"));
     let done = login.finish().await;
@@ -478,7 +512,10 @@ async fn status_reads_the_file_when_no_agent_answers() {
     assert!(v["agent"].as_str().unwrap().contains("no agent answered"));
 
     // Expired.
-    write_json(&creds, &harness::claude_code_credentials("sctest-at-status", "sctest-rt-status", now_ms() - HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials("sctest-at-status", "sctest-rt-status", now_ms() - HOUR_MS),
+    );
     let done = run(&sb, "status", &status_args(&sb, &creds, &["--json"])).await;
     assert_eq!(done.code, Some(1));
     let v: Value = serde_json::from_str(&done.stdout).unwrap();
@@ -505,21 +542,27 @@ async fn status_reads_the_file_when_no_agent_answers() {
     assert!(done.stdout.contains("is not valid JSON"), "{}", done.stdout);
 
     // --source agent never falls back: a probe must fail while the agent is down.
-    write_json(&creds, &harness::claude_code_credentials("sctest-at-status", "sctest-rt-status", now_ms() + HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials("sctest-at-status", "sctest-rt-status", now_ms() + HOUR_MS),
+    );
     let done = run(&sb, "status", &status_args(&sb, &creds, &["--source", "agent"])).await;
     assert_eq!(done.code, Some(1));
     assert!(done.stderr.contains("cannot connect to the agent"), "{}", done.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_says_when_the_agent_answered() {
-    let oauth = sidecred_tests::fake_oauth::FakeOAuth::start().await;
+async fn status_validate_and_info_ask_a_running_agent_first() {
+    let fake = FakeLogin::start().await;
     let sb = Sandbox::new();
-    let pair = oauth.issue_pair();
-    write_json(&sb.seed(), &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() + 4 * HOUR_MS));
-    let agent = sb.start_agent("agent", sb.agent_cmd(&oauth.token_url())).await;
+    let pair = fake.issue_pair(fake_login::DEFAULT_SCOPES);
+    write_json(
+        &sb.seed(),
+        &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() + 4 * HOUR_MS),
+    );
+    let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
 
-    // The file says "garbage", the agent says "valid": the agent is asked first.
+    // The file given to the commands is garbage; the agent answers, so it is never read.
     let other = sb.path().join("other.json");
     std::fs::write(&other, "garbage").unwrap();
     let done = run(&sb, "status", &status_args(&sb, &other, &[])).await;
@@ -528,6 +571,22 @@ async fn status_says_when_the_agent_answered() {
     let done = run(&sb, "status", &status_args(&sb, &other, &["--json"])).await;
     let v: Value = serde_json::from_str(&done.stdout).unwrap();
     assert_eq!(v["source"], "agent");
+
+    let done = run(&sb, "validate", &api_args("validate", &sb, &fake, &other, &["--json"])).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    let v: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["source"], "agent");
+    assert_eq!(v["socket"], sb.socket().display().to_string());
+    let done = run(&sb, "info", &api_args("info", &sb, &fake, &other, &[])).await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert!(done.stdout.contains("source:        agent ("), "{}", done.stdout);
+    assert_eq!(
+        std::fs::read_to_string(&other).unwrap(),
+        "garbage",
+        "the file was neither read nor refreshed"
+    );
+
     // --source file skips the agent.
     let done = run(&sb, "status", &status_args(&sb, &other, &["--source", "file"])).await;
     assert_eq!(done.code, Some(1));
@@ -542,7 +601,14 @@ fn api_args(cmd: &str, sb: &Sandbox, fake: &FakeLogin, creds: &Path, extra: &[&s
     api_args_with_base(cmd, sb, fake, &fake.api_base(), creds, extra)
 }
 
-fn api_args_with_base(cmd: &str, sb: &Sandbox, fake: &FakeLogin, api_base: &str, creds: &Path, extra: &[&str]) -> Vec<OsString> {
+fn api_args_with_base(
+    cmd: &str,
+    sb: &Sandbox,
+    fake: &FakeLogin,
+    api_base: &str,
+    creds: &Path,
+    extra: &[&str],
+) -> Vec<OsString> {
     let mut args = os(&[
         &cmd,
         &"--socket",
@@ -566,7 +632,10 @@ async fn validate_accepts_a_live_token() {
     let sb = Sandbox::new();
     let creds = creds_file(&sb);
     let pair = fake.issue_pair(fake_login::DEFAULT_SCOPES);
-    write_json(&creds, &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() + HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() + HOUR_MS),
+    );
     let done = run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &[])).await;
     assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
     assert!(done.stdout.contains("valid:         yes"), "{}", done.stdout);
@@ -587,7 +656,10 @@ async fn validate_refreshes_an_expired_token_and_saves_the_rotated_pair() {
     let sb = Sandbox::new();
     let creds = creds_file(&sb);
     let pair = fake.issue_pair(fake_login::DEFAULT_SCOPES);
-    write_json(&creds, &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() - HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() - HOUR_MS),
+    );
     let done = run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await;
     assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
     let v: Value = serde_json::from_str(&done.stdout).unwrap();
@@ -628,29 +700,59 @@ async fn validate_explains_each_failure() {
 
     // 401: a token the API does not know (revoked).
     let unknown = fake.unknown_pair();
-    write_json(&creds, &harness::claude_code_credentials(&unknown.access_token, &unknown.refresh_token, now_ms() + HOUR_MS));
-    let reason = check(&run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await, "revoked", Some(401));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&unknown.access_token, &unknown.refresh_token, now_ms() + HOUR_MS),
+    );
+    let reason = check(
+        &run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await,
+        "revoked",
+        Some(401),
+    );
     assert!(reason.contains("revoked or invalid") && reason.contains("sidecred-agent login"), "{reason}");
     let done = run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &[])).await;
-    assert!(done.stdout.contains("valid:         no") && done.stdout.contains("reason:        the API rejected"), "{}", done.stdout);
+    assert!(
+        done.stdout.contains("valid:         no") && done.stdout.contains("reason:        the API rejected"),
+        "{}",
+        done.stdout
+    );
 
     // 403: a token minted without user:inference.
     let narrow = fake.issue_pair(&["user:profile"]);
-    write_json(&creds, &harness::claude_code_credentials(&narrow.access_token, &narrow.refresh_token, now_ms() + HOUR_MS));
-    let reason = check(&run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await, "scope_missing", Some(403));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&narrow.access_token, &narrow.refresh_token, now_ms() + HOUR_MS),
+    );
+    let reason = check(
+        &run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await,
+        "scope_missing",
+        Some(403),
+    );
     assert!(reason.contains("user:inference"), "{reason}");
 
     // Expired, and the refresh token is dead: nothing is written.
-    write_json(&creds, &harness::claude_code_credentials(&unknown.access_token, &unknown.refresh_token, now_ms() - HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&unknown.access_token, &unknown.refresh_token, now_ms() - HOUR_MS),
+    );
     let before = std::fs::read(&creds).unwrap();
-    let reason =
-        check(&run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await, "expired_refresh_rejected", None);
-    assert!(reason.contains("has expired and refreshing it failed") && reason.contains("invalid_grant"), "{reason}");
+    let reason = check(
+        &run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await,
+        "expired_refresh_rejected",
+        None,
+    );
+    assert!(
+        reason.contains("has expired and refreshing it failed") && reason.contains("invalid_grant"),
+        "{reason}"
+    );
     assert_eq!(std::fs::read(&creds).unwrap(), before);
 
     // The API cannot be reached.
     let live = fake.issue_pair(fake_login::DEFAULT_SCOPES);
-    write_json(&creds, &harness::claude_code_credentials(&live.access_token, &live.refresh_token, now_ms() + HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&live.access_token, &live.refresh_token, now_ms() + HOUR_MS),
+    );
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let args = api_args_with_base("validate", &sb, &fake, &format!("http://{closed}"), &creds, &["--json"]);
     let reason = check(&run(&sb, "validate", &args).await, "network", None);
@@ -658,7 +760,11 @@ async fn validate_explains_each_failure() {
 
     // No credentials at all.
     std::fs::remove_file(&creds).unwrap();
-    check(&run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await, "missing", None);
+    check(
+        &run(&sb, "validate", &api_args("validate", &sb, &fake, &creds, &["--json"])).await,
+        "missing",
+        None,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,7 +773,10 @@ async fn info_shows_the_account_without_secrets() {
     let sb = Sandbox::new();
     let creds = creds_file(&sb);
     let pair = fake.issue_pair(fake_login::DEFAULT_SCOPES);
-    write_json(&creds, &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() + HOUR_MS));
+    write_json(
+        &creds,
+        &harness::claude_code_credentials(&pair.access_token, &pair.refresh_token, now_ms() + HOUR_MS),
+    );
     let done = run(&sb, "info", &api_args("info", &sb, &fake, &creds, &[])).await;
     assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
     for needle in [
@@ -716,7 +825,11 @@ async fn logout_removes_only_the_login_and_refuses_without_a_terminal() {
     // stdin is a pipe here: no --yes, no logout.
     let done = run(&sb, "logout", &os(&[&"logout", &"--credentials", &creds])).await;
     assert_eq!(done.code, Some(1));
-    assert!(done.stderr.contains("stdin is not a terminal") && done.stderr.contains("--yes"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("stdin is not a terminal") && done.stderr.contains("--yes"),
+        "{}",
+        done.stderr
+    );
     assert_eq!(std::fs::read(&creds).unwrap(), before);
 
     let done = run(&sb, "logout", &os(&[&"logout", &"--yes", &"--credentials", &creds])).await;

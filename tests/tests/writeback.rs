@@ -14,8 +14,12 @@ const KEY: &str = ".credentials.json";
 const SA_TOKEN: &str = "sctest-serviceaccount-token";
 
 fn creds(p: &Pair) -> Vec<u8> {
-    serde_json::to_vec_pretty(&claude_code_credentials(&p.access_token, &p.refresh_token, now_ms() + 8 * 3600 * 1000))
-        .unwrap()
+    serde_json::to_vec_pretty(&claude_code_credentials(
+        &p.access_token,
+        &p.refresh_token,
+        now_ms() + 8 * 3600 * 1000,
+    ))
+    .unwrap()
 }
 
 fn secret_refresh_token(kube: &FakeKube) -> Option<String> {

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Benchmarks sidecred-forwarder against the same upstream reached directly and through nginx set up as
+# a static header-injecting proxy, with one load generator (wrk) for all three:
+#   - throughput: wrk -t2 -c64 for $DURATION        -> requests/s, and the ratio to nginx
+#   - latency:    wrk -t1 -c1  for $DURATION        -> p50/p99, and what each proxy adds to direct
+#   - memory:     the forwarder's VmRSS idle, and with 256 SSE streams held open (bench/src/bin/streams.rs)
+# Targets: >= 0.8x nginx's req/s; <= 150 us added at p50; RSS <= 20 MiB under 256 streams.
+#
+# Usage: bench/forwarder.sh [--smoke]
+#   --smoke  2 s runs; fails only when a component fails (CI), reports the targets without enforcing them.
+# Installs wrk and nginx-light from Debian when missing. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+
+SMOKE=0
+case "${1:-}" in
+    --smoke) SMOKE=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--smoke]" >&2; exit 64 ;;
+esac
+if ((SMOKE)); then DURATION=2s; HOLD=1s; else DURATION=10s; HOLD=3s; fi
+CONNS=64
+THREADS=2
+STREAMS=256
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+log() { printf '>> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+apt_install() {
+    # The package's post-install would start a system-wide nginx on port 80; a policy that refuses
+    # every service start keeps the machine as it was.
+    local policy
+    policy="$(mktemp)"
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    if ! POLICYRCD="$policy" DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
+        apt-get update >&2
+        POLICYRCD="$policy" DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
+    fi
+    rm -f "$policy"
+}
+
+find_nginx() { command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true; }
+
+command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
+NGINX="$(find_nginx)"
+if [[ -z "$NGINX" ]]; then
+    log "installing nginx"
+    apt_install nginx-light || apt_install nginx
+    NGINX="$(find_nginx)"
+fi
+[[ -n "$NGINX" ]] || die "nginx is not available"
+
+log "building (release)"
+(cd "$ROOT" && cargo build --release -p sidecred-agent -p sidecred-forwarder -p sidecred-bench >&2)
+
+WORK="$(mktemp -d -t sidecred-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Polls a condition (no fixed sleeps as synchronisation): wait_for WHAT SECONDS CMD...
+wait_for() {
+    local what="$1" secs="$2"
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "timed out after ${secs}s waiting for $what"
+        sleep 0.02
+    done
+}
+alive() { kill -0 "$1" 2>/dev/null || die "$2 exited; its log:
+$(tail -n 30 "$3" 2>/dev/null)"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+
+# --- upstream ------------------------------------------------------------------------------------
+"$BIN/upstream" --listen 127.0.0.1:0 >"$WORK/upstream.log" 2>&1 &
+UPSTREAM_PID=$!
+PIDS+=("$UPSTREAM_PID")
+wait_for "the upstream" 10 grep -q '^listening' "$WORK/upstream.log"
+UPSTREAM="$(awk '/^listening/{print $2; exit}' "$WORK/upstream.log")"
+
+# --- agent, with a token valid for hours so no refresh happens (the token URL is never asked) ----
+mkdir -p "$WORK/creds" "$WORK/state" "$WORK/run"
+EXPIRES_MS=$((($(date +%s) + 8 * 3600) * 1000))
+cat >"$WORK/creds/.credentials.json" <<EOF
+{"claudeAiOauth":{"accessToken":"bench-access-token","refreshToken":"bench-refresh-token","expiresAt":$EXPIRES_MS,"scopes":["user:inference"]}}
+EOF
+chmod 600 "$WORK/creds/.credentials.json"
+SOCKET="$WORK/run/agent.sock"
+SIDECRED_LOG=warn "$BIN/sidecred-agent" run --credentials "$WORK/creds/.credentials.json" --state-dir "$WORK/state" \
+    --socket "$SOCKET" --token-url http://127.0.0.1:9/ >"$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+PIDS+=("$AGENT_PID")
+wait_for "the agent" 20 "$BIN/sidecred-agent" status --socket "$SOCKET"
+
+# --- forwarder: warnings and its start-up line; access log off, like nginx's below ----------------
+SIDECRED_LOG="warn,sidecred_forwarder=info,sidecred_forwarder::access=off" "$BIN/sidecred-forwarder" \
+    --listen 127.0.0.1:0 --upstream "http://$UPSTREAM" --socket "$SOCKET" >"$WORK/forwarder.log" 2>&1 &
+FORWARDER_PID=$!
+PIDS+=("$FORWARDER_PID")
+wait_for "the forwarder" 20 grep -q ' listening ' "$WORK/forwarder.log"
+FORWARDER="$(sed -n 's/.* listening addr=\([^ ]*\).*/\1/p' "$WORK/forwarder.log" | head -n1)"
+wait_for "the forwarder's /readyz" 20 curl -fsS "http://$FORWARDER/readyz"
+
+# --- nginx: a static proxy that injects the same headers, keepalive to the upstream --------------
+NGINX_PORT="$(free_port)"
+mkdir -p "$WORK/nginx/tmp"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    upstream api { server $UPSTREAM; keepalive 128; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header Connection "";
+            proxy_set_header Host $UPSTREAM;
+            proxy_set_header x-api-key "";
+            proxy_set_header authorization "Bearer bench-access-token";
+            proxy_set_header anthropic-beta "oauth-2025-04-20";
+            proxy_set_header anthropic-version "2023-06-01";
+        }
+    }
+}
+EOF
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_for "nginx" 20 curl -fsS -X POST -d '{}' "http://127.0.0.1:$NGINX_PORT/v1/messages"
+
+# --- load ----------------------------------------------------------------------------------------
+cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"Say ok."}]}'
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.headers["x-api-key"] = "client-key"
+EOF
+
+declare -A URL=(
+    [direct]="http://$UPSTREAM/v1/messages"
+    [nginx]="http://127.0.0.1:$NGINX_PORT/v1/messages"
+    [sidecred]="http://$FORWARDER/v1/messages"
+)
+SETUPS=(direct nginx sidecred)
+
+# run_wrk NAME THREADS CONNS DURATION
+run_wrk() {
+    local out="$WORK/wrk-$1-c$3.txt"
+    wrk -t"$2" -c"$3" -d"$4" --latency -s "$WORK/post.lua" "${URL[$1]}" >"$out" 2>&1 || die "wrk failed against $1: $(cat "$out")"
+    if grep -q -e 'Non-2xx' -e 'Socket errors' "$out"; then die "errors from $1: $(cat "$out")"; fi
+    alive "$UPSTREAM_PID" upstream "$WORK/upstream.log"
+    alive "$AGENT_PID" agent "$WORK/agent.log"
+    alive "$FORWARDER_PID" forwarder "$WORK/forwarder.log"
+    alive "$NGINX_PID" nginx "$WORK/nginx/error.log"
+    echo "$out"
+}
+rps() { awk '/^Requests\/sec:/{printf "%.0f", $2}' "$1"; }
+# Latency percentile in microseconds from wrk's "Latency Distribution".
+pct_us() {
+    awk -v p="$2%" '$1 == p {
+        v = $2
+        if (v ~ /us$/) { sub(/us$/, "", v); m = 1 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); m = 1000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); m = 1000000 }
+        printf "%.0f", v * m; exit
+    }' "$1"
+}
+
+curl -fsS -X POST -d '{}' "${URL[sidecred]}" >/dev/null || die "a request through the forwarder failed"
+RSS_IDLE="$(rss_kib "$FORWARDER_PID")"
+
+log "warm-up"
+for s in "${SETUPS[@]}"; do f="$(run_wrk "$s" "$THREADS" "$CONNS" 1s)"; done
+
+declare -A RPS P50 P99
+for s in "${SETUPS[@]}"; do
+    log "throughput: $s (-t$THREADS -c$CONNS -d$DURATION)"
+    f="$(run_wrk "$s" "$THREADS" "$CONNS" "$DURATION")"
+    RPS[$s]="$(rps "$f")"
+done
+for s in "${SETUPS[@]}"; do
+    log "latency: $s (-t1 -c1 -d$DURATION)"
+    f="$(run_wrk "$s" 1 1 "$DURATION")"
+    P50[$s]="$(pct_us "$f" 50)"
+    P99[$s]="$(pct_us "$f" 99)"
+done
+
+log "memory: $STREAMS SSE streams through the forwarder"
+STREAMS_OUT="$("$BIN/streams" --addr "$FORWARDER" --count "$STREAMS" --pid "$FORWARDER_PID" --hold "$HOLD")" ||
+    die "holding $STREAMS streams failed"
+RSS_STREAMS="$(sed -n 's/.*rss_kib=\([0-9]*\).*/\1/p' <<<"$STREAMS_OUT")"
+alive "$FORWARDER_PID" forwarder "$WORK/forwarder.log"
+
+# --- report --------------------------------------------------------------------------------------
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+RATIO="$(awk -v a="${RPS[sidecred]}" -v b="${RPS[nginx]}" 'BEGIN { printf "%.2f", a / b }')"
+ADDED_P50=$((P50[sidecred] - P50[direct]))
+ADDED_P99=$((P99[sidecred] - P99[direct]))
+NGINX_P50=$((P50[nginx] - P50[direct]))
+NGINX_P99=$((P99[nginx] - P99[direct]))
+ok() { if awk "BEGIN { exit !($1) }"; then echo "yes"; else echo "**no**"; fi; }
+OK_RPS="$(ok "$RATIO >= 0.8")"
+OK_P50="$(ok "$ADDED_P50 <= 150")"
+OK_RSS="$(ok "$RSS_STREAMS <= 20 * 1024")"
+
+cat <<EOF
+
+### sidecred-forwarder benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)$( ((SMOKE)) && echo ", smoke"))
+
+| setup | req/s (c=$CONNS) | p50 (c=1) | p99 (c=1) | added p50 | added p99 |
+|---|---:|---:|---:|---:|---:|
+| direct to upstream | ${RPS[direct]} | ${P50[direct]} µs | ${P99[direct]} µs | – | – |
+| nginx (static headers) | ${RPS[nginx]} | ${P50[nginx]} µs | ${P99[nginx]} µs | ${NGINX_P50} µs | ${NGINX_P99} µs |
+| sidecred (agent + forwarder) | ${RPS[sidecred]} | ${P50[sidecred]} µs | ${P99[sidecred]} µs | ${ADDED_P50} µs | ${ADDED_P99} µs |
+
+| target | measured | goal | met |
+|---|---:|---:|:--:|
+| req/s vs nginx | ${RATIO}× | ≥ 0.80× | $OK_RPS |
+| added latency p50 | ${ADDED_P50} µs | ≤ 150 µs | $OK_P50 |
+| forwarder RSS, $STREAMS SSE streams | $(mib "$RSS_STREAMS") | ≤ 20 MiB | $OK_RSS |
+| forwarder RSS, idle | $(mib "$RSS_IDLE") | – | |
+
+wrk $DURATION per run; nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarder 2 workers, access log off.
+EOF
+
+if ((!SMOKE)) && [[ "$OK_RPS$OK_P50$OK_RSS" != "yesyesyes" ]]; then
+    echo "bench: a target was missed" >&2
+    exit 2
+fi
