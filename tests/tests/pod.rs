@@ -1,0 +1,280 @@
+//! The pod, laid out as `k8s/` lays it out, with the two binaries as separate processes: a read-only
+//! credentials directory in the kubelet's Secret layout, a socket directory, a state directory. Under
+//! steady client traffic it restarts each process, updates the Secret, and replaces the whole pod.
+//!
+//! What the README promises, checked here:
+//! - agent restart (shorter than `--agent-wait`): zero failed requests;
+//! - forwarder restart: the agent keeps its token (no refresh); requests that reach the port while no
+//!   forwarder listens fail to connect (a client retry covers them), and no request gets an HTTP error;
+//! - Secret update: adopted within 2 s, zero failed requests;
+//! - pod replacement with only the state directory kept: no dead refresh token is used, no login needed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use sidecred_tests::fake_oauth::{FakeOAuth, Pair};
+use sidecred_tests::fake_upstream::FakeUpstream;
+use sidecred_tests::forwarder_harness::{forwarder_cmd, http_client, start_forwarder, Forwarder};
+use sidecred_tests::harness::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = ".credentials.json";
+
+/// Counts what the clients saw, per phase.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    connect_errors: AtomicU64,
+    http_errors: Mutex<Vec<(String, u16, String)>>,
+    phase: Mutex<String>,
+}
+
+impl Tally {
+    fn phase(&self, name: &str) {
+        *self.phase.lock().unwrap() = name.to_owned();
+    }
+    fn errors_in(&self, phase: &str) -> Vec<(u16, String)> {
+        self.http_errors.lock().unwrap().iter().filter(|e| e.0 == phase).map(|e| (e.1, e.2.clone())).collect()
+    }
+}
+
+fn creds(p: &Pair) -> Vec<u8> {
+    serde_json::to_vec(&claude_code_credentials(
+        &p.access_token,
+        &p.refresh_token,
+        now_ms() + 8 * 3600 * 1000,
+    ))
+    .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The pod's directories: `creds` (the Secret mount), `run` (the socket emptyDir), `state`.
+struct Pod {
+    sb: Sandbox,
+    port: u16,
+}
+
+impl Pod {
+    fn agent_cmd(&self, fake: &FakeOAuth) -> Command {
+        let mut cmd = self.sb.agent_cmd(&fake.token_url());
+        cmd.arg("--state-dir").arg(self.sb.state_dir());
+        with_readonly_mount(&self.sb.creds_dir(), &cmd)
+    }
+    async fn start_agent(&self, fake: &FakeOAuth, name: &str) -> Proc {
+        self.sb.start_agent(name, self.agent_cmd(fake)).await
+    }
+    async fn start_forwarder(&self, upstream: &FakeUpstream, name: &str) -> Forwarder {
+        let mut cmd = forwarder_cmd(&self.sb, &upstream.url());
+        // The same port across restarts, as a Service's targetPort is.
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut fixed = Command::new(cmd.get_program());
+        for (i, a) in args.iter().enumerate() {
+            if i > 0 && args[i - 1] == "--listen" {
+                fixed.arg(format!("127.0.0.1:{}", self.port));
+            } else {
+                fixed.arg(a);
+            }
+        }
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => fixed.env(k, v),
+                None => fixed.env_remove(k),
+            };
+        }
+        cmd = fixed;
+        start_forwarder(&self.sb, name, cmd).await
+    }
+}
+
+/// Steady traffic: `clients` loops each sending a small JSON request, with a short pause between them.
+fn start_traffic(
+    addr: SocketAddr,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+    clients: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|_| {
+            let (tally, stop) = (tally.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = http_client();
+                let url = format!("http://{addr}/v1/messages");
+                while !stop.load(Ordering::SeqCst) {
+                    let body = json!({"model": "claude-fake-1", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+                    let sent = client.post(&url).header("x-api-key", "client-key-ignored").json(&body).timeout(Duration::from_secs(15)).send().await;
+                    match sent {
+                        Ok(resp) if resp.status().is_success() => {
+                            tally.ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let text = resp.text().await.unwrap_or_default();
+                            let phase = tally.phase.lock().unwrap().clone();
+                            tally.http_errors.lock().unwrap().push((phase, status, text));
+                        }
+                        Err(e) if e.is_connect() => {
+                            tally.connect_errors.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => {
+                            let phase = tally.phase.lock().unwrap().clone();
+                            tally.http_errors.lock().unwrap().push((phase, 0, e.to_string()));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_for_ok(tally: &Tally, more: u64, what: &str) {
+    let start = tally.ok.load(Ordering::SeqCst);
+    wait_until(what, Duration::from_secs(20), || tally.ok.load(Ordering::SeqCst) >= start + more).await;
+}
+
+async fn served_token(socket: &Path) -> String {
+    sidecred_proto::client::Client::connect(socket)
+        .await
+        .unwrap()
+        .get_token()
+        .await
+        .unwrap()
+        .access_token
+        .expose()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
+    assert!(
+        can_mount_readonly(),
+        "needs private read-only mounts (root or CAP_SYS_ADMIN): root ignores chmod"
+    );
+    let fake = Arc::new(FakeOAuth::start().await);
+    let check = fake.clone();
+    let upstream = FakeUpstream::start(Arc::new(move |t: &str| check.is_valid_access_token(t))).await;
+    let first = fake.issue_pair();
+
+    let pod = Pod { sb: Sandbox::new(), port: free_port() };
+    std::fs::remove_dir(pod.sb.creds_dir()).unwrap();
+    let mut secret = SecretDir::create(&pod.sb.creds_dir(), &[(KEY, &creds(&first))]);
+    let mut agent = pod.start_agent(&fake, "agent-1").await;
+    let mut forwarder = pod.start_forwarder(&upstream, "forwarder-1").await;
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr: SocketAddr = format!("127.0.0.1:{}", pod.port).parse().unwrap();
+    let traffic = start_traffic(addr, tally.clone(), stop.clone(), 4);
+    tally.phase("steady");
+    wait_for_ok(&tally, 50, "steady traffic").await;
+
+    // 1. The agent is killed and comes back within the forwarder's wait window.
+    tally.phase("agent restart");
+    let token_before = served_token(&pod.sb.socket()).await;
+    agent.kill9();
+    let gap = Instant::now();
+    agent = pod.start_agent(&fake, "agent-2").await;
+    eprintln!("agent restart gap: {:?}", gap.elapsed());
+    wait_for_ok(&tally, 50, "traffic after the agent restart").await;
+    assert_eq!(
+        served_token(&pod.sb.socket()).await,
+        token_before,
+        "the restarted agent serves the same token"
+    );
+    assert_eq!(tally.errors_in("agent restart"), vec![], "an agent restart is invisible to clients");
+
+    // 2. The forwarder is stopped and started again; the agent does not notice.
+    tally.phase("forwarder restart");
+    let refreshes = fake.received();
+    assert!(forwarder.proc.terminate(Duration::from_secs(30)).success());
+    let connect_before = tally.connect_errors.load(Ordering::SeqCst);
+    forwarder = pod.start_forwarder(&upstream, "forwarder-2").await;
+    wait_for_ok(&tally, 50, "traffic after the forwarder restart").await;
+    assert_eq!(fake.received(), refreshes, "a forwarder restart causes no refresh");
+    assert_eq!(served_token(&pod.sb.socket()).await, token_before);
+    assert_eq!(
+        tally.errors_in("forwarder restart"),
+        vec![],
+        "no HTTP errors, only refused connections in the gap"
+    );
+    eprintln!(
+        "connection attempts refused during the forwarder gap: {}",
+        tally.connect_errors.load(Ordering::SeqCst) - connect_before
+    );
+
+    // 3. Someone logs in again and updates the Secret: the kubelet swaps `..data`.
+    tally.phase("secret update");
+    let second = fake.issue_pair();
+    secret.update(&[(KEY, &creds(&second))]);
+    let socket = pod.sb.socket();
+    wait_until_async("the new login to be served", Duration::from_secs(2), || {
+        let socket = socket.clone();
+        let want = second.access_token.clone();
+        async move { served_token(&socket).await == want }
+    })
+    .await;
+    wait_for_ok(&tally, 50, "traffic with the new login").await;
+    assert!(upstream.last_seen().unwrap().bearer() == Some(second.access_token.as_str()));
+    assert_eq!(tally.errors_in("secret update"), vec![]);
+    // The live pair moves on: the refresh token in the Secret is now dead.
+    sidecred_proto::client::Client::connect(&socket).await.unwrap().refresh().await.unwrap();
+    assert!(!fake.is_live(&second.refresh_token), "the Secret's refresh token was spent");
+
+    // 4. The whole pod is replaced; only the state directory survives (a PVC). The new pod mounts the same,
+    //    now stale, Secret.
+    tally.phase("pod replacement");
+    stop.store(true, Ordering::SeqCst);
+    for t in traffic {
+        let _ = t.await;
+    }
+    assert!(forwarder.proc.terminate(Duration::from_secs(30)).success());
+    assert!(agent.terminate(Duration::from_secs(30)).success());
+    let state = pod.sb.state_dir();
+    let new_pod = Pod { sb: Sandbox::new(), port: free_port() };
+    std::fs::remove_dir(new_pod.sb.state_dir()).unwrap();
+    copy_dir(&state, &new_pod.sb.state_dir());
+    std::fs::remove_dir(new_pod.sb.creds_dir()).unwrap();
+    let _secret = SecretDir::create(&new_pod.sb.creds_dir(), &[(KEY, &creds(&second))]);
+    let received = fake.received();
+    let _agent = new_pod.start_agent(&fake, "agent-3").await;
+    let _forwarder = new_pod.start_forwarder(&upstream, "forwarder-3").await;
+    assert_eq!(fake.received(), received, "the new pod starts from the state, without a refresh");
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr: SocketAddr = format!("127.0.0.1:{}", new_pod.port).parse().unwrap();
+    let traffic = start_traffic(addr, tally.clone(), stop.clone(), 4);
+    wait_for_ok(&tally, 50, "traffic through the new pod").await;
+    sidecred_proto::client::Client::connect(&new_pod.sb.socket())
+        .await
+        .unwrap()
+        .refresh()
+        .await
+        .expect("the new pod refreshes with the live refresh token, not the Secret's dead one");
+    wait_for_ok(&tally, 20, "traffic after the new pod's refresh").await;
+    stop.store(true, Ordering::SeqCst);
+    for t in traffic {
+        let _ = t.await;
+    }
+    assert_eq!(tally.errors_in("pod replacement"), vec![]);
+    assert_eq!(tally.errors_in("steady"), vec![]);
+    eprintln!(
+        "pod test: {} requests ok, {} refused connections (forwarder gap), {} HTTP errors",
+        tally.ok.load(Ordering::SeqCst),
+        tally.connect_errors.load(Ordering::SeqCst),
+        tally.http_errors.lock().unwrap().len()
+    );
+}
+
+fn copy_dir(from: &Path, to: &PathBuf) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
