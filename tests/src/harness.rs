@@ -196,7 +196,12 @@ impl Default for Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("sidecred-e2e-").tempdir().expect("tempdir");
+        let mut dir = tempfile::Builder::new().prefix("sidecred-e2e-").tempdir().expect("tempdir");
+        // SIDECRED_TEST_KEEP=1 keeps every test's directory (logs, state) for a look afterwards.
+        if std::env::var_os("SIDECRED_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         for sub in ["creds", "state", "run", "logs"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
