@@ -3,6 +3,7 @@
 //! with `resourceVersion` concurrency) and enforces what the RBAC role grants: only those two verbs, only
 //! on that one Secret, only with the expected bearer token.
 
+use crate::harness::FakeServer;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,7 +14,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
 
 /// A request as the API server saw it.
 #[derive(Debug, Clone)]
@@ -38,13 +38,7 @@ struct State {
 pub struct FakeKube {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeKube {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: FakeServer,
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -54,8 +48,6 @@ pub fn b64(bytes: &[u8]) -> String {
 impl FakeKube {
     /// Serves one Secret `namespace/name` holding `key` = `value`; requests must carry `token`.
     pub async fn start(namespace: &str, name: &str, token: &str, key: &str, value: &[u8]) -> FakeKube {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake kube");
-        let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -66,19 +58,9 @@ impl FakeKube {
             conflict_next_patch: false,
         }));
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        FakeKube { addr, state, task }
+        let server = FakeServer::start(move |req| handle(req, st.clone())).await;
+        let addr = server.addr;
+        FakeKube { addr, state, _server: server }
     }
 
     /// A kubeconfig that points at this server, for `KUBECONFIG`.

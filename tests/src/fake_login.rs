@@ -14,6 +14,7 @@
 //!
 //! Every refusal is recorded with its reason, so a test can assert what the fake saw.
 
+use crate::harness::FakeServer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -24,7 +25,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
 
 pub const CLIENT_ID: &str = crate::fake_oauth::CLIENT_ID;
 /// The paste flow's redirect URI (Claude's page that shows `CODE#STATE`).
@@ -80,38 +80,20 @@ struct State {
 pub struct FakeLogin {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeLogin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: FakeServer,
 }
 
 impl FakeLogin {
     pub async fn start() -> FakeLogin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake login");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
             expires_in: 8 * 3600,
             profile: default_profile(),
             ..State::default()
         }));
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        FakeLogin { addr, state, task }
+        let server = FakeServer::start(move |req| handle(req, st.clone())).await;
+        let addr = server.addr;
+        FakeLogin { addr, state, _server: server }
     }
 
     pub fn base(&self) -> String {

@@ -4,6 +4,7 @@
 //! Like the real server, a rotation happens when the request is processed, whether or not the client is
 //! still there to read the answer: that is the window the kill tests measure.
 
+use crate::harness::FakeServer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -14,7 +15,6 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 
@@ -65,34 +65,16 @@ struct State {
 pub struct FakeOAuth {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeOAuth {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: FakeServer,
 }
 
 impl FakeOAuth {
     pub async fn start() -> FakeOAuth {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake oauth");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State { expires_in: 8 * 3600, ..State::default() }));
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        FakeOAuth { addr, state, task }
+        let server = FakeServer::start(move |req| handle(req, st.clone())).await;
+        let addr = server.addr;
+        FakeOAuth { addr, state, _server: server }
     }
 
     pub fn token_url(&self) -> String {

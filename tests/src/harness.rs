@@ -401,3 +401,70 @@ pub fn can_mount_readonly() -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Waits until the agent on `socket` reports a status that satisfies `pred`.
+pub async fn wait_for_status(
+    socket: &Path,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&sidecred_proto::StatusReport) -> bool,
+) {
+    let pred = &pred;
+    wait_until_async(what, timeout, || async move {
+        let Ok(mut c) = sidecred_proto::client::Client::connect(socket).await else { return false };
+        c.status().await.is_ok_and(|s| pred(&s))
+    })
+    .await;
+}
+
+/// Waits until the agent on `socket` serves a token; `want`, when given, is the token it must be.
+pub async fn wait_for_token(socket: &Path, what: &str, timeout: Duration, want: Option<&str>) {
+    wait_until_async(what, timeout, || async move {
+        let Ok(mut c) = sidecred_proto::client::Client::connect(socket).await else { return false };
+        c.get_token().await.is_ok_and(|g| want.is_none_or(|w| g.access_token.expose() == w))
+    })
+    .await;
+}
+
+/// An HTTP/1.1 server on a loopback port, for the fakes; stopped when dropped.
+pub struct FakeServer {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeServer {
+    /// Serves every connection with `handler` (a `service_fn` body).
+    pub async fn start<F, Fut, B, E>(handler: F) -> FakeServer
+    where
+        F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a fake server");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper::service::service_fn(handler),
+                        )
+                        .await;
+                });
+            }
+        });
+        FakeServer { addr, task }
+    }
+}

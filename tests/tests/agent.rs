@@ -227,17 +227,12 @@ async fn a_kubernetes_secret_update_is_adopted_and_invalid_content_is_ignored() 
     let second = fake.issue_pair();
     secret.update(&[(".credentials.json", &creds(&second))]);
     let swapped = Instant::now();
-    let socket = sb.socket();
-    wait_until_async("the new login to be served", Duration::from_secs(2), || {
-        let socket = socket.clone();
-        let want = second.access_token.clone();
-        async move {
-            match Client::connect(&socket).await {
-                Ok(mut c) => c.get_token().await.is_ok_and(|g| g.access_token.expose() == want),
-                Err(_) => false,
-            }
-        }
-    })
+    wait_for_token(
+        &sb.socket(),
+        "the new login to be served",
+        Duration::from_secs(2),
+        Some(&second.access_token),
+    )
     .await;
     eprintln!("secret update adopted after {:?}", swapped.elapsed());
 
@@ -302,13 +297,8 @@ async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them(
 
     // The endpoint recovers: the agent refreshes and is healthy again.
     fake.set_fault(None);
-    let socket_path = sb.socket();
-    wait_until_async("recovery", Duration::from_secs(10), || {
-        let p = socket_path.clone();
-        async move {
-            let Ok(mut c) = Client::connect(&p).await else { return false };
-            c.status().await.is_ok_and(|s| s.state == Some(TokenState::Valid))
-        }
+    wait_for_status(&sb.socket(), "recovery", Duration::from_secs(10), |s| {
+        s.state == Some(TokenState::Valid)
     })
     .await;
     assert_eq!(fake.rotations(), 1);
@@ -324,15 +314,8 @@ async fn connection_refused_is_reported_and_the_token_still_served() {
     seed_with(&sb, &pair, now_ms() + 120_000);
     // Nothing listens on port 9 of loopback.
     let _agent = sb.start_agent("agent", sb.agent_cmd("http://127.0.0.1:9/v1/oauth/token")).await;
-    let socket = sb.socket();
-    wait_until_async("a reported error", Duration::from_secs(10), || {
-        let p = socket.clone();
-        async move {
-            let Ok(mut c) = Client::connect(&p).await else { return false };
-            c.status().await.is_ok_and(|s| s.last_error.is_some())
-        }
-    })
-    .await;
+    wait_for_status(&sb.socket(), "a reported error", Duration::from_secs(10), |s| s.last_error.is_some())
+        .await;
     let status = sb.client().await.status().await.unwrap();
     let err = status.last_error.unwrap();
     assert!(err.contains("127.0.0.1:9"), "the error names the endpoint: {err}");
@@ -347,12 +330,8 @@ async fn a_dead_refresh_token_requires_a_new_login_which_is_picked_up() {
     seed_with(&sb, &dead, now_ms() - 1000);
     let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
     let socket = sb.socket();
-    wait_until_async("reauth_required", Duration::from_secs(10), || {
-        let p = socket.clone();
-        async move {
-            let Ok(mut c) = Client::connect(&p).await else { return false };
-            c.status().await.is_ok_and(|s| s.state == Some(TokenState::ReauthRequired))
-        }
+    wait_for_status(&socket, "reauth_required", Duration::from_secs(10), |s| {
+        s.state == Some(TokenState::ReauthRequired)
     })
     .await;
     let err = sb.client().await.get_token().await.unwrap_err();
@@ -367,16 +346,7 @@ async fn a_dead_refresh_token_requires_a_new_login_which_is_picked_up() {
 
     let fresh = fake.issue_pair();
     seed_with(&sb, &fresh, now_ms() + 8 * HOUR_MS);
-    let s = socket.clone();
-    wait_until_async("the new login", Duration::from_secs(2), || {
-        let p = s.clone();
-        let want = fresh.access_token.clone();
-        async move {
-            let Ok(mut c) = Client::connect(&p).await else { return false };
-            c.get_token().await.is_ok_and(|g| g.access_token.expose() == want)
-        }
-    })
-    .await;
+    wait_for_token(&socket, "the new login", Duration::from_secs(2), Some(&fresh.access_token)).await;
     assert_eq!(fake.received(), tries);
     drop(agent);
 }
@@ -544,15 +514,7 @@ async fn garbage_credentials_name_the_field_and_a_later_login_is_adopted() {
 
     let pair = fake.issue_pair();
     seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
-    let socket = sb.socket();
-    wait_until_async("the login to be adopted", Duration::from_secs(2), || {
-        let p = socket.clone();
-        async move {
-            let Ok(mut c) = Client::connect(&p).await else { return false };
-            c.get_token().await.is_ok()
-        }
-    })
-    .await;
+    wait_for_token(&sb.socket(), "the login to be adopted", Duration::from_secs(2), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

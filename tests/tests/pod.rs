@@ -215,12 +215,8 @@ async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
     let second = fake.issue_pair();
     secret.update(&[(KEY, &creds(&second))]);
     let socket = pod.sb.socket();
-    wait_until_async("the new login to be served", Duration::from_secs(2), || {
-        let socket = socket.clone();
-        let want = second.access_token.clone();
-        async move { served_token(&socket).await == want }
-    })
-    .await;
+    wait_for_token(&socket, "the new login to be served", Duration::from_secs(2), Some(&second.access_token))
+        .await;
     wait_for_ok(&tally, 50, "traffic with the new login").await;
     assert!(upstream.last_seen().unwrap().bearer() == Some(second.access_token.as_str()));
     assert_eq!(tally.errors_in("secret update"), vec![]);
