@@ -186,6 +186,12 @@ def check_deployment(where, dep):
         sources = volumes.get(m["name"], {}).get("projected", {}).get("sources", [])
         if m["name"] in credentials or any("serviceAccountToken" in src for src in sources):
             fail(f"{where} container forwarder", f"must not mount {m['name']} (credentials or API token)")
+    # `status` falls back to reading the credentials file when no agent answers; a probe must ask the agent
+    # only, or a valid Secret would pass it while the agent is not serving.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        cmd = agents[0].get(probe, {}).get("exec", {}).get("command")
+        if cmd and "status" in cmd and "--source" not in cmd:
+            fail(f"{where} container agent", f"{probe} must run `sidecred-agent status --source agent`")
     sockets = {c["name"]: {e["name"]: e.get("value") for e in c.get("env", [])}.get("SIDECRED_SOCKET")
                for c in agents + forwarders}
     if len(set(sockets.values())) != 1 or None in sockets.values():
