@@ -1,19 +1,23 @@
-//! The token source: asks the agent for the current token on every request, over a small pool of
-//! reusable socket connections, and rides out an agent restart.
+//! The token source: asks the agent for the current token for every request and rides out an agent
+//! restart.
 //!
-//! Nothing is cached but connections: every request gets the token the agent serves at that moment,
-//! so a refresh or a revocation takes effect on the next request.
+//! Nothing is cached but connections. Requests that arrive while a token request is on its way to the
+//! agent wait for the *next* one, which is sent after they arrived, and share its answer: every request
+//! gets a token the agent served after the request came in (so a refresh or revocation takes effect on
+//! the next request), and a busy forwarder asks the agent once per round trip instead of once per
+//! request.
 
 use sidecred_proto::client::{Client, ClientError};
 use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenGrant};
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// Idle connections kept for reuse. Beyond this, connections are closed after use: a burst larger
-/// than this opens a few extra, which costs only a connect.
-const MAX_IDLE: usize = 64;
+/// Idle connections kept for reuse. The batched token path needs one; rejection reports and probes,
+/// which are not batched, may briefly need a few more.
+const MAX_IDLE: usize = 8;
 
 /// How long one answer may take once the agent has the request. A token request waits inside the
 /// agent while an expired token is being refreshed, and a rejection report waits for the refresh
@@ -26,7 +30,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 
-#[derive(Debug, thiserror::Error)]
+/// Requests served by one agent answer at most; the rest wait for the next.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
     /// Nothing answered on the socket within the wait window.
     #[error("no answer on {path} within {waited:?} ({last})")]
@@ -47,50 +54,27 @@ enum Ask<'a> {
     Rejected(&'a Secret),
 }
 
-pub struct TokenSource {
+/// One attempt's failure: either nobody answered (worth another try while the window lasts) or the
+/// agent's answer, which is final.
+enum Failed {
+    Unreachable(ClientError),
+    Final(AgentError),
+}
+
+/// The socket and its idle connections.
+struct Agent {
     path: PathBuf,
-    wait: Duration,
     idle: Mutex<Vec<Client>>,
 }
 
-impl TokenSource {
-    pub fn new(path: PathBuf, wait: Duration) -> Self {
-        TokenSource { path, wait, idle: Mutex::new(Vec::with_capacity(MAX_IDLE)) }
-    }
-
-    /// The token to use now, waiting up to the configured window for an agent that does not answer.
-    pub async fn token(&self) -> Result<TokenGrant, AgentError> {
-        self.ask(Ask::Token, self.wait).await
-    }
-
-    /// Tells the agent the upstream rejected `token`; answers with the token to use instead.
-    pub async fn report_rejected(&self, token: &Secret) -> Result<TokenGrant, AgentError> {
-        self.ask(Ask::Rejected(token), self.wait).await
-    }
-
-    /// One attempt, for health probes: they must say "down" promptly, not ride out a restart.
-    pub async fn probe(&self) -> Result<TokenGrant, AgentError> {
-        self.ask(Ask::Token, Duration::ZERO).await
-    }
-
-    async fn ask(&self, ask: Ask<'_>, wait: Duration) -> Result<TokenGrant, AgentError> {
-        let deadline = Instant::now() + wait;
-        let mut pause = RETRY_MIN;
+impl Agent {
+    /// One request on one connection. A pooled connection that turns out dead (it may predate an agent
+    /// restart) says nothing about the agent now, so a fresh one is tried at once.
+    async fn attempt(&self, ask: Ask<'_>) -> Result<TokenGrant, Failed> {
         loop {
             let (mut client, reused) = match self.take_idle() {
                 Some(c) => (c, true),
-                None => match Client::connect(&self.path).await {
-                    Ok(c) => (c, false),
-                    Err(e) => {
-                        if Instant::now() >= deadline {
-                            return Err(self.unreachable(wait, e));
-                        }
-                        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
-                            .await;
-                        pause = (pause * 2).min(RETRY_MAX);
-                        continue;
-                    }
-                },
+                None => (Client::connect(&self.path).await.map_err(Failed::Unreachable)?, false),
             };
             let call = async {
                 match ask {
@@ -98,43 +82,59 @@ impl TokenSource {
                     Ask::Rejected(token) => client.report_rejected(token.clone()).await,
                 }
             };
-            let result = match tokio::time::timeout(ANSWER_TIMEOUT, call).await {
-                Ok(result) => result,
-                Err(_) => return Err(AgentError::Timeout(ANSWER_TIMEOUT)),
-            };
-            match result {
+            let result = tokio::time::timeout(ANSWER_TIMEOUT, call)
+                .await
+                .map_err(|_| Failed::Final(AgentError::Timeout(ANSWER_TIMEOUT)))?;
+            return match result {
                 Ok(grant) => {
                     self.put_idle(client);
-                    return Ok(grant);
+                    Ok(grant)
                 }
-                // A pooled connection may predate an agent restart: that says nothing about the agent
-                // now, so try a fresh one at once.
                 Err(e) if e.is_connection_failure() && reused => continue,
-                Err(e) if e.is_connection_failure() => {
-                    if Instant::now() >= deadline {
-                        return Err(self.unreachable(wait, e));
-                    }
-                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-                    pause = (pause * 2).min(RETRY_MAX);
-                }
+                Err(e) if e.is_connection_failure() => Err(Failed::Unreachable(e)),
                 Err(ClientError::Agent(e)) => {
                     // The agent closes the connection after these; the others leave it usable.
                     if !matches!(e.code, ErrorCode::BadRequest | ErrorCode::UnsupportedVersion) {
                         self.put_idle(client);
                     }
-                    return Err(match e.code {
+                    Err(Failed::Final(match e.code {
                         ErrorCode::ReauthRequired => AgentError::ReauthRequired(e.message),
                         _ => AgentError::Refused(e),
-                    });
+                    }))
                 }
-                Err(e) => {
-                    return Err(AgentError::Refused(ProtoError::new(ErrorCode::Internal, e.to_string())));
+                Err(e) => Err(Failed::Final(AgentError::Refused(ProtoError::new(
+                    ErrorCode::Internal,
+                    e.to_string(),
+                )))),
+            };
+        }
+    }
+
+    /// Attempts until one succeeds or gets a final answer, or until `deadline`.
+    async fn ask_until(
+        &self,
+        ask: Ask<'_>,
+        deadline: Instant,
+        wait: Duration,
+    ) -> Result<TokenGrant, AgentError> {
+        let mut pause = RETRY_MIN;
+        loop {
+            match self.attempt(ask).await {
+                Ok(grant) => return Ok(grant),
+                Err(Failed::Final(e)) => return Err(e),
+                Err(Failed::Unreachable(e)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(self.unreachable(wait, &e));
+                    }
+                    tokio::time::sleep(pause.min(deadline - now)).await;
+                    pause = (pause * 2).min(RETRY_MAX);
                 }
             }
         }
     }
 
-    fn unreachable(&self, waited: Duration, last: ClientError) -> AgentError {
+    fn unreachable(&self, waited: Duration, last: &ClientError) -> AgentError {
         AgentError::Unreachable { path: self.path.display().to_string(), waited, last: last.to_string() }
     }
 
@@ -150,45 +150,123 @@ impl TokenSource {
     }
 }
 
+/// A request waiting for a token.
+struct Waiter {
+    reply: oneshot::Sender<Result<TokenGrant, AgentError>>,
+    /// Arrival plus the wait window: past this, an unreachable agent is the answer.
+    deadline: Instant,
+}
+
+pub struct TokenSource {
+    agent: Arc<Agent>,
+    wait: Duration,
+    queue: mpsc::UnboundedSender<Waiter>,
+}
+
+impl TokenSource {
+    /// Starts the task that fetches tokens for waiting requests; call within the runtime that will use
+    /// it. The task ends when the source is dropped.
+    pub fn start(path: PathBuf, wait: Duration) -> Self {
+        let agent = Arc::new(Agent { path, idle: Mutex::new(Vec::with_capacity(MAX_IDLE)) });
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(fetch_for_waiters(agent.clone(), waiting, wait));
+        TokenSource { agent, wait, queue }
+    }
+
+    /// The token to use now, waiting up to the configured window for an agent that does not answer.
+    pub async fn token(&self) -> Result<TokenGrant, AgentError> {
+        let (reply, answer) = oneshot::channel();
+        let waiter = Waiter { reply, deadline: Instant::now() + self.wait };
+        let gone = || AgentError::Refused(ProtoError::new(ErrorCode::Internal, "the token fetcher stopped"));
+        self.queue.send(waiter).map_err(|_| gone())?;
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Tells the agent the upstream rejected `token`; answers with the token to use instead. Not
+    /// batched: the agent already makes many reports of one token cause one refresh.
+    pub async fn report_rejected(&self, token: &Secret) -> Result<TokenGrant, AgentError> {
+        self.agent.ask_until(Ask::Rejected(token), Instant::now() + self.wait, self.wait).await
+    }
+
+    /// One attempt, for health probes: they must say "down" promptly, not ride out a restart.
+    pub async fn probe(&self) -> Result<TokenGrant, AgentError> {
+        self.agent.ask_until(Ask::Token, Instant::now(), Duration::ZERO).await
+    }
+}
+
+/// Serves waiting requests in batches: takes everyone waiting, asks the agent once, answers them all.
+/// While the agent does not answer, requests arriving meanwhile join the next attempt, and each gives
+/// up when its own window ends.
+async fn fetch_for_waiters(agent: Arc<Agent>, mut waiting: mpsc::UnboundedReceiver<Waiter>, wait: Duration) {
+    let mut batch = Vec::new();
+    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pause = RETRY_MIN;
+        loop {
+            let failure = match agent.attempt(Ask::Token).await {
+                Ok(grant) => {
+                    for w in batch.drain(..) {
+                        let _ = w.reply.send(Ok(grant.clone()));
+                    }
+                    break;
+                }
+                Err(Failed::Final(e)) => {
+                    for w in batch.drain(..) {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                    break;
+                }
+                Err(Failed::Unreachable(e)) => e,
+            };
+            let now = Instant::now();
+            let unreachable = agent.unreachable(wait, &failure);
+            let (expired, live): (Vec<_>, Vec<_>) =
+                batch.drain(..).partition(|w| w.deadline <= now || w.reply.is_closed());
+            batch = live;
+            for w in expired {
+                let _ = w.reply.send(Err(unreachable.clone()));
+            }
+            while let Ok(w) = waiting.try_recv() {
+                batch.push(w);
+            }
+            let Some(next_deadline) = batch.iter().map(|w| w.deadline).min() else { break };
+            tokio::time::sleep(pause.min(next_deadline.saturating_duration_since(now))).await;
+            pause = (pause * 2).min(RETRY_MAX);
+            while let Ok(w) = waiting.try_recv() {
+                batch.push(w);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use sidecred_proto::{read_frame, write_frame, RequestFrame, Response, ResponseFrame};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
     use tokio::net::UnixListener;
 
-    /// A stand-in agent answering every request with `answer`, counting connections.
+    /// A stand-in agent answering every request with `answer`, counting connections and requests,
+    /// closing each connection after `per_conn` answers.
     fn serve(
         listener: UnixListener,
         answer: Response,
-        conns: Arc<AtomicUsize>,
-    ) -> tokio::task::JoinHandle<()> {
-        serve_n(listener, answer, conns, usize::MAX)
-    }
-
-    /// Like [`serve`], closing each connection after `per_conn` answers.
-    fn serve_n(
-        listener: UnixListener,
-        answer: Response,
-        conns: Arc<AtomicUsize>,
+        counts: Arc<(AtomicUsize, AtomicUsize)>,
         per_conn: usize,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                conns.fetch_add(1, Ordering::SeqCst);
-                let answer = answer.clone();
+                counts.0.fetch_add(1, Ordering::SeqCst);
+                let (answer, counts) = (answer.clone(), counts.clone());
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
                     let mut r = tokio::io::BufReader::new(r);
                     let mut buf = Vec::new();
-                    let mut answered = 0;
-                    while answered < per_conn {
+                    for _ in 0..per_conn {
                         let Ok(Some(_)) = read_frame::<_, RequestFrame>(&mut r, &mut buf).await else {
                             return;
                         };
-                        answered += 1;
+                        counts.1.fetch_add(1, Ordering::SeqCst);
                         if write_frame(&mut w, &ResponseFrame::from(answer.clone())).await.is_err() {
                             return;
                         }
@@ -212,22 +290,43 @@ mod tests {
     #[tokio::test]
     async fn connections_are_reused() {
         let path = temp_socket("reuse");
-        let conns = Arc::new(AtomicUsize::new(0));
-        let _server = serve(UnixListener::bind(&path).unwrap(), grant("t1"), conns.clone());
-        let source = TokenSource::new(path, Duration::from_secs(1));
+        let counts = Arc::default();
+        let _server = serve(UnixListener::bind(&path).unwrap(), grant("t1"), Arc::clone(&counts), usize::MAX);
+        let source = TokenSource::start(path, Duration::from_secs(1));
         for _ in 0..5 {
             assert_eq!(source.token().await.unwrap().access_token.expose(), "t1");
         }
-        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.0.load(Ordering::SeqCst), 1, "one connection");
+        assert_eq!(counts.1.load(Ordering::SeqCst), 5, "one agent request per sequential request");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_answers() {
+        let path = temp_socket("batch");
+        let counts = Arc::default();
+        let _server = serve(UnixListener::bind(&path).unwrap(), grant("t"), Arc::clone(&counts), usize::MAX);
+        let source = Arc::new(TokenSource::start(path, Duration::from_secs(1)));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let source = source.clone();
+                tokio::spawn(async move { source.token().await.map(|g| g.access_token.expose().to_owned()) })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "t");
+        }
+        let asked = counts.1.load(Ordering::SeqCst);
+        assert!((1..200).contains(&asked), "200 requests asked the agent {asked} times");
     }
 
     #[tokio::test]
     async fn an_agent_that_appears_within_the_window_is_waited_for() {
         let path = temp_socket("late");
-        let source = TokenSource::new(path.clone(), Duration::from_secs(5));
+        let source = TokenSource::start(path.clone(), Duration::from_secs(5));
         let late = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            let _ = serve(UnixListener::bind(&path).unwrap(), grant("late"), Arc::default()).await;
+            let _ =
+                serve(UnixListener::bind(&path).unwrap(), grant("late"), Arc::default(), usize::MAX).await;
         });
         let started = Instant::now();
         assert_eq!(source.token().await.unwrap().access_token.expose(), "late");
@@ -236,14 +335,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_missing_agent_fails_after_the_window() {
+    async fn a_missing_agent_fails_each_request_after_its_own_window() {
         let path = temp_socket("missing");
-        let source = TokenSource::new(path, Duration::from_millis(200));
+        let source = Arc::new(TokenSource::start(path, Duration::from_millis(300)));
         let started = Instant::now();
-        let err = source.token().await.unwrap_err();
-        assert!(matches!(err, AgentError::Unreachable { .. }), "{err}");
-        assert!(started.elapsed() >= Duration::from_millis(200));
-        assert!(started.elapsed() < Duration::from_secs(2));
+        let first = tokio::spawn({
+            let source = source.clone();
+            async move { (source.token().await, started.elapsed()) }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (second, second_took) = {
+            let t = Instant::now();
+            (source.token().await, t.elapsed())
+        };
+        let (first, first_took) = first.await.unwrap();
+        assert!(matches!(first, Err(AgentError::Unreachable { .. })), "{first:?}");
+        assert!(matches!(second, Err(AgentError::Unreachable { .. })), "{second:?}");
+        for took in [first_took, second_took] {
+            assert!(took >= Duration::from_millis(280), "gave up early: {took:?}");
+            assert!(took < Duration::from_millis(1500), "waited past its window: {took:?}");
+        }
         let started = Instant::now();
         assert!(source.probe().await.is_err());
         assert!(started.elapsed() < Duration::from_millis(100));
@@ -253,29 +364,33 @@ mod tests {
     async fn reauth_and_other_refusals_are_told_apart() {
         let path = temp_socket("reauth");
         let answer = Response::Error(ProtoError::new(ErrorCode::ReauthRequired, "log in again"));
-        let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default());
-        let source = TokenSource::new(path, Duration::from_secs(1));
+        let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default(), usize::MAX);
+        let source = TokenSource::start(path, Duration::from_secs(1));
         assert!(matches!(source.token().await, Err(AgentError::ReauthRequired(m)) if m == "log in again"));
+        assert!(matches!(
+            source.report_rejected(&Secret::new("x")).await,
+            Err(AgentError::ReauthRequired(_))
+        ));
 
         let path = temp_socket("unavailable");
         let answer = Response::Error(ProtoError::new(ErrorCode::Unavailable, "expired"));
-        let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default());
-        let source = TokenSource::new(path, Duration::from_secs(1));
+        let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default(), usize::MAX);
+        let source = TokenSource::start(path, Duration::from_secs(1));
         assert!(
             matches!(source.token().await, Err(AgentError::Refused(e)) if e.code == ErrorCode::Unavailable)
         );
     }
 
     #[tokio::test]
-    async fn a_stale_pooled_connection_is_replaced_without_waiting() {
+    async fn a_stale_pooled_connection_is_replaced() {
         let path = temp_socket("stale");
-        let conns = Arc::new(AtomicUsize::new(0));
+        let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
         // Each connection dies after one answer, as when the agent restarts between two requests.
-        let _server = serve_n(UnixListener::bind(&path).unwrap(), grant("t"), conns.clone(), 1);
-        let source = TokenSource::new(path.clone(), Duration::from_secs(1));
+        let _server = serve(UnixListener::bind(&path).unwrap(), grant("t"), Arc::clone(&counts), 1);
+        let source = TokenSource::start(path, Duration::from_secs(1));
         for _ in 0..3 {
             assert_eq!(source.token().await.unwrap().access_token.expose(), "t");
         }
-        assert_eq!(conns.load(Ordering::SeqCst), 3);
+        assert_eq!(counts.0.load(Ordering::SeqCst), 3);
     }
 }

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 pub struct Proxy {
     pub upstream: Upstream,
     pub tokens: TokenSource,
-    pub keys: Option<InboundKeys>,
+    pub keys: Option<Arc<InboundKeys>>,
     pub max_request_body: u64,
     pub retry_body_limit: u64,
 }
@@ -35,10 +35,12 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        // The probes' futures (a whole agent exchange) are boxed so they do not make every request's
+        // future larger: hyper moves that future around, so its size is paid on each request.
         let resp = match req.uri().path() {
             "/livez" => health::livez(),
-            "/readyz" => health::readyz(&self.tokens).await,
-            "/health" => health::health(&self.tokens).await,
+            "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
+            "/health" => Box::pin(health::health(&self.tokens)).await,
             _ => return Ok(self.forward(req).await),
         };
         // Probes come every few seconds; they go to debug so the access log stays about traffic.
@@ -51,7 +53,10 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let request_id = headers::request_id(&mut parts.headers);
         let mut log = AccessLog::new(parts.method.clone(), parts.uri.clone(), request_id.clone(), started);
-        let mut resp = match self.forward_inner(parts, body, &mut log).await {
+        // Boxed: hyper keeps the service future in a per-connection slot and moves it there for every
+        // request, and the slot lives as long as the connection (a whole stream). A pointer is cheaper
+        // to move and to keep than the 2 KiB this future holds while it waits.
+        let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log)).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
@@ -95,7 +100,10 @@ impl Proxy {
         let first = self.send(&parts, uri.clone(), headers, body, tee.as_ref()).await;
         let resp = match first {
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
-                self.after_rejection(resp, &grant, &parts, uri, retry_headers, tee.as_ref(), log).await?
+                // Rare, and its future (an agent exchange and a second upstream request) is large: boxed,
+                // so the common path's future stays small.
+                Box::pin(self.after_rejection(resp, &grant, &parts, uri, retry_headers, tee.as_ref(), log))
+                    .await?
             }
             other => other?,
         };
