@@ -30,17 +30,19 @@ log() { printf '>> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 apt_install() {
-    # The package's post-install would start a system-wide nginx on port 80; a policy that refuses
-    # every service start keeps the machine as it was.
-    local policy
-    policy="$(mktemp)"
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod +x "$policy"
-    if ! POLICYRCD="$policy" DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
-        apt-get update >&2
-        POLICYRCD="$policy" DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
+    # The package's post-install would start a system-wide nginx on port 80. Debian's invoke-rc.d asks
+    # /usr/sbin/policy-rc.d first; one that refuses every start (the usual container practice) keeps
+    # the machine as it was. It is put there only for the install, and only when none exists.
+    local policy=/usr/sbin/policy-rc.d placed=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
     fi
-    rm -f "$policy"
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2 ||
+        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; } ||
+        rc=$?
+    if ((placed)); then rm -f "$policy"; fi
+    return "$rc"
 }
 
 find_nginx() { command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true; }

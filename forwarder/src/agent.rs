@@ -36,7 +36,7 @@ const MAX_BATCH: usize = 1024;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
     /// Nothing answered on the socket within the wait window.
-    #[error("no answer on {path} within {waited:?} ({last})")]
+    #[error("nothing answers on {path}{}: {last}", waited_note(.waited))]
     Unreachable { path: String, waited: Duration, last: String },
     /// The refresh token is dead; the message says how to log in again.
     #[error("{0}")]
@@ -46,6 +46,14 @@ pub enum AgentError {
     Refused(ProtoError),
     #[error("the agent took longer than {0:?} to answer")]
     Timeout(Duration),
+}
+
+fn waited_note(waited: &Duration) -> String {
+    if waited.is_zero() {
+        String::new()
+    } else {
+        format!(" (kept trying for {waited:?})")
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -280,16 +288,16 @@ mod tests {
         Response::Token(TokenGrant { access_token: Secret::new(t), expires_at_ms: 0, expires_in_ms: 60_000 })
     }
 
-    fn temp_socket(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sidecred-fwd-agent-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("agent.sock")
+    /// A socket path in a fresh directory that is removed when the guard drops.
+    fn temp_socket() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new().prefix("sidecred-fwd-agent-").tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        (dir, path)
     }
 
     #[tokio::test]
     async fn connections_are_reused() {
-        let path = temp_socket("reuse");
+        let (_dir, path) = temp_socket();
         let counts = Arc::default();
         let _server = serve(UnixListener::bind(&path).unwrap(), grant("t1"), Arc::clone(&counts), usize::MAX);
         let source = TokenSource::start(path, Duration::from_secs(1));
@@ -302,7 +310,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_share_answers() {
-        let path = temp_socket("batch");
+        let (_dir, path) = temp_socket();
         let counts = Arc::default();
         let _server = serve(UnixListener::bind(&path).unwrap(), grant("t"), Arc::clone(&counts), usize::MAX);
         let source = Arc::new(TokenSource::start(path, Duration::from_secs(1)));
@@ -321,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_agent_that_appears_within_the_window_is_waited_for() {
-        let path = temp_socket("late");
+        let (_dir, path) = temp_socket();
         let source = TokenSource::start(path.clone(), Duration::from_secs(5));
         let late = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -336,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_agent_fails_each_request_after_its_own_window() {
-        let path = temp_socket("missing");
+        let (_dir, path) = temp_socket();
         let source = Arc::new(TokenSource::start(path, Duration::from_millis(300)));
         let started = Instant::now();
         let first = tokio::spawn({
@@ -362,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn reauth_and_other_refusals_are_told_apart() {
-        let path = temp_socket("reauth");
+        let (_dir, path) = temp_socket();
         let answer = Response::Error(ProtoError::new(ErrorCode::ReauthRequired, "log in again"));
         let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default(), usize::MAX);
         let source = TokenSource::start(path, Duration::from_secs(1));
@@ -372,7 +380,7 @@ mod tests {
             Err(AgentError::ReauthRequired(_))
         ));
 
-        let path = temp_socket("unavailable");
+        let (_dir, path) = temp_socket();
         let answer = Response::Error(ProtoError::new(ErrorCode::Unavailable, "expired"));
         let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default(), usize::MAX);
         let source = TokenSource::start(path, Duration::from_secs(1));
@@ -383,7 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_pooled_connection_is_replaced() {
-        let path = temp_socket("stale");
+        let (_dir, path) = temp_socket();
         let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
         // Each connection dies after one answer, as when the agent restarts between two requests.
         let _server = serve(UnixListener::bind(&path).unwrap(), grant("t"), Arc::clone(&counts), 1);

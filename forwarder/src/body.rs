@@ -9,10 +9,12 @@
 use crate::access::{AccessLog, Outcome};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -87,7 +89,8 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match &mut *this {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Streaming { inner, tee, seen, max, keep_limit } => {
                 let frame = match Pin::new(&mut *inner).poll_frame(cx) {
@@ -107,7 +110,15 @@ impl Body for UpstreamBody {
                         if *seen > *max {
                             kept.too_large = true;
                             kept.chunks = Vec::new();
-                            return Poll::Ready(Some(Err(BodyError::TooLarge(*max))));
+                            let max = *max;
+                            drop(kept);
+                            // The rest of the body is read away elsewhere while the 413 goes out.
+                            if let UpstreamBody::Streaming { inner, .. } =
+                                std::mem::replace(this, UpstreamBody::Empty)
+                            {
+                                discard(inner, max);
+                            }
+                            return Poll::Ready(Some(Err(BodyError::TooLarge(max))));
                         }
                         if !kept.overflowed {
                             if *seen <= *keep_limit {
@@ -154,6 +165,34 @@ impl Body for UpstreamBody {
             UpstreamBody::Replay { left, .. } => SizeHint::with_exact(*left),
         }
     }
+}
+
+/// How long, and how much more than the size cap, a refused request body is read and thrown away.
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads `body` to its end and drops the data, in the background, bounded in time and size.
+///
+/// A server that answers before reading the request body and then closes the connection makes the
+/// kernel reset it (unread data was pending), and the reset can destroy the answer before the client
+/// reads it. Reading the body away first (as nginx's lingering close does) lets the answer arrive.
+pub fn discard(body: Incoming, max: u64) {
+    if body.is_end_stream() {
+        return;
+    }
+    let limit = max.saturating_mul(2).max(1 << 20);
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > limit {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
 }
 
 enum Source {

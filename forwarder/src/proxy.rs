@@ -3,7 +3,7 @@
 
 use crate::access::AccessLog;
 use crate::agent::{AgentError, TokenSource};
-use crate::body::{ResponseBody, Tee, UpstreamBody};
+use crate::body::{discard, ResponseBody, Tee, UpstreamBody};
 use crate::errors::ApiError;
 use crate::headers;
 use crate::health;
@@ -71,29 +71,27 @@ impl Proxy {
         body: Incoming,
         log: &mut AccessLog,
     ) -> Result<Response<ResponseBody>, ApiError> {
-        if let Some(keys) = &self.keys {
-            keys.check(&parts.headers).map_err(|r| ApiError::unauthorized(r.to_string()))?;
-        }
-        let path = upstream_path(&parts.uri).ok_or_else(ApiError::not_found)?;
-        let declared = declared_length(&parts.headers);
-        if declared.is_some_and(|n| n > self.max_request_body) {
-            return Err(ApiError::too_large(self.max_request_body));
-        }
-
-        let grant = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
-        headers::to_upstream(&mut parts.headers, &grant.access_token, &self.upstream.host)
-            .map_err(ApiError::agent_unavailable)?;
+        let (path, declared, grant) = match self.admit(&mut parts).await {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                // Answered without reading the body: read it away in the background so the client,
+                // still sending, gets our answer instead of a connection reset.
+                discard(body, self.max_request_body);
+                return Err(e);
+            }
+        };
         let uri = self.upstream.uri(path);
 
+        // Keep what a retry needs only when a retry is possible at all.
+        let may_retry = body.is_end_stream() || declared.is_none_or(|n| n <= self.retry_body_limit);
+        let retry_headers = may_retry.then(|| parts.headers.clone());
         let (body, tee) = if body.is_end_stream() {
             (UpstreamBody::Empty, None)
         } else {
-            let (body, tee) = UpstreamBody::streaming(body, self.max_request_body, self.retry_body_limit);
+            let keep = if may_retry { self.retry_body_limit } else { 0 };
+            let (body, tee) = UpstreamBody::streaming(body, self.max_request_body, keep);
             (body, Some(tee))
         };
-        // Keep what a retry needs only when a retry is possible at all.
-        let may_retry = tee.is_none() || declared.is_none_or(|n| n <= self.retry_body_limit);
-        let retry_headers = may_retry.then(|| parts.headers.clone());
 
         let sent = Instant::now();
         let headers = std::mem::take(&mut parts.headers);
@@ -114,6 +112,23 @@ impl Proxy {
         // The client's protocol is not the upstream's; the server picks the right framing.
         rparts.version = Version::default();
         Ok(Response::from_parts(rparts, ResponseBody::upstream(incoming)))
+    }
+
+    /// Everything that can refuse a request before its body is touched: the client's key, the path,
+    /// the declared size, the token. On success the headers are ready for the upstream.
+    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, TokenGrant), ApiError> {
+        if let Some(keys) = &self.keys {
+            keys.check(&parts.headers).map_err(|r| ApiError::unauthorized(r.to_string()))?;
+        }
+        let path = upstream_path(&parts.uri).ok_or_else(ApiError::not_found)?;
+        let declared = declared_length(&parts.headers);
+        if declared.is_some_and(|n| n > self.max_request_body) {
+            return Err(ApiError::too_large(self.max_request_body));
+        }
+        let grant = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
+        headers::to_upstream(&mut parts.headers, &grant.access_token, &self.upstream.host)
+            .map_err(ApiError::agent_unavailable)?;
+        Ok((path, declared, grant))
     }
 
     async fn send(

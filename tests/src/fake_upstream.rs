@@ -65,6 +65,8 @@ struct State {
     sse: SseConfig,
     /// When each stream sent each event, by stream number.
     sent_at: Vec<Vec<Instant>>,
+    /// How long to think before answering (after reading the whole request).
+    delay: Duration,
 }
 
 #[derive(Default)]
@@ -73,6 +75,8 @@ struct Counters {
     streams_completed: AtomicU64,
     /// Streams whose client connection went away before the last event.
     streams_cancelled: AtomicU64,
+    /// Requests whose client went away before the answer's headers were sent.
+    requests_abandoned: AtomicU64,
     connections: AtomicU64,
 }
 
@@ -99,6 +103,7 @@ impl FakeUpstream {
             reject_next: 0,
             sse: SseConfig { events: 5, gap: Duration::from_millis(200) },
             sent_at: Vec::new(),
+            delay: Duration::ZERO,
         }));
         let counters = Arc::new(Counters::default());
         let (st, ct) = (state.clone(), counters.clone());
@@ -129,6 +134,11 @@ impl FakeUpstream {
 
     pub fn set_sse(&self, events: usize, gap: Duration) {
         self.state.lock().unwrap().sse = SseConfig { events, gap };
+    }
+
+    /// Every answer waits this long before its headers are sent.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     /// The next `n` requests get 401 whatever their token (a revocation the agent does not know of yet).
@@ -162,6 +172,9 @@ impl FakeUpstream {
     pub fn streams_cancelled(&self) -> u64 {
         self.counters.streams_cancelled.load(Ordering::SeqCst)
     }
+    pub fn requests_abandoned(&self) -> u64 {
+        self.counters.requests_abandoned.load(Ordering::SeqCst)
+    }
     pub fn connections(&self) -> u64 {
         self.counters.connections.load(Ordering::SeqCst)
     }
@@ -190,15 +203,21 @@ async fn handle(
         body_len: body.len(),
         status: 0,
     };
-    let (authorized, sse) = {
+    let (authorized, sse, delay) = {
         let mut s = st.lock().unwrap();
         let valid = seen.bearer().is_some_and(|t| (s.check)(t));
         let forced = s.reject_next > 0;
         if forced {
             s.reject_next -= 1;
         }
-        (valid && !forced, s.sse)
+        (valid && !forced, s.sse, s.delay)
     };
+    if !delay.is_zero() {
+        // hyper drops this future when the client's connection closes first: the guard counts that.
+        let guard = Abandoned(Some(counters.clone()));
+        tokio::time::sleep(delay).await;
+        guard.disarm();
+    }
     let resp = if !authorized {
         error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid x-api-key")
     } else {
@@ -248,6 +267,23 @@ async fn handle(
     resp.headers_mut().insert("request-id", "req_fake_upstream".parse().unwrap());
     st.lock().unwrap().seen.push(seen);
     Ok(resp)
+}
+
+/// Counts a request as abandoned unless disarmed before it is dropped.
+struct Abandoned(Option<Arc<Counters>>);
+
+impl Abandoned {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.requests_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

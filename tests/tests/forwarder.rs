@@ -506,7 +506,7 @@ async fn paths_and_inbound_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_leaving_mid_stream_cancels_the_upstream_request() {
+async fn a_client_leaving_cancels_the_upstream_request() {
     let world = World::new().await;
     world.upstream.set_sse(50, Duration::from_millis(100));
     let fwd = world.forwarder("forwarder", &[]).await;
@@ -526,6 +526,17 @@ async fn a_client_leaving_mid_stream_cancels_the_upstream_request() {
     .await;
     assert_eq!(world.upstream.streams_completed(), 0);
     fwd.proc.wait_for_log("outcome=client_closed", Duration::from_secs(5)).await;
+
+    // A client that gives up before the answer's headers: the upstream request is dropped too.
+    world.upstream.set_delay(Duration::from_secs(30));
+    let client = http_client();
+    let gave_up =
+        stream_request(&client, &fwd.url("/v1/messages")).timeout(Duration::from_millis(300)).send().await;
+    assert!(gave_up.is_err(), "the client should have timed out");
+    wait_until("the upstream to see its request abandoned", Duration::from_secs(10), || {
+        world.upstream.requests_abandoned() == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,4 +632,96 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
     let status = fwd.proc.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(world.upstream.streams_completed(), 1);
+}
+
+/// The CONNECT line and the `Proxy-Authorization` value of each tunnel opened.
+type Tunnels = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// A minimal HTTP CONNECT proxy: records each CONNECT line and `Proxy-Authorization`, then tunnels.
+struct ConnectProxy {
+    addr: std::net::SocketAddr,
+    seen: Tunnels,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConnectProxy {
+    async fn start() -> ConnectProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Tunnels = Arc::default();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let first = head.lines().next().unwrap_or("").to_owned();
+                    let auth = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("Proxy-Authorization: ")
+                                .or_else(|| l.strip_prefix("proxy-authorization: "))
+                        })
+                        .map(str::to_owned);
+                    log.lock().unwrap().push((first.clone(), auth));
+                    let target = first.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        ConnectProxy { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_is_reached_through_a_connect_proxy_unless_no_proxy_says_otherwise() {
+    let world = World::new().await;
+    let proxy = ConnectProxy::start().await;
+    let client = http_client();
+    let upstream_hostport = world.upstream.url().trim_start_matches("http://").to_owned();
+
+    // The upstream here is plain http, so HTTP_PROXY applies (HTTPS_PROXY would for https).
+    let mut cmd = forwarder_cmd(&world.sandbox, &world.upstream.url());
+    cmd.env("HTTP_PROXY", format!("http://sc-user:sc-pass@{}", proxy.addr))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let fwd = start_forwarder(&world.sandbox, "forwarder", cmd).await;
+    assert_eq!(message(&client, &fwd.url("/v1/messages")).await.0, 200);
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 1, "one tunnel, reused: {seen:?}");
+    assert_eq!(seen[0].0, format!("CONNECT {upstream_hostport} HTTP/1.1"));
+    // base64("sc-user:sc-pass")
+    assert_eq!(seen[0].1.as_deref(), Some("Basic c2MtdXNlcjpzYy1wYXNz"));
+    assert_eq!(world.upstream.last_seen().unwrap().bearer(), Some(world.pair.access_token.as_str()));
+    drop(fwd);
+
+    let mut cmd = forwarder_cmd(&world.sandbox, &world.upstream.url());
+    cmd.env("HTTP_PROXY", format!("http://{}", proxy.addr)).env("NO_PROXY", "localhost,127.0.0.1");
+    let fwd = start_forwarder(&world.sandbox, "forwarder-no-proxy", cmd).await;
+    assert_eq!(message(&client, &fwd.url("/v1/messages")).await.0, 200);
+    assert_eq!(proxy.seen().len(), 1, "NO_PROXY exempts the upstream");
 }
