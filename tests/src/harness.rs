@@ -272,7 +272,7 @@ impl Sandbox {
         }
     }
 
-    /// Waits until nothing answers on the socket any more (the agent stopped).
+    /// A fresh connection to the sandbox's agent.
     pub async fn client(&self) -> sidecred_proto::client::Client {
         sidecred_proto::client::Client::connect(&self.socket()).await.expect("connect to the agent")
     }
