@@ -6,10 +6,11 @@
 //! expired token in the file is refreshed first and the rotated pair written back before it is used.
 
 use crate::api::{Api, ApiError, Profile};
+use crate::atomic::resolve_symlinks;
 use crate::atomic::{check_replaceable, write_atomic, WriteError};
 use crate::cli::{AccountArgs, LogoutArgs, Source, TokenEndpointArgs};
 use crate::credentials::{now_ms, to_pretty_bytes, Credentials, CredentialsError, CLAUDE_KEY};
-use crate::login::{resolve_symlinks, stdin_is_terminal};
+use crate::login::stdin_is_terminal;
 use crate::oauth::{OAuthClient, OAuthConfig, TokenError};
 use serde::Serialize;
 use serde_json::Value;

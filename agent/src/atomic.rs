@@ -109,6 +109,12 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// The file a path finally names, so an atomic replace lands on the file behind a symlink (Kubernetes
+/// Secret keys, a dotfile manager) instead of replacing the link. A path that does not resolve is used as is.
+pub fn resolve_symlinks(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

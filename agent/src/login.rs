@@ -12,7 +12,7 @@
 //! unless the whole flow succeeded.
 
 use crate::api::{Api, Profile};
-use crate::atomic::{check_replaceable, write_atomic, WriteError};
+use crate::atomic::{check_replaceable, resolve_symlinks, write_atomic, WriteError};
 use crate::cli::{LoginArgs, LoginMode, Output};
 use crate::credentials::{json_fault, now_ms, Credentials};
 use crate::oauth::{OAuthClient, OAuthConfig, TokenError};
@@ -663,11 +663,6 @@ fn prepare_destination(path: &Path) -> Result<(), LoginError> {
     }
     check_replaceable(path).map_err(LoginError::NotWritable)?;
     read_existing(path).map(|_| ())
-}
-
-/// Follows symlinks, so a write replaces the file a link points at rather than the link.
-pub fn resolve_symlinks(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// Whether stdin is a terminal a person can answer on.

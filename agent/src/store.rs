@@ -7,7 +7,7 @@
 //! already spent. On start the state wins over the seed unless the seed changed since (a new login,
 //! an updated Secret) and is not one we have already rotated past.
 
-use crate::atomic::{check_replaceable, write_atomic, WriteError};
+use crate::atomic::{check_replaceable, resolve_symlinks, write_atomic, WriteError};
 use crate::credentials::{json_fault, to_pretty_bytes, Credentials, CredentialsError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -116,7 +116,7 @@ impl Store {
                     // A first login may have nowhere to go yet; create ~/.claude like Claude Code does.
                     let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent);
                 }
-                check_replaceable(&real_path(&seed))?;
+                check_replaceable(&resolve_symlinks(&seed))?;
                 Target::InPlace
             }
         };
@@ -134,7 +134,7 @@ impl Store {
     /// The file rotated credentials are written to.
     pub fn persist_path(&self) -> PathBuf {
         match &self.target {
-            Target::InPlace => real_path(&self.seed),
+            Target::InPlace => resolve_symlinks(&self.seed),
             Target::StateFile(p) => p.clone(),
         }
     }
@@ -193,7 +193,7 @@ impl Store {
         retired: &[String],
     ) -> Result<(), WriteError> {
         match &self.target {
-            Target::InPlace => write_atomic(&real_path(&self.seed), &creds.to_bytes()),
+            Target::InPlace => write_atomic(&resolve_symlinks(&self.seed), &creds.to_bytes()),
             Target::StateFile(path) => {
                 let doc = StateDoc {
                     version: STATE_VERSION,
@@ -253,10 +253,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Follows symlinks so a write-back replaces the file a symlink points at, not the link.
-fn real_path(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
