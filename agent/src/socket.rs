@@ -2,22 +2,40 @@
 //! and answering protocol requests from the published snapshot.
 
 use crate::refresh::{Command, Snapshot};
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
+use sidecred_proto::blocking::{read_frame, write_frame};
 use sidecred_proto::{
-    read_frame, write_frame, ErrorCode, FrameError, ProtoError, Request, RequestFrame, Response,
-    ResponseFrame, StatusReport, TokenGrant,
+    ErrorCode, FrameError, ProtoError, Request, RequestFrame, Response, ResponseFrame, StatusReport,
+    TokenGrant,
 };
+use std::future::Future;
+use std::io::BufReader;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::BufReader;
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Connections served at once; beyond this, new ones wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
+
+/// A connection thread's stack: it decodes and encodes small JSON messages and nothing deeper. Only the
+/// pages touched count towards RSS.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Requests are a few dozen bytes; one read usually takes a whole frame.
+const READ_BUFFER: usize = 2048;
+
+/// How long a busy connection polls for its next request before parking in `read` (see [`Pacer`]).
+const POLL_WINDOW: Duration = Duration::from_micros(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -77,9 +95,19 @@ struct Context {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     commands: mpsc::Sender<Command>,
     started: Instant,
+    /// The runtime that waits (for a refresh, for the manager) on behalf of connection threads.
+    runtime: Handle,
+    /// Set at shutdown: connection threads answer nothing more.
+    closing: AtomicBool,
 }
 
 /// Accepts connections until `shutdown` fires.
+///
+/// Each connection gets its own thread doing blocking I/O, because a token request is a few
+/// microseconds of work and most of its latency is waking up whoever has to answer it: a thread parked in
+/// `read` on the socket is woken by the kernel directly, where a runtime task needs the reactor, a
+/// scheduler hand-off and more syscalls. Clients keep few connections open for a long time (the
+/// forwarder pools them), so the threads are few; anything that has to wait is handed to the runtime.
 pub async fn serve(
     listener: UnixListener,
     config: Config,
@@ -87,25 +115,26 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Arc::new(Context { config, snapshot, commands, started: Instant::now() });
+    let ctx = Arc::new(Context {
+        config,
+        snapshot,
+        commands,
+        started: Instant::now(),
+        runtime: Handle::current(),
+        closing: AtomicBool::new(false),
+    });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, ctx).await;
-                    drop(permit);
-                });
-            }
+            Ok((stream, _)) => start_connection(stream, ctx.clone(), permit),
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 warn!(error = %e, "accepting a connection failed");
@@ -113,9 +142,10 @@ pub async fn serve(
             }
         }
     }
+    ctx.closing.store(true, Ordering::Release);
 }
 
-async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) {
+fn start_connection(stream: UnixStream, ctx: Arc<Context>, permit: OwnedSemaphorePermit) {
     let peer = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(e) => {
@@ -123,29 +153,56 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) {
             return;
         }
     };
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
+    let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot prepare the connection; closing");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("sidecred-conn".to_owned())
+        .stack_size(CONNECTION_STACK)
+        .spawn(move || {
+            serve_connection(&stream, peer, &ctx);
+            drop(permit);
+        });
+    // On failure the closure, and with it the connection, is dropped: the client sees it closed.
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a thread for the connection; closing it");
+    }
+}
+
+fn serve_connection(stream: &std::os::unix::net::UnixStream, peer: UCred, ctx: &Context) {
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let mut writer = stream;
     let mut buf = Vec::with_capacity(512);
     if !ctx.config.allowed_uids.contains(&peer.uid()) {
         // Read (and discard) the request first, so the peer is not writing into a closed socket when the
         // answer arrives and sees the reason instead of a broken pipe.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            read_frame::<_, RequestFrame>(&mut reader, &mut buf),
-        )
-        .await;
+        if stream.set_read_timeout(Some(Duration::from_secs(1))).is_ok() {
+            let _ = read_frame::<_, RequestFrame>(&mut reader, &mut buf);
+        }
         warn!(uid = peer.uid(), pid = ?peer.pid(), "refusing a peer whose uid is not allowed (see --allow-uid)");
         let denied = ProtoError::new(
             ErrorCode::PermissionDenied,
             format!("uid {} is not allowed to use this agent (see --allow-uid)", peer.uid()),
         );
-        let _ = write_frame(&mut writer, &ResponseFrame::from(Response::Error(denied))).await;
+        let _ = write_frame(&mut writer, &ResponseFrame::from(Response::Error(denied)));
         return;
     }
+    let mut pacer = Pacer::default();
     loop {
-        let response = match read_frame::<_, RequestFrame>(&mut reader, &mut buf).await {
+        if reader.buffer().is_empty() {
+            pacer.await_request(stream);
+        }
+        let response = match read_frame::<_, RequestFrame>(&mut reader, &mut buf) {
             Ok(None) => return,
-            Ok(Some(frame)) => handle(frame.request, &ctx).await,
+            Ok(Some(_)) if ctx.closing.load(Ordering::Acquire) => return,
+            Ok(Some(frame)) => {
+                pacer.arrived();
+                handle(frame.request, ctx)
+            }
             Err(FrameError::Io(_) | FrameError::Truncated) => return,
             Err(e) => {
                 let code = match e {
@@ -154,24 +211,58 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) {
                 };
                 debug!(uid = peer.uid(), error = %e, "bad request; closing the connection");
                 let answer = Response::Error(ProtoError::new(code, e.to_string()));
-                let _ = write_frame(&mut writer, &ResponseFrame::from(answer)).await;
+                let _ = write_frame(&mut writer, &ResponseFrame::from(answer));
                 return;
             }
         };
-        if write_frame(&mut writer, &ResponseFrame::from(response)).await.is_err() {
+        if write_frame(&mut writer, &ResponseFrame::from(response)).is_err() {
             return;
+        }
+        pacer.answered();
+    }
+}
+
+/// Adaptive polling of a busy connection. A client asking back to back (a loaded forwarder) sends its
+/// next request a few microseconds after our answer; parking the thread in `read` then costs a sleep
+/// and a cross-CPU wake-up that take longer than the wait itself, so a connection whose last request
+/// came within [`POLL_WINDOW`] of the answer before it polls for that long first, yielding the CPU
+/// between polls. An idle connection goes straight to `read`: polling costs nothing when there is
+/// nothing to poll for.
+#[derive(Default)]
+struct Pacer {
+    answered_at: Option<std::time::Instant>,
+    busy: bool,
+}
+
+impl Pacer {
+    fn answered(&mut self) {
+        self.answered_at = Some(std::time::Instant::now());
+    }
+
+    fn arrived(&mut self) {
+        self.busy = self.answered_at.is_some_and(|t| t.elapsed() <= POLL_WINDOW);
+    }
+
+    fn await_request(&self, stream: &std::os::unix::net::UnixStream) {
+        let Some(answered_at) = self.answered_at.filter(|_| self.busy) else { return };
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        let mut probe = [0u8; 1];
+        while answered_at.elapsed() < POLL_WINDOW {
+            match nix::sys::socket::recv(stream.as_raw_fd(), &mut probe, flags) {
+                Err(Errno::EAGAIN) => std::thread::yield_now(),
+                // Data, end of stream or an error: the read that follows sees it.
+                _ => return,
+            }
         }
     }
 }
 
-async fn handle(request: Request, ctx: &Context) -> Response {
+fn handle(request: Request, ctx: &Context) -> Response {
     let result = match request {
-        Request::GetToken => get_token(ctx).await,
+        Request::GetToken => get_token(ctx),
         Request::Status => return Response::Status(Box::new(status(ctx))),
-        Request::ReportRejected { token } => {
-            ask_manager(ctx, |reply| Command::Rejected { token, reply }).await
-        }
-        Request::Refresh => ask_manager(ctx, |reply| Command::Refresh { reply }).await,
+        Request::ReportRejected { token } => ask_manager(ctx, |reply| Command::Rejected { token, reply }),
+        Request::Refresh => ask_manager(ctx, |reply| Command::Refresh { reply }),
     };
     match result {
         Ok(grant) => Response::Token(grant),
@@ -180,9 +271,42 @@ async fn handle(request: Request, ctx: &Context) -> Response {
 }
 
 /// Answers from memory. Only an expired token makes it wait, and only briefly, for a refresh.
-async fn get_token(ctx: &Context) -> Result<TokenGrant, ProtoError> {
-    let mut rx = ctx.snapshot.clone();
-    let deadline = Instant::now() + ctx.config.expired_wait;
+fn get_token(ctx: &Context) -> Result<TokenGrant, ProtoError> {
+    {
+        let snap = ctx.snapshot.borrow();
+        let now = Instant::now();
+        if let Some(token) = snap.servable(now) {
+            return Ok(token.grant(now));
+        }
+        if let Some(e) = snap.terminal_error() {
+            return Err(e);
+        }
+    }
+    on_runtime(ctx, wait_for_token(ctx.snapshot.clone(), ctx.config.expired_wait))
+}
+
+/// Runs `work` on the runtime and blocks this connection's thread until it is done. A runtime that shuts
+/// down meanwhile drops `work`, and the client hears that the agent is going away.
+fn on_runtime<F>(ctx: &Context, work: F) -> Result<TokenGrant, ProtoError>
+where
+    F: Future<Output = Result<TokenGrant, ProtoError>> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    ctx.runtime.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.blocking_recv().unwrap_or_else(|_| Err(shutting_down()))
+}
+
+fn shutting_down() -> ProtoError {
+    ProtoError::new(ErrorCode::Unavailable, "the agent is shutting down")
+}
+
+async fn wait_for_token(
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    wait: Duration,
+) -> Result<TokenGrant, ProtoError> {
+    let deadline = Instant::now() + wait;
     loop {
         {
             let snap = rx.borrow_and_update();
@@ -208,19 +332,26 @@ async fn get_token(ctx: &Context) -> Result<TokenGrant, ProtoError> {
     }
 }
 
-async fn ask_manager(
+fn ask_manager(
     ctx: &Context,
     make: impl FnOnce(oneshot::Sender<Result<TokenGrant, ProtoError>>) -> Command,
 ) -> Result<TokenGrant, ProtoError> {
     let (tx, rx) = oneshot::channel();
-    if ctx.commands.send(make(tx)).await.is_err() {
-        return Err(ProtoError::new(ErrorCode::Unavailable, "the agent is shutting down"));
-    }
-    match tokio::time::timeout(ctx.config.refresh_wait, rx).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => Err(ProtoError::new(ErrorCode::Unavailable, "the agent is shutting down")),
-        Err(_) => Err(ProtoError::new(ErrorCode::Unavailable, "the refresh is taking too long; try again")),
-    }
+    let command = make(tx);
+    let commands = ctx.commands.clone();
+    let wait = ctx.config.refresh_wait;
+    on_runtime(ctx, async move {
+        if commands.send(command).await.is_err() {
+            return Err(shutting_down());
+        }
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(shutting_down()),
+            Err(_) => {
+                Err(ProtoError::new(ErrorCode::Unavailable, "the refresh is taking too long; try again"))
+            }
+        }
+    })
 }
 
 fn status(ctx: &Context) -> StatusReport {

@@ -1,3 +1,4 @@
+use crate::blocking::eof_is_truncation;
 use crate::frame::{decode_frame, encode_frame, frame_len, FrameError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -33,12 +34,4 @@ where
     writer.write_all(&encode_frame(msg)).await?;
     writer.flush().await?;
     Ok(())
-}
-
-fn eof_is_truncation(e: std::io::Error) -> FrameError {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        FrameError::Truncated
-    } else {
-        FrameError::Io(e)
-    }
 }

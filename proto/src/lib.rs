@@ -5,8 +5,10 @@
 //! version it speaks, so an old forwarder talking to a new agent gets a typed error instead of a guess.
 //!
 //! This crate holds the messages, the framing and the secret wrapper. It does no I/O of its own except
-//! the optional async helpers (feature `tokio`), which work on any `AsyncRead`/`AsyncWrite`.
+//! the framing helpers: [`blocking`] on any `std::io` stream, and the async ones (feature `tokio`) on any
+//! `AsyncRead`/`AsyncWrite`.
 
+pub mod blocking;
 mod frame;
 mod message;
 mod secret;
