@@ -18,6 +18,10 @@ pub struct Cli {
     /// The Anthropic API. Plain http is allowed (for tests and local fakes).
     #[arg(long, env = "SIDECRED_UPSTREAM", default_value = "https://api.anthropic.com", value_parser = parse_upstream)]
     pub upstream: http::Uri,
+    /// PEM file of extra CA certificates to trust for the upstream and its TLS, on top of the built-in
+    /// web roots: for a TLS-intercepting corporate proxy, or a private test upstream.
+    #[arg(long, env = "SIDECRED_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// The agent's Unix socket.
     #[arg(long, env = "SIDECRED_SOCKET", default_value_os_t = sidecred_proto::default_socket_path())]
     pub socket: PathBuf,

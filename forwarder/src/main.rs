@@ -52,6 +52,7 @@ fn main() -> ExitCode {
 struct Shared {
     upstream: http::Uri,
     proxies: hyper_util::client::proxy::matcher::Matcher,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     socket: std::path::PathBuf,
     agent_wait: Duration,
     keys: Option<Arc<keys::InboundKeys>>,
@@ -64,7 +65,7 @@ impl Shared {
     /// Within the worker's runtime: the agent fetcher task is spawned on it.
     fn proxy(&self) -> anyhow::Result<proxy::Proxy> {
         Ok(proxy::Proxy {
-            upstream: upstream::Upstream::new(&self.upstream, &self.proxies)
+            upstream: upstream::Upstream::new(&self.upstream, &self.proxies, &self.extra_roots)
                 .context("cannot set up the upstream client")?,
             tokens: agent::TokenSource::start(self.socket.clone(), self.agent_wait),
             keys: self.keys.clone(),
@@ -87,9 +88,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             cli.listen
         );
     }
+    let extra_roots = match &cli.upstream_ca_file {
+        Some(path) => upstream::load_ca_file(path)?,
+        None => Vec::new(),
+    };
     let shared = Arc::new(Shared {
         upstream: cli.upstream.clone(),
         proxies: hyper_util::client::proxy::matcher::Matcher::from_env(),
+        extra_roots,
         socket: cli.socket.clone(),
         agent_wait: cli.agent_wait,
         keys,
@@ -98,7 +104,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         drain_timeout: cli.drain_timeout,
     });
     // Configuration faults (a bad proxy URL, say) stop the start here rather than in every worker.
-    let via = upstream::Upstream::new(&shared.upstream, &shared.proxies)
+    let via = upstream::Upstream::new(&shared.upstream, &shared.proxies, &shared.extra_roots)
         .context("cannot set up the upstream client")?
         .via;
 

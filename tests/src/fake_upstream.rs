@@ -1,6 +1,6 @@
 //! A fake of the Anthropic API for the forwarder tests.
 //!
-//! Speaks real HTTP/1.1 and cleartext HTTP/2 (hyper-util's auto server), records every request
+//! Speaks real HTTP/1.1 and HTTP/2, in cleartext or over TLS (hyper-util's auto server), records every request
 //! (method, path, query, headers, body SHA-256 and length), accepts only the Bearer tokens a validator
 //! approves (401 `authentication_error` otherwise, or on demand), and streams SSE with a configurable
 //! gap between events, noting when a client goes away in the middle of a stream.
@@ -82,6 +82,7 @@ struct Counters {
 
 pub struct FakeUpstream {
     addr: SocketAddr,
+    is_tls: bool,
     state: Arc<Mutex<State>>,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
@@ -94,7 +95,18 @@ impl Drop for FakeUpstream {
 }
 
 impl FakeUpstream {
+    /// Cleartext HTTP/1.1 and HTTP/2 (h2c), on `http://127.0.0.1:port`.
     pub async fn start(check: TokenCheck) -> FakeUpstream {
+        FakeUpstream::start_with(check, None).await
+    }
+
+    /// TLS with `config` (its ALPN list decides between HTTP/2 and HTTP/1.1), on
+    /// `https://localhost:port`.
+    pub async fn start_tls(check: TokenCheck, config: Arc<rustls::ServerConfig>) -> FakeUpstream {
+        FakeUpstream::start_with(check, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(check: TokenCheck, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake upstream");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
@@ -107,29 +119,41 @@ impl FakeUpstream {
         }));
         let counters = Arc::new(Counters::default());
         let (st, ct) = (state.clone(), counters.clone());
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
-            let server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
                 ct.connections.fetch_add(1, Ordering::SeqCst);
-                let (st, ct) = (st.clone(), ct.clone());
-                let conn = server
-                    .serve_connection(
-                        hyper_util::rt::TokioIo::new(stream),
-                        hyper::service::service_fn(move |req| handle(req, st.clone(), ct.clone())),
-                    )
-                    .into_owned();
+                let (st, ct, tls) = (st.clone(), ct.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let service = hyper::service::service_fn(move |req| handle(req, st.clone(), ct.clone()));
+                    let server =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = server.serve_connection(io, service).await;
+                        }
+                        Some(acceptor) => {
+                            // A client that does not trust us ends the handshake; nothing to serve then.
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = server.serve_connection(io, service).await;
+                        }
+                    }
                 });
             }
         });
-        FakeUpstream { addr, state, counters, task }
+        FakeUpstream { addr, is_tls, state, counters, task }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.is_tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     pub fn set_sse(&self, events: usize, gap: Duration) {

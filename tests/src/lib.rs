@@ -8,3 +8,4 @@ pub mod fake_oauth;
 pub mod fake_upstream;
 pub mod forwarder_harness;
 pub mod harness;
+pub mod tls;

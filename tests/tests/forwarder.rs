@@ -13,6 +13,7 @@ use sidecred_tests::forwarder_harness::{forwarder_cmd, http_client, start_forwar
 use sidecred_tests::harness::{
     claude_code_credentials, now_ms, wait_until, wait_until_async, write_json, Proc, Sandbox,
 };
+use sidecred_tests::tls::TestPki;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +66,17 @@ impl World {
         let mut cmd = forwarder_cmd(&self.sandbox, &self.upstream.url());
         cmd.args(args);
         start_forwarder(&self.sandbox, name, cmd).await
+    }
+
+    /// Replaces the fake API by one that speaks TLS with `pki`'s certificate, offering `alpn`; answers
+    /// the path of the CA file to give the forwarder.
+    async fn use_tls_upstream(&mut self, pki: &TestPki, alpn: &[&[u8]]) -> String {
+        let fake = self.fake.clone();
+        let check: TokenCheck = Arc::new(move |t: &str| fake.is_valid_access_token(t));
+        self.upstream = FakeUpstream::start_tls(check, pki.server_config(alpn)).await;
+        let ca = self.sandbox.path().join("upstream-ca.pem");
+        pki.write_ca(&ca);
+        ca.display().to_string()
     }
 
     fn kill_agent(&mut self) {
@@ -724,4 +736,100 @@ async fn the_upstream_is_reached_through_a_connect_proxy_unless_no_proxy_says_ot
     let fwd = start_forwarder(&world.sandbox, "forwarder-no-proxy", cmd).await;
     assert_eq!(message(&client, &fwd.url("/v1/messages")).await.0, 200);
     assert_eq!(proxy.seen().len(), 1, "NO_PROXY exempts the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_offering_h2_gets_http2_with_streams_bodies_and_retries_intact() {
+    let mut world = World::new().await;
+    let pki = TestPki::new();
+    let ca = world.use_tls_upstream(&pki, &[b"h2", b"http/1.1"]).await;
+    world.upstream.set_sse(5, Duration::from_millis(200));
+    let fwd = world.forwarder("forwarder", &["--upstream-ca-file", &ca]).await;
+    let client = http_client();
+
+    let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = world.upstream.last_seen().unwrap();
+    assert_eq!(seen.version, http::Version::HTTP_2, "ALPN offered h2, so the forwarder must use it");
+    assert_eq!(seen.bearer(), Some(world.pair.access_token.as_str()));
+    assert_eq!(seen.header("anthropic-beta").as_deref(), Some(OAUTH_BETA));
+
+    // A body well past HTTP/2's initial flow-control window arrives whole.
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let resp = client.post(fwd.url("/v1/messages")).body(big.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = world.upstream.last_seen().unwrap();
+    assert_eq!((seen.body_sha256.as_str(), seen.body_len), (sha256_of(&big).as_str(), big.len()));
+
+    // SSE over an HTTP/2 upstream stream still reaches the client event by event.
+    let resp = stream_request(&client, &fwd.url("/v1/messages")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (arrivals, text) = read_deltas(resp).await;
+    assert_eq!(arrivals.len(), 5, "{text}");
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap > Duration::from_millis(100), "events bunched together: gap {gap:?}");
+    }
+
+    // A 401 on the HTTP/2 connection: one refresh, the retry carries the same body and the new token.
+    world.upstream.reject_next(1);
+    let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(world.fake.received(), 1, "exactly one refresh");
+    let seen = world.upstream.seen();
+    let (rejected, retried) = (&seen[seen.len() - 2], &seen[seen.len() - 1]);
+    assert_eq!((rejected.status, retried.status), (401, 200));
+    assert_eq!(retried.bearer(), world.fake.latest_access_token().as_deref());
+    assert_eq!(retried.body_sha256, rejected.body_sha256);
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_2));
+    assert_eq!(world.upstream.connections(), 1, "every request shared one multiplexed connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_without_h2_gets_http1_and_an_untrusted_one_a_clear_502() {
+    let mut world = World::new().await;
+    let pki = TestPki::new();
+    let ca = world.use_tls_upstream(&pki, &[b"http/1.1"]).await;
+    let client = http_client();
+
+    let fwd = world.forwarder("forwarder", &["--upstream-ca-file", &ca]).await;
+    let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = world.upstream.last_seen().unwrap();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.bearer(), Some(world.pair.access_token.as_str()));
+    drop(fwd);
+
+    // Without the CA the certificate is not trusted: nothing reaches the API and the client learns why.
+    let fwd = world.forwarder("forwarder-no-ca", &[]).await;
+    let before = world.upstream.seen_count();
+    let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_anthropic_error(&body, "api_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("certificate"), "the 502 must say the certificate is the problem: {message}");
+    assert_eq!(world.upstream.seen_count(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_upstream_ca_file_stops_the_start_naming_the_file() {
+    let world = World::new().await;
+    let not_pem = world.sandbox.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "just some text\n").unwrap();
+    let missing = world.sandbox.path().join("missing.pem");
+    for (path, why) in [(&not_pem, "no `BEGIN CERTIFICATE` block"), (&missing, "No such file")] {
+        let mut cmd = forwarder_cmd(&world.sandbox, &world.upstream.url());
+        cmd.arg("--upstream-ca-file").arg(path);
+        let out = tokio::time::timeout(Duration::from_secs(20), tokio::process::Command::from(cmd).output())
+            .await
+            .expect("the forwarder must exit")
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--upstream-ca-file") && stderr.contains(&path.display().to_string()),
+            "{stderr}"
+        );
+        assert!(stderr.contains(why), "{stderr}");
+    }
 }
