@@ -744,7 +744,8 @@ async fn an_https_upstream_offering_h2_gets_http2_with_streams_bodies_and_retrie
     let pki = TestPki::new();
     let ca = world.use_tls_upstream(&pki, &[b"h2", b"http/1.1"]).await;
     world.upstream.set_sse(5, Duration::from_millis(200));
-    let fwd = world.forwarder("forwarder", &["--upstream-ca-file", &ca]).await;
+    // One worker, so one upstream pool: every request can share one connection.
+    let fwd = world.forwarder("forwarder", &["--upstream-ca-file", &ca, "--workers", "1"]).await;
     let client = http_client();
 
     let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
@@ -832,4 +833,33 @@ async fn an_unusable_upstream_ca_file_stops_the_start_naming_the_file() {
         );
         assert!(stderr.contains(why), "{stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_behind_https_proxy_gets_tls_and_h2_inside_the_tunnel() {
+    let mut world = World::new().await;
+    let pki = TestPki::new();
+    let ca = world.use_tls_upstream(&pki, &[b"h2", b"http/1.1"]).await;
+    let proxy = ConnectProxy::start().await;
+    let upstream_hostport = world.upstream.url().trim_start_matches("https://").to_owned();
+
+    // One worker, so one upstream pool: every request can share one tunnel.
+    let mut cmd = forwarder_cmd(&world.sandbox, &world.upstream.url());
+    cmd.args(["--workers", "1", "--upstream-ca-file"])
+        .arg(&ca)
+        .env("HTTPS_PROXY", format!("http://{}", proxy.addr))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let fwd = start_forwarder(&world.sandbox, "forwarder", cmd).await;
+    let client = http_client();
+    for _ in 0..3 {
+        let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let tunnels = proxy.seen();
+    assert_eq!(tunnels.len(), 1, "one tunnel, reused: {tunnels:?}");
+    assert_eq!(tunnels[0].0, format!("CONNECT {upstream_hostport} HTTP/1.1"));
+    let seen = world.upstream.last_seen().unwrap();
+    assert_eq!(seen.version, http::Version::HTTP_2, "TLS and ALPN run end to end through the tunnel");
+    assert_eq!(seen.bearer(), Some(world.pair.access_token.as_str()));
 }
