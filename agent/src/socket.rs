@@ -24,8 +24,9 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Connections served at once; beyond this, new ones wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once (a thread each); beyond this, new ones wait in the kernel's backlog. A
+/// forwarder keeps a few per worker, a probe one for a moment.
+const MAX_CONNECTIONS: usize = 256;
 
 /// A connection thread's stack: it decodes and encodes small JSON messages and nothing deeper. Only the
 /// pages touched count towards RSS.
