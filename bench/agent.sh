@@ -13,7 +13,12 @@ bin=target/release
 
 work=$(mktemp -d)
 agent_pid=
-cleanup() { [[ -n "$agent_pid" ]] && kill "$agent_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+floor_pid=
+cleanup() {
+  [[ -n "$agent_pid" ]] && kill "$agent_pid" 2>/dev/null
+  [[ -n "$floor_pid" ]] && kill "$floor_pid" 2>/dev/null
+  wait 2>/dev/null; rm -rf "$work"
+}
 trap cleanup EXIT
 
 # A token valid for a day: no refresh happens during the run, so the endpoint is never contacted.
@@ -30,21 +35,31 @@ agent_pid=$!
 for _ in $(seq 1 500); do [[ -S "$work/agent.sock" ]] && break; sleep 0.01; done
 [[ -S "$work/agent.sock" ]] || { echo "agent did not start:"; cat "$work/agent.log"; exit 1; }
 
+# The floor: a bare server that answers every request with a fixed frame (bench/src/bin/socket_floor.rs),
+# measured in the same run, so what the agent adds to the machine's own cost is visible.
+"$bin/socket_floor" --socket "$work/floor.sock" 2>"$work/floor.log" &
+floor_pid=$!
+for _ in $(seq 1 500); do [[ -S "$work/floor.sock" ]] && break; sleep 0.01; done
+[[ -S "$work/floor.sock" ]] || { echo "the floor server did not start:"; cat "$work/floor.log"; exit 1; }
+
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$agent_pid/status"; }
 sleep 1
 idle_before=$(rss_kib)
 result=$("$bin/agent_fetch" --socket "$work/agent.sock" --latency-fetches "$fetches" --duration "$duration")
 sleep 1
 idle_after=$(rss_kib)
+floor=$("$bin/agent_fetch" --socket "$work/floor.sock" --latency-fetches "$fetches" --duration "$duration")
 
-python3 - "$result" "$idle_before" "$idle_after" "$smoke" <<'PY'
+python3 - "$result" "$idle_before" "$idle_after" "$smoke" "$floor" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1]); before, after, smoke = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+f = json.loads(sys.argv[5])
 rss = max(before, after) / 1024
 rows = [
     ("p50 latency, reused connection", f"{r['p50_us']:.1f} µs", "—", True),
     ("p99 latency, reused connection", f"{r['p99_us']:.1f} µs", "≤ 50 µs", r["p99_us"] <= 50),
     ("p99.9 latency", f"{r['p999_us']:.1f} µs", "—", True),
+    ("floor: bare server, p50 / p99", f"{f['p50_us']:.1f} / {f['p99_us']:.1f} µs", "—", True),
     (f"fetches/s ({r['connections']} connections)", f"{r['fetches_per_s']:,.0f}", "≥ 50,000", r["fetches_per_s"] >= 50000),
     ("idle RSS (before / after load)", f"{before/1024:.1f} / {after/1024:.1f} MiB", "≤ 10 MiB", rss <= 10),
 ]
