@@ -19,7 +19,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let _ = std::fs::remove_file(&args.socket);
-    let listener = UnixListener::bind(&args.socket).with_context(|| format!("bind {}", args.socket.display()))?;
+    let listener =
+        UnixListener::bind(&args.socket).with_context(|| format!("bind {}", args.socket.display()))?;
     let answer = ResponseFrame::from(Response::Token(TokenGrant {
         access_token: Secret::new("bench-access-token"),
         expires_at_ms: 0,
