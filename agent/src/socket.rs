@@ -273,17 +273,19 @@ fn handle(request: Request, ctx: &Context) -> Response {
 
 /// Answers from memory. Only an expired token makes it wait, and only briefly, for a refresh.
 fn get_token(ctx: &Context) -> Result<TokenGrant, ProtoError> {
-    {
-        let snap = ctx.snapshot.borrow();
-        let now = Instant::now();
-        if let Some(token) = snap.servable(now) {
-            return Ok(token.grant(now));
-        }
-        if let Some(e) = snap.terminal_error() {
-            return Err(e);
-        }
+    if let Some(answer) = immediate_answer(&ctx.snapshot.borrow()) {
+        return answer;
     }
     on_runtime(ctx, wait_for_token(ctx.snapshot.clone(), ctx.config.expired_wait))
+}
+
+/// What a snapshot answers at once: a token, a final error, or nothing yet (a refresh is due).
+fn immediate_answer(snap: &Snapshot) -> Option<Result<TokenGrant, ProtoError>> {
+    let now = Instant::now();
+    match snap.servable(now) {
+        Some(token) => Some(Ok(token.grant(now))),
+        None => snap.terminal_error().map(Err),
+    }
 }
 
 /// Runs `work` on the runtime and blocks this connection's thread until it is done. A runtime that shuts
@@ -309,15 +311,8 @@ async fn wait_for_token(
 ) -> Result<TokenGrant, ProtoError> {
     let deadline = Instant::now() + wait;
     loop {
-        {
-            let snap = rx.borrow_and_update();
-            let now = Instant::now();
-            if let Some(token) = snap.servable(now) {
-                return Ok(token.grant(now));
-            }
-            if let Some(e) = snap.terminal_error() {
-                return Err(e);
-            }
+        if let Some(answer) = immediate_answer(&rx.borrow_and_update()) {
+            return answer;
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => continue,
