@@ -79,6 +79,8 @@ render() {
     local kustomization dir out
     while IFS= read -r kustomization; do
         dir=$(dirname "$kustomization")
+        # Components are pieces of overlays, rendered (and checked) inside the overlays that use them.
+        if grep -q '^kind: Component' "$kustomization"; then continue; fi
         out="$RENDERED/$(tr / _ <<<"$dir").yaml"
         "$VENV/bin/kubectl" kustomize "$dir" >"$out" || die "kustomize could not build $dir"
         [[ -s $out ]] || die "kustomize rendered nothing for $dir"
