@@ -577,3 +577,62 @@ async fn json_logs_show_fingerprints_never_tokens() {
     }
     // Proc's drop checks the log for every token value.
 }
+
+/// The agent's thread count, from /proc.
+fn thread_count(pid: i32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads: line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_their_turn_and_connection_threads_end_with_their_clients() {
+    let fake = FakeOAuth::start().await;
+    let pair = fake.issue_pair();
+    let sb = Sandbox::new();
+    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let idle = thread_count(agent.pid());
+
+    // The agent serves 256 connections at once, a thread each.
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        let mut c = Client::connect(&sb.socket()).await.unwrap();
+        assert_eq!(c.get_token().await.unwrap().access_token.expose(), pair.access_token);
+        held.push(c);
+    }
+    // (Give or take the thread of the readiness probe's connection, which may still be counted in `idle`.)
+    let busy = thread_count(agent.pid());
+    assert!(busy >= idle + 250, "a thread per open connection: {idle} idle, {busy} with 256 open");
+
+    // One more is left in the kernel's backlog, unanswered, until a served one closes.
+    let socket = sb.socket();
+    let mut waiting = tokio::spawn(async move {
+        let mut c = Client::connect(&socket).await?;
+        c.get_token().await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(),
+        "the 257th connection must wait for a free slot"
+    );
+    drop(held.pop());
+    let grant = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered once a slot is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.access_token.expose(), pair.access_token);
+
+    // Every connection thread ends with its client; the agent goes back to its idle threads (give or take
+    // the runtime's blocking pool, which the seed watcher's polls may start meanwhile).
+    drop(held);
+    wait_until("connection threads to end", Duration::from_secs(10), || {
+        thread_count(agent.pid()) <= idle + 2
+    })
+    .await;
+    let mut c = sb.client().await;
+    assert_eq!(c.get_token().await.unwrap().access_token.expose(), pair.access_token);
+}
