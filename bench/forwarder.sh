@@ -18,7 +18,7 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: $0 [--smoke]" >&2; exit 64 ;;
 esac
-if ((SMOKE)); then DURATION=2s; HOLD=1s; ROUNDS=1; else DURATION=10s; HOLD=3s; ROUNDS=3; fi
+if ((SMOKE)); then DURATION=2s; HOLD=1s; ROUNDS=1; else DURATION=6s; HOLD=3s; ROUNDS=5; fi
 CONNS=64
 THREADS=2
 STREAMS=256
