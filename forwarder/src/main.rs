@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 struct Shared {
     upstream: http::Uri,
     proxies: hyper_util::client::proxy::matcher::Matcher,
-    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    roots: rustls::RootCertStore,
     socket: std::path::PathBuf,
     agent_wait: Duration,
     keys: Option<Arc<keys::InboundKeys>>,
@@ -65,7 +65,7 @@ impl Shared {
     /// Within the worker's runtime: the agent fetcher task is spawned on it.
     fn proxy(&self) -> anyhow::Result<proxy::Proxy> {
         Ok(proxy::Proxy {
-            upstream: upstream::Upstream::new(&self.upstream, &self.proxies, &self.extra_roots)
+            upstream: upstream::Upstream::new(&self.upstream, &self.proxies, &self.roots)
                 .context("cannot set up the upstream client")?,
             tokens: agent::TokenSource::start(self.socket.clone(), self.agent_wait),
             keys: self.keys.clone(),
@@ -88,14 +88,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             cli.listen
         );
     }
-    let extra_roots = match &cli.upstream_ca_file {
-        Some(path) => upstream::load_ca_file(path)?,
-        None => Vec::new(),
-    };
+    let roots = upstream::trust_roots(cli.upstream_ca_file.as_deref())?;
     let shared = Arc::new(Shared {
         upstream: cli.upstream.clone(),
         proxies: hyper_util::client::proxy::matcher::Matcher::from_env(),
-        extra_roots,
+        roots,
         socket: cli.socket.clone(),
         agent_wait: cli.agent_wait,
         keys,
@@ -104,7 +101,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         drain_timeout: cli.drain_timeout,
     });
     // Configuration faults (a bad proxy URL, say) stop the start here rather than in every worker.
-    let via = upstream::Upstream::new(&shared.upstream, &shared.proxies, &shared.extra_roots)
+    let via = upstream::Upstream::new(&shared.upstream, &shared.proxies, &shared.roots)
         .context("cannot set up the upstream client")?
         .via;
 

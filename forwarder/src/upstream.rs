@@ -13,6 +13,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -39,9 +40,12 @@ pub enum UpstreamError {
     CaFile { path: String, reason: String },
 }
 
-/// Reads the PEM certificates of `--upstream-ca-file`, checking each is a usable trust anchor, so a
-/// wrong file is refused at start instead of failing every request.
-pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamError> {
+/// The CAs trusted for the upstream: the built-in web roots, plus the PEM certificates of
+/// `--upstream-ca-file` when given. Built once at start, so a wrong file is refused there, with its name,
+/// instead of failing every request.
+pub fn trust_roots(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamError> {
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let Some(path) = ca_file else { return Ok(roots) };
     let fail = |reason: String| UpstreamError::CaFile { path: path.display().to_string(), reason };
     let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -50,13 +54,13 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Upstrea
     if certs.is_empty() {
         return Err(fail("holds no `BEGIN CERTIFICATE` block".to_owned()));
     }
-    let mut check = rustls::RootCertStore::empty();
-    for (i, cert) in certs.iter().enumerate() {
-        check.add(cert.clone()).map_err(|e| {
-            fail(format!("certificate {} of {} is not usable as a CA: {e}", i + 1, certs.len()))
-        })?;
+    let count = certs.len();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| fail(format!("certificate {} of {count} is not usable as a CA: {e}", i + 1)))?;
     }
-    Ok(certs)
+    Ok(roots)
 }
 
 pub type HttpClient = Client<HttpsConnector<Connector>, UpstreamBody>;
@@ -74,11 +78,7 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the client for `upstream`, consulting `proxies` (usually [`Matcher::from_env`]) once:
     /// there is only one destination, so the decision cannot change per request.
-    pub fn new(
-        upstream: &Uri,
-        proxies: &Matcher,
-        extra_roots: &[CertificateDer<'static>],
-    ) -> Result<Self, UpstreamError> {
+    pub fn new(upstream: &Uri, proxies: &Matcher, roots: &RootCertStore) -> Result<Self, UpstreamError> {
         let (scheme, authority) = match (upstream.scheme(), upstream.authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
             _ => return Err(UpstreamError::NoHost(upstream.to_string())),
@@ -122,14 +122,10 @@ impl Upstream {
             }
         };
 
-        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        for cert in extra_roots {
-            roots.add(cert.clone())?;
-        }
         let tls =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
+                .with_root_certificates(roots.clone())
                 .with_no_client_auth();
         // ALPN (h2, then http/1.1) is set by the builder: HTTP/2 whenever the upstream offers it.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -202,10 +198,14 @@ impl tower_service::Service<Uri> for Connector {
 mod tests {
     use super::*;
 
+    fn roots() -> RootCertStore {
+        trust_roots(None).unwrap()
+    }
+
     #[test]
     fn direct_when_no_proxy_applies() {
         let m = Matcher::builder().build();
-        let up = Upstream::new(&Uri::from_static("https://api.anthropic.com"), &m, &[]).unwrap();
+        let up = Upstream::new(&Uri::from_static("https://api.anthropic.com"), &m, &roots()).unwrap();
         assert!(up.via.is_none());
         assert_eq!(up.host, "api.anthropic.com");
         let uri = up.uri(PathAndQuery::from_static("/v1/messages?beta=true"));
@@ -216,21 +216,21 @@ mod tests {
     fn https_proxy_is_used_unless_no_proxy_exempts() {
         let upstream = Uri::from_static("https://api.anthropic.com");
         let m = Matcher::builder().https("http://user:pw@proxy.internal:3128").build();
-        let up = Upstream::new(&upstream, &m, &[]).unwrap();
+        let up = Upstream::new(&upstream, &m, &roots()).unwrap();
         assert_eq!(up.via.as_deref(), Some("proxy.internal:3128"));
 
         let m = Matcher::builder().https("http://proxy.internal:3128").no("api.anthropic.com").build();
-        assert!(Upstream::new(&upstream, &m, &[]).unwrap().via.is_none());
+        assert!(Upstream::new(&upstream, &m, &roots()).unwrap().via.is_none());
 
         // A plain-http upstream follows HTTP_PROXY, not HTTPS_PROXY.
         let m = Matcher::builder().https("http://proxy.internal:3128").build();
-        assert!(Upstream::new(&Uri::from_static("http://127.0.0.1:9"), &m, &[]).unwrap().via.is_none());
+        assert!(Upstream::new(&Uri::from_static("http://127.0.0.1:9"), &m, &roots()).unwrap().via.is_none());
     }
 
     #[test]
     fn port_is_kept_in_host() {
         let m = Matcher::builder().build();
-        let up = Upstream::new(&Uri::from_static("http://127.0.0.1:8123"), &m, &[]).unwrap();
+        let up = Upstream::new(&Uri::from_static("http://127.0.0.1:8123"), &m, &roots()).unwrap();
         assert_eq!(up.host, "127.0.0.1:8123");
     }
 }
