@@ -41,6 +41,13 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// The line for a request that started now, or `None` when the access log is filtered out: then
+    /// nothing is gathered for it on the way (no clock reads, no copies of the method and path).
+    pub fn start(method: &Method, uri: &Uri, request_id: &HeaderValue) -> Option<Self> {
+        tracing::enabled!(target: TARGET, tracing::Level::INFO)
+            .then(|| AccessLog::new(method.clone(), uri.clone(), request_id.clone(), Instant::now()))
+    }
+
     pub fn new(method: Method, uri: Uri, request_id: HeaderValue, started: Instant) -> Self {
         AccessLog { method, uri, request_id, started, status: 0, upstream: None, retried: false, bytes: 0 }
     }

@@ -7,6 +7,8 @@
 //! the next request), and a busy forwarder asks the agent once per round trip instead of once per
 //! request.
 
+use crate::headers::{self, HeaderError};
+use http::HeaderValue;
 use sidecred_proto::client::{Client, ClientError};
 use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenGrant};
 use std::path::PathBuf;
@@ -158,9 +160,30 @@ impl Agent {
     }
 }
 
+/// A token the agent served, with its `Authorization` value built once for all the requests that share
+/// the answer. Its `Debug` shows neither: `Secret` prints a fingerprint, a sensitive header value
+/// prints `Sensitive`.
+#[derive(Debug)]
+pub struct Token {
+    pub access_token: Secret,
+    authorization: Result<HeaderValue, HeaderError>,
+}
+
+impl Token {
+    pub fn new(grant: TokenGrant) -> Self {
+        let authorization = headers::authorization(&grant.access_token);
+        Token { access_token: grant.access_token, authorization }
+    }
+
+    /// The header value (a reference-counted copy), or why the token cannot be one.
+    pub fn authorization(&self) -> Result<HeaderValue, HeaderError> {
+        self.authorization.clone()
+    }
+}
+
 /// A request waiting for a token.
 struct Waiter {
-    reply: oneshot::Sender<Result<TokenGrant, AgentError>>,
+    reply: oneshot::Sender<Result<Arc<Token>, AgentError>>,
     /// Arrival plus the wait window: past this, an unreachable agent is the answer.
     deadline: Instant,
 }
@@ -182,7 +205,7 @@ impl TokenSource {
     }
 
     /// The token to use now, waiting up to the configured window for an agent that does not answer.
-    pub async fn token(&self) -> Result<TokenGrant, AgentError> {
+    pub async fn token(&self) -> Result<Arc<Token>, AgentError> {
         let (reply, answer) = oneshot::channel();
         let waiter = Waiter { reply, deadline: Instant::now() + self.wait };
         let gone = || AgentError::Refused(ProtoError::new(ErrorCode::Internal, "the token fetcher stopped"));
@@ -192,8 +215,11 @@ impl TokenSource {
 
     /// Tells the agent the upstream rejected `token`; answers with the token to use instead. Not
     /// batched: the agent already makes many reports of one token cause one refresh.
-    pub async fn report_rejected(&self, token: &Secret) -> Result<TokenGrant, AgentError> {
-        self.agent.ask_until(Ask::Rejected(token), Instant::now() + self.wait, self.wait).await
+    pub async fn report_rejected(&self, token: &Secret) -> Result<Token, AgentError> {
+        self.agent
+            .ask_until(Ask::Rejected(token), Instant::now() + self.wait, self.wait)
+            .await
+            .map(Token::new)
     }
 
     /// One attempt, for health probes: they must say "down" promptly, not ride out a restart.
@@ -212,8 +238,9 @@ async fn fetch_for_waiters(agent: Arc<Agent>, mut waiting: mpsc::UnboundedReceiv
         loop {
             let failure = match agent.attempt(Ask::Token).await {
                 Ok(grant) => {
+                    let token = Arc::new(Token::new(grant));
                     for w in batch.drain(..) {
-                        let _ = w.reply.send(Ok(grant.clone()));
+                        let _ = w.reply.send(Ok(token.clone()));
                     }
                     break;
                 }
@@ -253,6 +280,20 @@ mod tests {
     use sidecred_proto::{read_frame, write_frame, RequestFrame, Response, ResponseFrame};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::UnixListener;
+
+    #[test]
+    fn a_tokens_debug_shows_neither_the_token_nor_its_header() {
+        let grant = TokenGrant {
+            access_token: Secret::new("sk-ant-oat01-sctest"),
+            expires_at_ms: 1,
+            expires_in_ms: 1,
+        };
+        let token = Token::new(grant);
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("sctest"), "{shown}");
+        assert_eq!(token.authorization().unwrap(), "Bearer sk-ant-oat01-sctest");
+        assert!(token.authorization().unwrap().is_sensitive());
+    }
 
     /// A stand-in agent answering every request with `answer`, counting connections and requests,
     /// closing each connection after `per_conn` answers.

@@ -28,7 +28,24 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Whether `name` is one of [`HOP_BY_HOP`]. A match on the name's text: every request and response
+/// asks this of each of its headers, and comparing against the list one name at a time costs more.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum HeaderError {
     /// The token holds bytes a header cannot carry. Never quotes the token.
     #[error("the agent served a token that is not a valid header value (fingerprint {0})")]
@@ -36,46 +53,78 @@ pub enum HeaderError {
 }
 
 /// Turns the client's request headers into the upstream's, in place: drops the client's credentials and
-/// everything hop-by-hop, sets the agent's token, merges the OAuth beta, defaults the API version and
-/// points `Host` at the upstream. Everything else passes unchanged.
-pub fn to_upstream(headers: &mut HeaderMap, token: &Secret, host: &HeaderValue) -> Result<(), HeaderError> {
-    strip_hop_by_hop(headers);
-    headers.remove(&X_API_KEY);
+/// everything hop-by-hop, sets the agent's token (`authorization`, from [`authorization`]), merges the
+/// OAuth beta, defaults the API version and points `Host` at the upstream. Everything else passes
+/// unchanged.
+///
+/// One look at every name first: a typical request carries none of the headers to drop, and asking the
+/// map for each of them by name would cost a hash and a probe apiece, on every request.
+pub fn to_upstream(headers: &mut HeaderMap, authorization: HeaderValue, host: &HeaderValue) {
+    let found = Found::scan(headers);
+    if found.hop_by_hop {
+        strip_hop_by_hop(headers);
+    }
+    if found.api_key {
+        headers.remove(&X_API_KEY);
+    }
     // The interim 100 was already answered to the client by our server; the upstream need not repeat it.
-    headers.remove(header::EXPECT);
-    set_authorization(headers, token)?;
+    if found.expect {
+        headers.remove(header::EXPECT);
+    }
+    headers.insert(header::AUTHORIZATION, authorization);
     merge_beta(headers);
-    if !headers.contains_key(&ANTHROPIC_VERSION) {
+    if !found.version {
         headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
     }
     headers.insert(header::HOST, host.clone());
-    Ok(())
 }
 
-/// Replaces any `Authorization` with the agent's token, marked sensitive so HTTP/2 never indexes it.
-pub fn set_authorization(headers: &mut HeaderMap, token: &Secret) -> Result<(), HeaderError> {
-    let mut value = bearer(token)?;
-    value.set_sensitive(true);
-    headers.insert(header::AUTHORIZATION, value);
-    Ok(())
+/// Which of the headers `to_upstream` treats specially a request carries.
+#[derive(Default)]
+struct Found {
+    hop_by_hop: bool,
+    api_key: bool,
+    expect: bool,
+    version: bool,
 }
 
-fn bearer(token: &Secret) -> Result<HeaderValue, HeaderError> {
+impl Found {
+    fn scan(headers: &HeaderMap) -> Found {
+        let mut found = Found::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "x-api-key" => found.api_key = true,
+                "expect" => found.expect = true,
+                "anthropic-version" => found.version = true,
+                _ => found.hop_by_hop |= is_hop_by_hop(name),
+            }
+        }
+        found
+    }
+}
+
+/// The `Authorization` value for a token, marked sensitive so HTTP/2 never indexes it. Built once per
+/// token the agent serves and shared (a reference count) by the requests that use it.
+pub fn authorization(token: &Secret) -> Result<HeaderValue, HeaderError> {
     let t = token.expose().as_bytes();
     let mut buf = Vec::with_capacity(7 + t.len());
     buf.extend_from_slice(b"Bearer ");
     buf.extend_from_slice(t);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
-        .map_err(|_| HeaderError::Token(token.fingerprint()))
+    let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+        .map_err(|_| HeaderError::Token(token.fingerprint()))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Cleans the upstream's response headers for the client.
 pub fn to_client(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
+    if headers.keys().any(is_hop_by_hop) {
+        strip_hop_by_hop(headers);
+    }
 }
 
 /// Removes the standard hop-by-hop headers and every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -212,7 +261,7 @@ mod tests {
             ("proxy-authorization", "Basic abc"),
             ("content-type", "application/json"),
         ]);
-        to_upstream(&mut h, &Secret::new("tok-1"), &host()).unwrap();
+        to_upstream(&mut h, authorization(&Secret::new("tok-1")).unwrap(), &host());
         assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
         assert_eq!(h["authorization"], "Bearer tok-1");
         assert!(h["authorization"].is_sensitive());
@@ -236,7 +285,7 @@ mod tests {
             ("expect", "100-continue"),
             ("x-kept", "yes"),
         ]);
-        to_upstream(&mut h, &Secret::new("t"), &host()).unwrap();
+        to_upstream(&mut h, authorization(&Secret::new("t")).unwrap(), &host());
         for gone in [
             "connection",
             "x-custom-hop",
@@ -254,14 +303,24 @@ mod tests {
     }
 
     #[test]
+    fn the_hop_by_hop_match_and_list_agree() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in ["x-api-key", "content-type", "host", "anthropic-beta", "connections", "t"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+
+    #[test]
     fn host_is_rewritten_and_version_defaulted() {
         let mut h = map(&[("host", "127.0.0.1:8000")]);
-        to_upstream(&mut h, &Secret::new("t"), &host()).unwrap();
+        to_upstream(&mut h, authorization(&Secret::new("t")).unwrap(), &host());
         assert_eq!(h["host"], "api.anthropic.com");
         assert_eq!(h["anthropic-version"], DEFAULT_ANTHROPIC_VERSION);
 
         let mut h = map(&[("anthropic-version", "2099-01-01")]);
-        to_upstream(&mut h, &Secret::new("t"), &host()).unwrap();
+        to_upstream(&mut h, authorization(&Secret::new("t")).unwrap(), &host());
         assert_eq!(h["anthropic-version"], "2099-01-01");
     }
 
@@ -314,8 +373,7 @@ mod tests {
 
     #[test]
     fn tokens_that_cannot_be_headers_are_errors_that_hide_the_token() {
-        let mut h = HeaderMap::new();
-        let err = to_upstream(&mut h, &Secret::new("bad\ntoken-sctest"), &host()).unwrap_err();
+        let err = authorization(&Secret::new("bad\ntoken-sctest")).unwrap_err();
         assert!(!err.to_string().contains("sctest"));
     }
 

@@ -37,7 +37,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_logging(cli.log_format);
+    if let Some(problem) = cli::init_logging(cli.log_format) {
+        warn!("{problem}");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! retry once on 401, stream the answer back.
 
 use crate::access::AccessLog;
-use crate::agent::{AgentError, TokenSource};
+use crate::agent::{AgentError, Token, TokenSource};
 use crate::body::{discard, ResponseBody, Tee, UpstreamBody};
 use crate::errors::ApiError;
 use crate::headers;
@@ -15,7 +15,6 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
-use sidecred_proto::TokenGrant;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,10 +48,9 @@ impl Proxy {
     }
 
     async fn forward(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let request_id = headers::request_id(&mut parts.headers);
-        let mut log = AccessLog::new(parts.method.clone(), parts.uri.clone(), request_id.clone(), started);
+        let mut log = AccessLog::start(&parts.method, &parts.uri, &request_id);
         // Boxed: hyper keeps the service future in a per-connection slot and moves it there for every
         // request, and the slot lives as long as the connection (a whole stream). A pointer is cheaper
         // to move and to keep than the 2 KiB this future holds while it waits.
@@ -60,18 +58,23 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
-        log.status = resp.status().as_u16();
         resp.headers_mut().entry(&headers::X_REQUEST_ID).or_insert(request_id);
-        resp.map(|body| body.with_log(log))
+        match log {
+            Some(mut log) => {
+                log.status = resp.status().as_u16();
+                resp.map(|body| body.with_log(log))
+            }
+            None => resp,
+        }
     }
 
     async fn forward_inner(
         &self,
         mut parts: Parts,
         body: Incoming,
-        log: &mut AccessLog,
+        log: &mut Option<AccessLog>,
     ) -> Result<Response<ResponseBody>, ApiError> {
-        let (path, declared, grant) = match self.admit(&mut parts).await {
+        let (path, declared, token) = match self.admit(&mut parts).await {
             Ok(admitted) => admitted,
             Err(e) => {
                 // Answered without reading the body: read it away in the background so the client,
@@ -93,19 +96,21 @@ impl Proxy {
             (body, Some(tee))
         };
 
-        let sent = Instant::now();
+        let sent = log.is_some().then(Instant::now);
         let headers = std::mem::take(&mut parts.headers);
         let first = self.send(&parts, uri.clone(), headers, body, tee.as_ref()).await;
         let resp = match first {
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                 // Rare, and its future (an agent exchange and a second upstream request) is large: boxed,
                 // so the common path's future stays small.
-                Box::pin(self.after_rejection(resp, &grant, &parts, uri, retry_headers, tee.as_ref(), log))
+                Box::pin(self.after_rejection(resp, &token, &parts, uri, retry_headers, tee.as_ref(), log))
                     .await?
             }
             other => other?,
         };
-        log.upstream = Some(sent.elapsed());
+        if let (Some(log), Some(sent)) = (log.as_mut(), sent) {
+            log.upstream = Some(sent.elapsed());
+        }
 
         let (mut rparts, incoming) = resp.into_parts();
         headers::to_client(&mut rparts.headers);
@@ -116,7 +121,7 @@ impl Proxy {
 
     /// Everything that can refuse a request before its body is touched: the client's key, the path,
     /// the declared size, the token. On success the headers are ready for the upstream.
-    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, TokenGrant), ApiError> {
+    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, Arc<Token>), ApiError> {
         if let Some(keys) = &self.keys {
             keys.check(&parts.headers).map_err(|r| ApiError::unauthorized(r.to_string()))?;
         }
@@ -125,10 +130,10 @@ impl Proxy {
         if declared.is_some_and(|n| n > self.max_request_body) {
             return Err(ApiError::too_large(self.max_request_body));
         }
-        let grant = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
-        headers::to_upstream(&mut parts.headers, &grant.access_token, &self.upstream.host)
-            .map_err(ApiError::agent_unavailable)?;
-        Ok((path, declared, grant))
+        let token = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
+        let authorization = token.authorization().map_err(ApiError::agent_unavailable)?;
+        headers::to_upstream(&mut parts.headers, authorization, &self.upstream.host);
+        Ok((path, declared, token))
     }
 
     async fn send(
@@ -161,23 +166,23 @@ impl Proxy {
     async fn after_rejection(
         &self,
         rejected: Response<Incoming>,
-        grant: &TokenGrant,
+        rejected_token: &Token,
         parts: &Parts,
         uri: Uri,
         retry_headers: Option<HeaderMap>,
         tee: Option<&Tee>,
-        log: &mut AccessLog,
+        log: &mut Option<AccessLog>,
     ) -> Result<Response<Incoming>, ApiError> {
-        let fresh = match self.tokens.report_rejected(&grant.access_token).await {
+        let fresh = match self.tokens.report_rejected(&rejected_token.access_token).await {
             Ok(fresh) => fresh,
             Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
             Err(e) => {
-                warn!(token = %grant.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
+                warn!(token = %rejected_token.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
                 return Ok(rejected);
             }
         };
-        if fresh.access_token == grant.access_token {
-            warn!(token = %grant.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
+        if fresh.access_token == rejected_token.access_token {
+            warn!(token = %rejected_token.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
             return Ok(rejected);
         }
         let replay = match tee {
@@ -186,7 +191,7 @@ impl Proxy {
         };
         let (Some(body), Some(mut headers)) = (replay, retry_headers) else {
             debug!(
-                token = %grant.access_token,
+                token = %rejected_token.access_token,
                 body_bytes = tee.map_or(0, Tee::bytes_seen),
                 "upstream 401 on a body too large to keep for a retry (--retry-body-limit); passing it on"
             );
@@ -195,9 +200,12 @@ impl Proxy {
         // Dropping the 401 before reading it costs that connection its reuse, which is cheaper than
         // making the client wait for an error body nobody reads.
         drop(rejected);
-        headers::set_authorization(&mut headers, &fresh.access_token).map_err(ApiError::agent_unavailable)?;
-        log.retried = true;
-        debug!(old = %grant.access_token, new = %fresh.access_token, "retrying with the refreshed token");
+        headers
+            .insert(http::header::AUTHORIZATION, fresh.authorization().map_err(ApiError::agent_unavailable)?);
+        if let Some(log) = log {
+            log.retried = true;
+        }
+        debug!(old = %rejected_token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
         self.send(parts, uri, headers, body, None).await
     }
 }

@@ -863,3 +863,64 @@ async fn an_https_upstream_behind_https_proxy_gets_tls_and_h2_inside_the_tunnel(
     assert_eq!(seen.version, http::Version::HTTP_2, "TLS and ALPN run end to end through the tunnel");
     assert_eq!(seen.bearer(), Some(world.pair.access_token.as_str()));
 }
+
+/// The access log: one line per proxied request with what an operator needs (method, path, status,
+/// upstream time, bytes, request id), written by the time the client has the whole body; no line at all
+/// when its target is filtered out; and a `SIDECRED_LOG` that is not a filter is named in a warning
+/// rather than silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request_unless_filtered_out() {
+    let world = World::new().await;
+    let client = http_client();
+    let send = |fwd: &Forwarder, id: &str| {
+        client
+            .post(fwd.url("/api/v1/messages?beta=true"))
+            .header("x-request-id", id)
+            .body(r#"{"max_tokens":1}"#)
+            .send()
+    };
+
+    let fwd = world.forwarder("forwarder", &[]).await;
+    let resp = send(&fwd, "access-line-1").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    let log = fwd.proc.log();
+    let line =
+        log.lines().find(|l| l.contains("access-line-1")).expect("an access line once the body is read");
+    for field in [
+        "sidecred_forwarder::access",
+        "method=POST",
+        "path=/api/v1/messages",
+        "status=200",
+        "upstream_ms=",
+        &format!("bytes={}", body.len()),
+        "retried=false",
+        "outcome=complete",
+        "request_id=access-line-1",
+    ] {
+        assert!(line.contains(field), "{field:?} missing from {line:?}");
+    }
+    assert!(!line.contains(&world.pair.access_token), "no token in the access line");
+
+    let mut cmd = forwarder_cmd(&world.sandbox, &world.upstream.url());
+    cmd.env("SIDECRED_LOG", "info,sidecred_forwarder::access=off");
+    let quiet = start_forwarder(&world.sandbox, "quiet", cmd).await;
+    for id in ["access-line-2", "access-line-3"] {
+        let resp = send(&quiet, id).await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.headers()["x-request-id"].to_str().unwrap()), (200, id));
+        resp.bytes().await.unwrap();
+    }
+    let log = quiet.proc.log();
+    assert!(!log.contains("access-line-"), "access lines despite access=off:\n{log}");
+    assert!(log.contains(" listening "), "the rest of the log is kept:\n{log}");
+
+    let mut cmd = forwarder_cmd(&world.sandbox, &world.upstream.url());
+    cmd.env("SIDECRED_LOG", "sidecred_forwarder=loud");
+    let misconfigured = start_forwarder(&world.sandbox, "misconfigured", cmd).await;
+    assert_eq!(send(&misconfigured, "access-line-4").await.unwrap().status(), 200);
+    let log = misconfigured.proc.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.contains("SIDECRED_LOG=") && l.contains("not a filter")),
+        "the bad filter is named:\n{log}"
+    );
+}
