@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Benchmarks sidecred-forwarder against the same upstream reached directly and through nginx set up as
-# a static header-injecting proxy, with one load generator (wrk) for all three:
+# Benchmarks sidecred-forwarder against the same upstream reached directly, through nginx set up as a
+# static header-injecting proxy, and through the floor of sidecred's own stack (bench/src/bin/proxy_floor.rs:
+# a bare hyper server + hyper-util pooled client setting the same headers from constants), with one load
+# generator (wrk) for all four:
 #   - throughput: wrk -t2 -c64 for $DURATION        -> requests/s, and the ratio to nginx
 #   - latency:    wrk -t1 -c1  for $DURATION        -> p50/p99, and what each proxy adds to direct
-#   (each measured in $ROUNDS rounds that alternate the three setups; medians reported)
+#   (each measured in $ROUNDS rounds that alternate the four setups; medians reported)
 #   - memory:     the forwarder's VmRSS idle, and with 256 SSE streams held open (bench/src/bin/streams.rs)
 # Targets: >= 0.8x nginx's req/s; <= 150 us added at p50; RSS <= 20 MiB under 256 streams.
 #
@@ -91,6 +93,13 @@ PIDS+=("$UPSTREAM_PID")
 wait_for "the upstream" 10 grep -q '^listening' "$WORK/upstream.log"
 UPSTREAM="$(awk '/^listening/{print $2; exit}' "$WORK/upstream.log")"
 
+# --- the floor: the stack without sidecred ------------------------------------------------------
+"$BIN/proxy_floor" --listen 127.0.0.1:0 --upstream "$UPSTREAM" >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+wait_for "the floor proxy" 10 grep -q '^listening' "$WORK/floor.log"
+FLOOR="$(awk '/^listening/{print $2; exit}' "$WORK/floor.log")"
+
 # --- agent, with a token valid for hours so no refresh happens (the token URL is never asked) ----
 mkdir -p "$WORK/creds" "$WORK/state" "$WORK/run"
 EXPIRES_MS=$((($(date +%s) + 8 * 3600) * 1000))
@@ -164,9 +173,10 @@ EOF
 declare -A URL=(
     [direct]="http://$UPSTREAM/v1/messages"
     [nginx]="http://127.0.0.1:$NGINX_PORT/v1/messages"
+    [floor]="http://$FLOOR/v1/messages"
     [sidecred]="http://$FORWARDER/v1/messages"
 )
-SETUPS=(direct nginx sidecred)
+SETUPS=(direct nginx floor sidecred)
 
 # run_wrk NAME THREADS CONNS DURATION
 run_wrk() {
@@ -177,6 +187,7 @@ run_wrk() {
     alive "$AGENT_PID" agent "$WORK/agent.log"
     alive "$FORWARDER_PID" forwarder "$WORK/forwarder.log"
     alive "$NGINX_PID" nginx "$WORK/nginx/error.log"
+    alive "$FLOOR_PID" "the floor proxy" "$WORK/floor.log"
     echo "$out"
 }
 rps() { awk '/^Requests\/sec:/{printf "%.0f", $2}' "$1"; }
@@ -197,7 +208,7 @@ RSS_IDLE="$(rss_kib "$FORWARDER_PID")"
 log "warm-up"
 for s in "${SETUPS[@]}"; do f="$(run_wrk "$s" "$THREADS" "$CONNS" 1s)"; done
 
-# Rounds alternate the setups so that a noisy neighbour on a shared machine hits all three alike; the
+# Rounds alternate the setups so that a noisy neighbour on a shared machine hits all four alike; the
 # median of the rounds is reported.
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A RPS_ALL P50_ALL P99_ALL RPS P50 P99
@@ -230,17 +241,26 @@ alive "$FORWARDER_PID" forwarder "$WORK/forwarder.log"
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 # Each round measured nginx and sidecred back to back, so their ratio is taken per round (a noisy
 # neighbour then hits both alike) and the median reported.
-read -r -a NGINX_RUNS <<<"${RPS_ALL[nginx]}"
-read -r -a SIDECRED_RUNS <<<"${RPS_ALL[sidecred]}"
-RATIOS=""
-for i in "${!NGINX_RUNS[@]}"; do
-    RATIOS+="$(awk -v a="${SIDECRED_RUNS[$i]}" -v b="${NGINX_RUNS[$i]}" 'BEGIN { printf "%.3f", a / b }') "
-done
-RATIO="$(tr ' ' '\n' <<<"$RATIOS" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) x = v[(NR + 1) / 2]; else x = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", x }')"
+# ratio_of A B: the median of the per-round ratios of A's req/s to B's, and the ratios themselves.
+ratio_of() {
+    local -a a b
+    local i all=""
+    read -r -a a <<<"${RPS_ALL[$1]}"
+    read -r -a b <<<"${RPS_ALL[$2]}"
+    for i in "${!a[@]}"; do
+        all+="$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { printf "%.3f", x / y }') "
+    done
+    printf '%s|%s' "$(tr ' ' '\n' <<<"$all" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) x = v[(NR + 1) / 2]; else x = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", x }')" "${all% }"
+}
+IFS='|' read -r RATIO RATIOS <<<"$(ratio_of sidecred nginx)"
+IFS='|' read -r FLOOR_RATIO FLOOR_RATIOS <<<"$(ratio_of floor nginx)"
+IFS='|' read -r OF_FLOOR OF_FLOOR_RATIOS <<<"$(ratio_of sidecred floor)"
 ADDED_P50=$((P50[sidecred] - P50[direct]))
 ADDED_P99=$((P99[sidecred] - P99[direct]))
 NGINX_P50=$((P50[nginx] - P50[direct]))
 NGINX_P99=$((P99[nginx] - P99[direct]))
+FLOOR_P50=$((P50[floor] - P50[direct]))
+FLOOR_P99=$((P99[floor] - P99[direct]))
 ok() { if awk "BEGIN { exit !($1) }"; then echo "yes"; else echo "**no**"; fi; }
 OK_RPS="$(ok "$RATIO >= 0.8")"
 OK_P50="$(ok "$ADDED_P50 <= 150")"
@@ -254,16 +274,19 @@ cat <<EOF
 |---|---:|---:|---:|---:|---:|
 | direct to upstream | ${RPS[direct]} | ${P50[direct]} µs | ${P99[direct]} µs | – | – |
 | nginx (static headers) | ${RPS[nginx]} | ${P50[nginx]} µs | ${P99[nginx]} µs | ${NGINX_P50} µs | ${NGINX_P99} µs |
+| floor: bare hyper + hyper-util proxy (static headers) | ${RPS[floor]} | ${P50[floor]} µs | ${P99[floor]} µs | ${FLOOR_P50} µs | ${FLOOR_P99} µs |
 | sidecred (agent + forwarder) | ${RPS[sidecred]} | ${P50[sidecred]} µs | ${P99[sidecred]} µs | ${ADDED_P50} µs | ${ADDED_P99} µs |
 
 | target | measured | goal | met |
 |---|---:|---:|:--:|
-| req/s vs nginx (median of per-round ratios: ${RATIOS% }) | ${RATIO}× | ≥ 0.80× | $OK_RPS |
+| req/s vs nginx (median of per-round ratios: ${RATIOS}) | ${RATIO}× | ≥ 0.80× | $OK_RPS |
+| for scale: the floor vs nginx (${FLOOR_RATIOS}) | ${FLOOR_RATIO}× | – | |
+| for scale: sidecred vs the floor (${OF_FLOOR_RATIOS}) | ${OF_FLOOR}× | – | |
 | added latency p50 | ${ADDED_P50} µs | ≤ 150 µs | $OK_P50 |
 | forwarder RSS, $STREAMS SSE streams | $(mib "$RSS_STREAMS") | ≤ 20 MiB | $OK_RSS |
 | forwarder RSS, idle | $(mib "$RSS_IDLE") | – | |
 
-wrk $DURATION per run, median of $ROUNDS alternating rounds (req/s per round: direct ${RPS_ALL[direct]}/ nginx ${RPS_ALL[nginx]}/ sidecred ${RPS_ALL[sidecred]}); nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarder 2 workers, access log off.
+wrk $DURATION per run, median of $ROUNDS alternating rounds (req/s per round: direct ${RPS_ALL[direct]}/ nginx ${RPS_ALL[nginx]}/ floor ${RPS_ALL[floor]}/ sidecred ${RPS_ALL[sidecred]}); nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarder 2 workers, access log off.
 EOF
 
 if ((!SMOKE)) && [[ "$OK_RPS$OK_P50$OK_RSS" != "yesyesyes" ]]; then

@@ -982,3 +982,27 @@ async fn logout_in_a_terminal_asks_first() {
     assert_eq!(term.exit_code().await, Some(0), "{}", term.screen());
     assert!(read_json(&creds).get("claudeAiOauth").is_none());
 }
+
+/// A `SIDECRED_LOG` that is not a filter is named in a warning (the command still runs, at its default
+/// level) instead of being ignored without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_log_filter_is_named_and_the_command_still_runs() {
+    let sb = Sandbox::new();
+    let creds = creds_file(&sb);
+    write_json(
+        &creds,
+        &harness::claude_code_credentials("sctest-at-log", "sctest-rt-log", now_ms() + 2 * HOUR_MS),
+    );
+    let mut cmd = agent_command(&sb, &status_args(&sb, &creds, &[]));
+    cmd.env("SIDECRED_LOG", "sidecred_agent=loud");
+    let done = Run::start("status", cmd).finish().await;
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert!(done.stdout.contains("state:         valid"), "{}", done.stdout);
+    assert!(
+        done.stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("SIDECRED_LOG=") && l.contains("not a filter")),
+        "{}",
+        done.stderr
+    );
+}
