@@ -144,6 +144,10 @@ impl Agent {
         }
     }
 
+    async fn probe(&self) -> Result<TokenGrant, AgentError> {
+        self.ask_until(Ask::Token, Instant::now(), Duration::ZERO).await
+    }
+
     fn unreachable(&self, waited: Duration, last: &ClientError) -> AgentError {
         AgentError::Unreachable { path: self.path.display().to_string(), waited, last: last.to_string() }
     }
@@ -224,7 +228,12 @@ impl TokenSource {
 
     /// One attempt, for health probes: they must say "down" promptly, not ride out a restart.
     pub async fn probe(&self) -> Result<TokenGrant, AgentError> {
-        self.agent.ask_until(Ask::Token, Instant::now(), Duration::ZERO).await
+        self.agent.probe().await
+    }
+
+    /// One attempt on a connection of its own, for the start-up check before any worker has a source.
+    pub async fn probe_once(path: PathBuf) -> Result<TokenGrant, AgentError> {
+        Agent { path, idle: Mutex::new(Vec::new()) }.probe().await
     }
 }
 

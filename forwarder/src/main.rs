@@ -171,7 +171,7 @@ async fn accept(
         "listening"
     );
     // A sidecar may start before its agent: say so, but serve (requests wait for the agent, then 503).
-    if let Err(e) = agent::TokenSource::start(shared.socket.clone(), Duration::ZERO).probe().await {
+    if let Err(e) = agent::TokenSource::probe_once(shared.socket.clone()).await {
         warn!(error = %e, "the agent has no token for us yet; requests get 503 until it does");
     }
 
