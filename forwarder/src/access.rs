@@ -48,7 +48,7 @@ impl AccessLog {
             .then(|| AccessLog::new(method.clone(), uri.clone(), request_id.clone(), Instant::now()))
     }
 
-    pub fn new(method: Method, uri: Uri, request_id: HeaderValue, started: Instant) -> Self {
+    fn new(method: Method, uri: Uri, request_id: HeaderValue, started: Instant) -> Self {
         AccessLog { method, uri, request_id, started, status: 0, upstream: None, retried: false, bytes: 0 }
     }
 
