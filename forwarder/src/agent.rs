@@ -32,6 +32,21 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 
+/// The pauses between attempts: from [`RETRY_MIN`], doubling up to [`RETRY_MAX`].
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(RETRY_MIN)
+    }
+
+    /// Sleeps for the next pause, or until `deadline` if that comes first.
+    async fn pause(&mut self, now: Instant, deadline: Instant) {
+        tokio::time::sleep(self.0.min(deadline.saturating_duration_since(now))).await;
+        self.0 = (self.0 * 2).min(RETRY_MAX);
+    }
+}
+
 /// Requests served by one agent answer at most; the rest wait for the next.
 const MAX_BATCH: usize = 1024;
 
@@ -127,7 +142,7 @@ impl Agent {
         deadline: Instant,
         wait: Duration,
     ) -> Result<TokenGrant, AgentError> {
-        let mut pause = RETRY_MIN;
+        let mut backoff = Backoff::new();
         loop {
             match self.attempt(ask).await {
                 Ok(grant) => return Ok(grant),
@@ -137,8 +152,7 @@ impl Agent {
                     if now >= deadline {
                         return Err(self.unreachable(wait, &e));
                     }
-                    tokio::time::sleep(pause.min(deadline - now)).await;
-                    pause = (pause * 2).min(RETRY_MAX);
+                    backoff.pause(now, deadline).await;
                 }
             }
         }
@@ -243,7 +257,7 @@ impl TokenSource {
 async fn fetch_for_waiters(agent: Arc<Agent>, mut waiting: mpsc::UnboundedReceiver<Waiter>, wait: Duration) {
     let mut batch = Vec::new();
     while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut pause = RETRY_MIN;
+        let mut backoff = Backoff::new();
         loop {
             let failure = match agent.attempt(Ask::Token).await {
                 Ok(grant) => {
@@ -273,8 +287,7 @@ async fn fetch_for_waiters(agent: Arc<Agent>, mut waiting: mpsc::UnboundedReceiv
                 batch.push(w);
             }
             let Some(next_deadline) = batch.iter().map(|w| w.deadline).min() else { break };
-            tokio::time::sleep(pause.min(next_deadline.saturating_duration_since(now))).await;
-            pause = (pause * 2).min(RETRY_MAX);
+            backoff.pause(now, next_deadline).await;
             while let Ok(w) = waiting.try_recv() {
                 batch.push(w);
             }
