@@ -250,7 +250,7 @@ ratio_of() {
     for i in "${!a[@]}"; do
         all+="$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { printf "%.3f", x / y }') "
     done
-    printf '%s|%s' "$(tr ' ' '\n' <<<"$all" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) x = v[(NR + 1) / 2]; else x = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", x }')" "${all% }"
+    printf '%s|%s' "$(tr ' ' '\n' <<<"$all" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) x = v[(NR + 1) / 2]; else x = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.3f", x }')" "${all% }"
 }
 IFS='|' read -r RATIO RATIOS <<<"$(ratio_of sidecred nginx)"
 IFS='|' read -r FLOOR_RATIO FLOOR_RATIOS <<<"$(ratio_of floor nginx)"
