@@ -18,11 +18,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sidecred_logging::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -256,43 +252,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         return Err(format!("`{s}` is not a permission mode (at most 0777)"));
     }
     Ok(mode)
-}
-
-/// Sets up logging to stderr at `default_level`, or as `SIDECRED_LOG` says: comma-separated `level` and
-/// `target=level` directives, the same syntax as the forwarder's. A filter of targets and levels only, not
-/// tracing's `EnvFilter`, which would bring a regex engine into a long-running process for nothing.
-/// Answers why `SIDECRED_LOG` was not usable, if it was not; `default_level` then applies.
-pub fn init_logging(format: LogFormat, default_level: tracing::Level) -> Option<String> {
-    use std::io::IsTerminal;
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let default = || Targets::new().with_default(default_level);
-    let (filter, problem) = match std::env::var("SIDECRED_LOG") {
-        Err(std::env::VarError::NotPresent) => (default(), None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            (default(), Some("SIDECRED_LOG is not valid UTF-8".to_owned()))
-        }
-        Ok(spec) => match spec.parse::<Targets>() {
-            Ok(filter) => (filter, None),
-            Err(e) => (
-                default(),
-                Some(format!("SIDECRED_LOG={spec:?} is not a filter ({e}); logging at {default_level}")),
-            ),
-        },
-    };
-    // Colour only on a terminal: escape codes in a collected log file are noise to every reader.
-    let ansi = std::io::stderr().is_terminal();
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
-            .init(),
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
-            .init(),
-    }
-    problem
 }
 
 #[cfg(test)]

@@ -21,9 +21,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Some(problem) = cli::init_logging(cli.log_format, cli.command.default_log_level()) {
-        tracing::warn!("{problem}");
-    }
+    sidecred_logging::init(cli.log_format, cli.command.default_log_level());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.command.worker_threads())
         .enable_all()

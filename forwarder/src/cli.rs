@@ -1,6 +1,6 @@
 //! Command-line and environment configuration. Every flag can also be set as `SIDECRED_<NAME>`.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,11 +51,7 @@ pub struct Cli {
     pub workers: u16,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sidecred_logging::LogFormat;
 
 fn parse_upstream(s: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
@@ -93,43 +89,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         other => return Err(format!("`{s}`: unknown size unit `{other}` (use KiB, MiB, GiB, KB, MB or GB)")),
     };
     n.checked_mul(factor).ok_or_else(|| format!("`{s}` is too large"))
-}
-
-/// Sets up logging to stderr, filtered by `SIDECRED_LOG`: comma-separated `level` and `target=level`
-/// directives (`warn,sidecred_forwarder::access=info`). A filter of targets and levels only, not
-/// tracing's full `EnvFilter`: that one brings a regex engine, about a megabyte of code that a
-/// sidecar would carry in its memory for nothing. Answers why `SIDECRED_LOG` was not usable, if it was
-/// not; logging is then at `info`.
-pub fn init_logging(format: LogFormat) -> Option<String> {
-    use std::io::IsTerminal;
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let default = || Targets::new().with_default(tracing::Level::INFO);
-    let (filter, problem) = match std::env::var("SIDECRED_LOG") {
-        Err(std::env::VarError::NotPresent) => (default(), None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            (default(), Some("SIDECRED_LOG is not valid UTF-8".to_owned()))
-        }
-        Ok(spec) => match spec.parse::<Targets>() {
-            Ok(filter) => (filter, None),
-            Err(e) => {
-                (default(), Some(format!("SIDECRED_LOG={spec:?} is not a filter ({e}); logging at info")))
-            }
-        },
-    };
-    // Colour codes only for a person at a terminal; a log collector gets plain `key=value` text.
-    let ansi = std::io::stderr().is_terminal();
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
-            .init(),
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
-            .init(),
-    }
-    problem
 }
 
 #[cfg(test)]

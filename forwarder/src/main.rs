@@ -37,9 +37,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Some(problem) = cli::init_logging(cli.log_format) {
-        warn!("{problem}");
-    }
+    sidecred_logging::init(cli.log_format, tracing::Level::INFO);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
