@@ -4,12 +4,7 @@
 use crate::oauth::describe_request_error;
 use serde::Serialize;
 use serde_json::Value;
-use sidecred_proto::Secret;
-
-pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
-/// The beta an OAuth access token needs on every API request.
-pub const OAUTH_BETA: &str = "oauth-2025-04-20";
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+use sidecred_proto::{anthropic, Secret};
 
 const MODELS_PATH: &str = "/v1/models";
 const PROFILE_PATH: &str = "/api/oauth/profile";
@@ -82,8 +77,8 @@ impl Api {
             .http
             .get(url)
             .bearer_auth(token.expose())
-            .header("anthropic-beta", OAUTH_BETA)
-            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header("anthropic-beta", anthropic::OAUTH_BETA)
+            .header("anthropic-version", anthropic::ANTHROPIC_VERSION)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
@@ -121,13 +116,10 @@ fn error_details(body: &[u8]) -> (Option<String>, Option<String>) {
         .get("type")
         .or_else(|| if err.is_string() { Some(err) } else { None })
         .and_then(Value::as_str)
-        .filter(|t| t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| anthropic::is_error_code(t))
         .map(str::to_owned);
-    let message = err
-        .get("message")
-        .and_then(Value::as_str)
-        .filter(|m| m.len() <= 200 && !m.contains("sk-ant-"))
-        .map(str::to_owned);
+    let message =
+        err.get("message").and_then(Value::as_str).filter(|m| anthropic::is_quotable(m)).map(str::to_owned);
     (error_type, message)
 }
 

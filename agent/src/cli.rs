@@ -1,6 +1,7 @@
 //! Command-line and environment configuration. Every flag can also be set as `SIDECRED_<NAME>`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sidecred_proto::anthropic;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,10 +92,10 @@ pub enum Source {
 #[derive(Debug, Args)]
 pub struct TokenEndpointArgs {
     /// OAuth token endpoint.
-    #[arg(long, env = "SIDECRED_TOKEN_URL", default_value = crate::oauth::DEFAULT_TOKEN_URL)]
+    #[arg(long, env = "SIDECRED_TOKEN_URL", default_value = anthropic::DEFAULT_TOKEN_URL)]
     pub token_url: String,
     /// OAuth client id.
-    #[arg(long, env = "SIDECRED_CLIENT_ID", default_value = crate::oauth::DEFAULT_CLIENT_ID)]
+    #[arg(long, env = "SIDECRED_CLIENT_ID", default_value = anthropic::CLAUDE_CODE_CLIENT_ID)]
     pub client_id: String,
     /// User-Agent sent to the token endpoint and the API.
     #[arg(long, env = "SIDECRED_USER_AGENT", default_value = concat!("sidecred/", env!("CARGO_PKG_VERSION")))]
@@ -103,7 +104,7 @@ pub struct TokenEndpointArgs {
     #[arg(long, env = "SIDECRED_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// Base URL of the Anthropic API (for /v1/models and /api/oauth/profile).
-    #[arg(long, env = "SIDECRED_API_BASE", default_value = crate::api::DEFAULT_API_BASE)]
+    #[arg(long, env = "SIDECRED_API_BASE", default_value = anthropic::DEFAULT_API_BASE)]
     pub api_base: String,
 }
 
@@ -128,13 +129,13 @@ pub struct LoginArgs {
     #[arg(long, env = "SIDECRED_MODE", value_enum)]
     pub mode: Option<LoginMode>,
     /// OAuth authorization endpoint.
-    #[arg(long, env = "SIDECRED_AUTHORIZE_URL", default_value = crate::login::DEFAULT_AUTHORIZE_URL)]
+    #[arg(long, env = "SIDECRED_AUTHORIZE_URL", default_value = anthropic::DEFAULT_AUTHORIZE_URL)]
     pub authorize_url: String,
     /// Redirect URI of the paste mode: the page that shows `CODE#STATE` after sign-in.
-    #[arg(long, env = "SIDECRED_REDIRECT_URI", default_value = crate::login::DEFAULT_MANUAL_REDIRECT_URI)]
+    #[arg(long, env = "SIDECRED_REDIRECT_URI", default_value = anthropic::DEFAULT_MANUAL_REDIRECT_URI)]
     pub redirect_uri: String,
     /// Space-separated scopes to ask for.
-    #[arg(long, env = "SIDECRED_SCOPES", default_value = crate::login::DEFAULT_SCOPES)]
+    #[arg(long, env = "SIDECRED_SCOPES", default_value = anthropic::DEFAULT_SCOPES)]
     pub scopes: String,
     /// Port of the browser mode's loopback listener (0: any free port).
     #[arg(long, env = "SIDECRED_PORT", default_value_t = 0)]
@@ -208,10 +209,10 @@ pub struct RunArgs {
     #[arg(long = "allow-uid", env = "SIDECRED_ALLOW_UID", value_delimiter = ',')]
     pub allow_uids: Vec<u32>,
     /// OAuth token endpoint.
-    #[arg(long, env = "SIDECRED_TOKEN_URL", default_value = crate::oauth::DEFAULT_TOKEN_URL)]
+    #[arg(long, env = "SIDECRED_TOKEN_URL", default_value = anthropic::DEFAULT_TOKEN_URL)]
     pub token_url: String,
     /// OAuth client id.
-    #[arg(long, env = "SIDECRED_CLIENT_ID", default_value = crate::oauth::DEFAULT_CLIENT_ID)]
+    #[arg(long, env = "SIDECRED_CLIENT_ID", default_value = anthropic::CLAUDE_CODE_CLIENT_ID)]
     pub client_id: String,
     /// User-Agent sent to the token endpoint.
     #[arg(long, env = "SIDECRED_USER_AGENT", default_value = concat!("sidecred/", env!("CARGO_PKG_VERSION")))]

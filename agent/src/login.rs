@@ -31,10 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
-pub const DEFAULT_MANUAL_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
-pub const DEFAULT_SCOPES: &str = "org:create_api_key user:profile user:inference";
-
 /// How long one browser connection may take to send its request line and headers.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_HEAD_MAX: usize = 16 * 1024;
@@ -674,6 +670,7 @@ pub fn stdin_is_terminal() -> bool {
 mod tests {
     use super::*;
     use clap::Parser;
+    use sidecred_proto::anthropic::{DEFAULT_MANUAL_REDIRECT_URI, DEFAULT_SCOPES};
 
     fn args(extra: &[&str]) -> LoginArgs {
         let mut argv = vec!["sidecred-agent", "login"];
@@ -693,7 +690,7 @@ mod tests {
         let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(q["code"], "true");
         assert_eq!(q["response_type"], "code");
-        assert_eq!(q["client_id"], crate::oauth::DEFAULT_CLIENT_ID);
+        assert_eq!(q["client_id"], sidecred_proto::anthropic::CLAUDE_CODE_CLIENT_ID);
         assert_eq!(q["redirect_uri"], DEFAULT_MANUAL_REDIRECT_URI);
         assert_eq!(q["scope"], DEFAULT_SCOPES);
         assert_eq!(q["code_challenge_method"], "S256");

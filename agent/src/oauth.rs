@@ -4,11 +4,8 @@
 use crate::credentials::{json_fault, TokenUpdate};
 use serde::Deserialize;
 use serde_json::json;
-use sidecred_proto::Secret;
+use sidecred_proto::{anthropic, Secret};
 use std::time::Duration;
-
-pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
-pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 
 /// The longest `Retry-After` honoured; a larger value is treated as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -187,10 +184,10 @@ pub fn classify_failure(status: u16, body: &[u8], retry_after: Option<Duration>,
         Some(serde_json::Value::Object(o)) => o.get("type").and_then(|t| t.as_str()).map(str::to_owned),
         _ => None,
     }
-    .filter(|c| c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'));
+    .filter(|c| anthropic::is_error_code(c));
     let description = raw
         .error_description
-        .filter(|d| d.len() <= 200 && !d.contains("sk-ant-"))
+        .filter(|d| anthropic::is_quotable(d))
         .map(|d| format!(": {d}"))
         .unwrap_or_default();
     let code_text = code.as_deref().map(|c| format!(" {c}")).unwrap_or_default();

@@ -4,10 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sidecred_proto::Secret;
 
-/// The beta flag the API requires for OAuth access tokens.
-pub const OAUTH_BETA: &str = "oauth-2025-04-20";
-/// Sent when the client names no API version.
-pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+pub use sidecred_proto::anthropic::{ANTHROPIC_VERSION as DEFAULT_ANTHROPIC_VERSION, OAUTH_BETA};
 
 pub static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 pub static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");

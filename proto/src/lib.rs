@@ -8,6 +8,7 @@
 //! the framing helpers: [`blocking`] on any `std::io` stream, and the async ones (feature `tokio`) on any
 //! `AsyncRead`/`AsyncWrite`.
 
+pub mod anthropic;
 pub mod blocking;
 mod frame;
 mod message;

@@ -15,6 +15,7 @@ use hyper::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use sidecred_proto::anthropic;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -93,8 +94,8 @@ async fn forward(fixed: Arc<Fixed>, req: Request<Incoming>) -> Result<Response<B
     let headers = &mut parts.headers;
     headers.remove("x-api-key");
     headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer bench-access-token"));
-    headers.insert("anthropic-beta", HeaderValue::from_static("oauth-2025-04-20"));
-    headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    headers.insert("anthropic-beta", HeaderValue::from_static(anthropic::OAUTH_BETA));
+    headers.insert("anthropic-version", HeaderValue::from_static(anthropic::ANTHROPIC_VERSION));
     headers.insert(HOST, fixed.host.clone());
     let mut uri = hyper::http::uri::Parts::default();
     uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
