@@ -1,9 +1,9 @@
-//! `sidecred-agent run`: wires the store, the refresh manager, the seed watcher and the socket together,
+//! `sidecred-agent run`: wires the store, the token lifecycle, the seed watcher and the socket together,
 //! and shuts them down in the order that loses nothing.
 
 use crate::cli::RunArgs;
+use crate::lifecycle::{Lifecycle, Policy};
 use crate::oauth::{OAuthClient, OAuthConfig};
-use crate::refresh::{Manager, Policy};
 use crate::socket;
 use crate::store::{Origin, Store};
 use crate::writeback::WriteBack;
@@ -61,23 +61,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         allowed_uids: allowed_uids.clone(),
         expired_wait: args.expired_wait,
         refresh_wait: args.request_timeout + Duration::from_secs(5),
-        seed_path: store.seed_path().display().to_string(),
-        persist_path: store.persist_path().display().to_string(),
     };
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;
 
-    let (mut manager, snapshots) = Manager::new(store, oauth, policy, loaded);
+    let (mut lifecycle, snapshots) = Lifecycle::new(store, oauth, policy, loaded);
     if let Some(secret) = &args.write_back_secret {
         info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
-        manager = manager.with_write_back(WriteBack::spawn(secret.clone(), args.write_back_key.clone()));
+        lifecycle = lifecycle.with_write_back(WriteBack::spawn(secret.clone(), args.write_back_key.clone()));
     }
-    let (commands_tx, commands_rx) = mpsc::channel(256);
+    let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    crate::watch::spawn(args.credentials.clone(), initial_sha, commands_tx.clone());
-    let manager_task = tokio::spawn(manager.run(commands_rx, shutdown_rx.clone()));
+    crate::watch::spawn(args.credentials.clone(), initial_sha, inputs_tx.clone());
+    let lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let socket_task =
-        tokio::spawn(socket::serve(listener, socket_config, snapshots, commands_tx, shutdown_rx.clone()));
+        tokio::spawn(socket::serve(listener, socket_config, snapshots, inputs_tx, shutdown_rx.clone()));
     info!(
         socket = %args.socket.socket.display(),
         allowed_uids = ?allowed_uids,
@@ -93,14 +91,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     info!(signal = signal_name, "shutting down");
     let _ = shutdown_tx.send(true);
 
-    // The socket stops first so no one is handed a token that is about to be replaced; the manager then
+    // The socket stops first so no one is handed a token that is about to be replaced; the lifecycle then
     // finishes any refresh in flight and saves it. A second signal abandons the wait.
     let _ = socket_task.await;
     let _ = std::fs::remove_file(&args.socket.socket);
     tokio::select! {
-        joined = manager_task => {
+        joined = lifecycle_task => {
             if joined.is_err() {
-                error!("the refresh manager failed while shutting down");
+                error!("the lifecycle task failed while shutting down");
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -5,7 +5,7 @@
 //! pointing at nothing. Any event in the directory triggers a re-read; the file's hash decides whether
 //! anything changed. A slow poll backs the watch up on file systems that do not deliver events.
 
-use crate::refresh::Command;
+use crate::lifecycle::Input;
 use crate::store::read_seed_file;
 use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;
@@ -17,9 +17,9 @@ use tracing::{debug, warn};
 const SETTLE: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_secs(10);
 
-/// Starts watching `seed`; changes are sent to the manager as [`Command::Seed`]. `initial_sha` is the
-/// hash of the seed as loaded, so an unchanged file is not re-sent. Runs until the manager is gone.
-pub fn spawn(seed: PathBuf, initial_sha: Option<String>, commands: mpsc::Sender<Command>) {
+/// Starts watching `seed`; changes are sent to the lifecycle as [`Input::SeedChanged`]. `initial_sha` is the
+/// hash of the seed as loaded, so an unchanged file is not re-sent. Runs until the lifecycle task is gone.
+pub fn spawn(seed: PathBuf, initial_sha: Option<String>, inputs: mpsc::Sender<Input>) {
     let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
     let dir = match seed.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -52,7 +52,7 @@ pub fn spawn(seed: PathBuf, initial_sha: Option<String>, commands: mpsc::Sender<
                     }
                 }
                 _ = tokio::time::sleep(POLL) => {}
-                _ = commands.closed() => return,
+                _ = inputs.closed() => return,
             }
             // Let a burst of events settle before reading.
             tokio::time::sleep(SETTLE).await;
@@ -70,7 +70,7 @@ pub fn spawn(seed: PathBuf, initial_sha: Option<String>, commands: mpsc::Sender<
                     }
                     debug!(file = %seed.display(), "the seed changed on disk");
                     last_sha = Some(read.sha256.clone());
-                    if commands.send(Command::Seed(read)).await.is_err() {
+                    if inputs.send(Input::SeedChanged(read)).await.is_err() {
                         return;
                     }
                 }

@@ -1,15 +1,15 @@
-//! The Unix socket server: binding safely, checking who is asking (by the kernel's word, SO_PEERCRED),
-//! and answering protocol requests from the published snapshot.
+//! The Unix socket server's transport: binding safely, a thread per connection with adaptive polling,
+//! and checking who is asking (by the kernel's word, SO_PEERCRED). What each request gets is in
+//! [`answers`].
 
-use crate::refresh::{Command, Snapshot};
+mod answers;
+
+use crate::lifecycle::{Input, Snapshot};
+use answers::Answers;
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use sidecred_proto::blocking::{read_frame, write_frame};
-use sidecred_proto::{
-    ErrorCode, FrameError, ProtoError, Request, RequestFrame, Response, ResponseFrame, StatusReport,
-    TokenGrant,
-};
-use std::future::Future;
+use sidecred_proto::{ErrorCode, FrameError, ProtoError, RequestFrame, Response, ResponseFrame};
 use std::io::BufReader;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 /// Connections served at once (a thread each); beyond this, new ones wait in the kernel's backlog. A
@@ -58,8 +56,6 @@ pub struct Config {
     pub expired_wait: Duration,
     /// Upper bound on waiting for a refresh the client asked for.
     pub refresh_wait: Duration,
-    pub seed_path: String,
-    pub persist_path: String,
 }
 
 /// Binds the socket. A leftover socket file is replaced only when nothing answers on it.
@@ -92,12 +88,8 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
 }
 
 struct Context {
-    config: Config,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    commands: mpsc::Sender<Command>,
-    started: Instant,
-    /// The runtime that waits (for a refresh, for the manager) on behalf of connection threads.
-    runtime: Handle,
+    allowed_uids: Vec<u32>,
+    answers: Answers,
     /// Set at shutdown: connection threads answer nothing more.
     closing: AtomicBool,
 }
@@ -113,15 +105,12 @@ pub async fn serve(
     listener: UnixListener,
     config: Config,
     snapshot: watch::Receiver<Arc<Snapshot>>,
-    commands: mpsc::Sender<Command>,
+    inputs: mpsc::Sender<Input>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(Context {
-        config,
-        snapshot,
-        commands,
-        started: Instant::now(),
-        runtime: Handle::current(),
+        allowed_uids: config.allowed_uids,
+        answers: Answers::new(snapshot, inputs, config.expired_wait, config.refresh_wait),
         closing: AtomicBool::new(false),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -178,7 +167,7 @@ fn serve_connection(stream: &std::os::unix::net::UnixStream, peer: UCred, ctx: &
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let mut writer = stream;
     let mut buf = Vec::with_capacity(512);
-    if !ctx.config.allowed_uids.contains(&peer.uid()) {
+    if !ctx.allowed_uids.contains(&peer.uid()) {
         // Read (and discard) the request first, so the peer is not writing into a closed socket when the
         // answer arrives and sees the reason instead of a broken pipe.
         if stream.set_read_timeout(Some(Duration::from_secs(1))).is_ok() {
@@ -202,7 +191,7 @@ fn serve_connection(stream: &std::os::unix::net::UnixStream, peer: UCred, ctx: &
             Ok(Some(_)) if ctx.closing.load(Ordering::Acquire) => return,
             Ok(Some(frame)) => {
                 pacer.arrived();
-                handle(frame.request, ctx)
+                ctx.answers.answer(frame.request)
             }
             Err(FrameError::Io(_) | FrameError::Truncated) => return,
             Err(e) => {
@@ -255,128 +244,5 @@ impl Pacer {
                 _ => return,
             }
         }
-    }
-}
-
-fn handle(request: Request, ctx: &Context) -> Response {
-    let result = match request {
-        Request::GetToken => get_token(ctx),
-        Request::Status => return Response::Status(Box::new(status(ctx))),
-        Request::ReportRejected { token } => ask_manager(ctx, |reply| Command::Rejected { token, reply }),
-        Request::Refresh => ask_manager(ctx, |reply| Command::Refresh { reply }),
-    };
-    match result {
-        Ok(grant) => Response::Token(grant),
-        Err(e) => Response::Error(e),
-    }
-}
-
-/// Answers from memory. Only an expired token makes it wait, and only briefly, for a refresh.
-fn get_token(ctx: &Context) -> Result<TokenGrant, ProtoError> {
-    if let Some(answer) = immediate_answer(&ctx.snapshot.borrow()) {
-        return answer;
-    }
-    on_runtime(ctx, wait_for_token(ctx.snapshot.clone(), ctx.config.expired_wait))
-}
-
-/// What a snapshot answers at once: a token, a final error, or nothing yet (a refresh is due).
-fn immediate_answer(snap: &Snapshot) -> Option<Result<TokenGrant, ProtoError>> {
-    let now = Instant::now();
-    match snap.servable(now) {
-        Some(token) => Some(Ok(token.grant(now))),
-        None => snap.terminal_error().map(Err),
-    }
-}
-
-/// Runs `work` on the runtime and blocks this connection's thread until it is done. A runtime that shuts
-/// down meanwhile drops `work`, and the client hears that the agent is going away.
-fn on_runtime<F>(ctx: &Context, work: F) -> Result<TokenGrant, ProtoError>
-where
-    F: Future<Output = Result<TokenGrant, ProtoError>> + Send + 'static,
-{
-    let (tx, rx) = oneshot::channel();
-    ctx.runtime.spawn(async move {
-        let _ = tx.send(work.await);
-    });
-    rx.blocking_recv().unwrap_or_else(|_| Err(shutting_down()))
-}
-
-fn shutting_down() -> ProtoError {
-    ProtoError::new(ErrorCode::Unavailable, "the agent is shutting down")
-}
-
-async fn wait_for_token(
-    mut rx: watch::Receiver<Arc<Snapshot>>,
-    wait: Duration,
-) -> Result<TokenGrant, ProtoError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(answer) = immediate_answer(&rx.borrow_and_update()) {
-            return answer;
-        }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => {
-                let snap = rx.borrow();
-                let detail = snap.last_error.clone().unwrap_or_else(|| "refresh in progress".to_owned());
-                return Err(ProtoError::new(
-                    ErrorCode::Unavailable,
-                    format!("the access token has expired and no new one is available yet ({detail})"),
-                ));
-            }
-        }
-    }
-}
-
-fn ask_manager(
-    ctx: &Context,
-    make: impl FnOnce(oneshot::Sender<Result<TokenGrant, ProtoError>>) -> Command,
-) -> Result<TokenGrant, ProtoError> {
-    let (tx, rx) = oneshot::channel();
-    let command = make(tx);
-    let commands = ctx.commands.clone();
-    let wait = ctx.config.refresh_wait;
-    on_runtime(ctx, async move {
-        if commands.send(command).await.is_err() {
-            return Err(shutting_down());
-        }
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(shutting_down()),
-            Err(_) => {
-                Err(ProtoError::new(ErrorCode::Unavailable, "the refresh is taking too long; try again"))
-            }
-        }
-    })
-}
-
-fn status(ctx: &Context) -> StatusReport {
-    let snap = ctx.snapshot.borrow().clone();
-    let now = Instant::now();
-    let signed_secs = |t: Instant| -> i64 {
-        if t >= now {
-            t.duration_since(now).as_secs() as i64
-        } else {
-            -(now.duration_since(t).as_secs() as i64)
-        }
-    };
-    StatusReport {
-        state: Some(snap.state),
-        message: snap.message.clone(),
-        token_fingerprint: snap.token.as_ref().map(|t| t.access_token.fingerprint()),
-        expires_at_ms: snap.token.as_ref().map(|t| t.expires_at_ms),
-        expires_in_s: snap.token.as_ref().map(|t| signed_secs(t.deadline)),
-        next_refresh_in_s: snap.next_refresh.map(signed_secs),
-        last_refresh_at_ms: snap.last_refresh_at_ms,
-        last_error: snap.last_error.clone(),
-        last_error_at_ms: snap.last_error_at_ms,
-        refresh_count: snap.refresh_count,
-        subscription_type: snap.subscription_type.clone(),
-        scopes: snap.scopes.clone(),
-        account: snap.account.clone(),
-        seed_path: Some(ctx.config.seed_path.clone()),
-        persist_path: Some(ctx.config.persist_path.clone()),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        uptime_s: ctx.started.elapsed().as_secs(),
     }
 }

@@ -1,0 +1,439 @@
+//! The token lifecycle's states and transitions, with no I/O: each method takes what happened and when,
+//! changes the state, and returns the [`Effect`]s for the task in `task.rs` to perform. Nothing here
+//! sleeps, reads a clock or touches the network, so every transition is unit-tested with chosen times.
+
+use super::policy::Policy;
+use super::snapshot::{Served, Snapshot, REAUTH_HINT};
+use super::state::{served, Live, Phase, Refresh, Save};
+use crate::credentials::{now_ms, Credentials};
+use crate::oauth::{TokenError, TokenResponse};
+use crate::store::{is_retired, retire, Loaded, SeedRead};
+use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenState};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// A moment by both clocks: the monotonic one times refreshes, the wall clock stamps what is written
+/// and shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: Instant,
+    pub wall_ms: u64,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        Now { at: Instant::now(), wall_ms: now_ms() }
+    }
+}
+
+/// What the task must do after a transition, in order.
+#[derive(Debug)]
+pub enum Effect {
+    /// Ask the token endpoint for a new pair with this refresh token; report back with
+    /// [`Machine::refresh_done`].
+    Refresh(Secret),
+    /// Write the live pair to the store; report back with [`Machine::saved`].
+    Save(SaveJob),
+    /// Hand the live pair to the Secret write-back, if there is one.
+    WriteBack { credentials: Credentials, retired: Vec<String> },
+    /// Answer everyone who waits for the refresh that just ended: with the new token, or an error.
+    AnswerWaiters(Result<Served, ProtoError>),
+}
+
+/// What one save writes; [`Machine::saved`] checks it against what is live by then.
+#[derive(Debug, Clone)]
+pub struct SaveJob {
+    pub credentials: Credentials,
+    pub seed_sha256: Option<String>,
+    pub retired: Vec<String>,
+}
+
+/// The answer to a request from a client of the socket.
+#[derive(Debug)]
+pub enum Answer {
+    Now(Result<sidecred_proto::TokenGrant, ProtoError>),
+    /// Wait: the answer comes with [`Effect::AnswerWaiters`] when the refresh in flight ends.
+    AfterRefresh,
+}
+
+pub struct Machine {
+    policy: Policy,
+    phase: Phase,
+    seed_sha256: Option<String>,
+    retired: Vec<String>,
+    /// Whether saves go to a state file (which records the seed it grew from) rather than the seed.
+    saves_to_state: bool,
+    account: Option<String>,
+    refresh_count: u64,
+    last_refresh_at_ms: Option<u64>,
+    last_success: Option<Instant>,
+    last_error: Option<(String, u64)>,
+    seed_path: String,
+    persist_path: String,
+    /// A number in [0, 1] for the backoff's jitter; fixed in tests.
+    jitter: fn() -> f64,
+}
+
+/// Where the store reads and writes, for logs and the status report.
+pub struct Paths {
+    pub seed: String,
+    pub persist: String,
+    pub saves_to_state: bool,
+}
+
+impl Machine {
+    /// `start` is what the store loaded, or why nothing could be.
+    pub fn new(policy: Policy, paths: Paths, start: Result<Loaded, String>, now: Now) -> Self {
+        let mut machine = Machine {
+            policy,
+            phase: Phase::NoLogin { reason: String::new() },
+            seed_sha256: None,
+            retired: Vec::new(),
+            saves_to_state: paths.saves_to_state,
+            account: None,
+            refresh_count: 0,
+            last_refresh_at_ms: None,
+            last_success: None,
+            last_error: None,
+            seed_path: paths.seed,
+            persist_path: paths.persist,
+            jitter: rand::random::<f64>,
+        };
+        match start {
+            Ok(loaded) => {
+                machine.seed_sha256 = loaded.seed_sha256;
+                machine.retired = loaded.retired;
+                machine.adopt(loaded.credentials, now);
+            }
+            Err(reason) => machine.phase = Phase::NoLogin { reason },
+        }
+        machine
+    }
+
+    #[cfg(test)]
+    pub fn with_jitter(mut self, jitter: fn() -> f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The live pair and the refresh tokens it replaced, for a write-back started after the fact.
+    pub fn live_pair(&self) -> Option<(&Credentials, &[String])> {
+        match &self.phase {
+            Phase::Serving { live, .. } => Some((&live.credentials, &self.retired)),
+            Phase::NoLogin { .. } => None,
+        }
+    }
+
+    /// When [`Machine::tick`] has something to do next: a refresh or save falls due, or the token crosses
+    /// into "expired" (so readers and status see it).
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let Phase::Serving { live, refresh, save } = &self.phase else { return None };
+        let expiry = live.deadline.checked_sub(super::EXPIRY_GUARD).unwrap_or(live.deadline);
+        [
+            match refresh {
+                Refresh::Scheduled { at, .. } => Some(*at),
+                _ => None,
+            },
+            match save {
+                Save::Due(at) => Some(*at),
+                Save::Done => None,
+            },
+            Some(expiry).filter(|e| now < *e),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn tick(&mut self, now: Now) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Phase::Serving { save: Save::Due(at), .. } = &self.phase {
+            if *at <= now.at {
+                effects.extend(self.save_job().map(Effect::Save));
+            }
+        }
+        if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, .. } = &self.phase {
+            if *at <= now.at {
+                effects.extend(self.start_refresh("the token is due for refresh"));
+            }
+        }
+        effects
+    }
+
+    /// A client asked for a refresh now.
+    pub fn refresh_requested(&mut self, now: Now) -> (Answer, Vec<Effect>) {
+        match &self.phase {
+            Phase::NoLogin { .. } | Phase::Serving { refresh: Refresh::ReauthRequired { .. }, .. } => {
+                let err = self
+                    .snapshot(now.at)
+                    .terminal_error()
+                    .unwrap_or_else(|| unavailable("nothing to refresh"));
+                (Answer::Now(Err(err)), Vec::new())
+            }
+            Phase::Serving { .. } => (Answer::AfterRefresh, self.start_refresh("a refresh was requested")),
+        }
+    }
+
+    /// The upstream rejected `token`. Refreshes only if it is still the live one, so many reports of one
+    /// token make one refresh.
+    pub fn rejected(&mut self, token: &Secret, now: Now) -> (Answer, Vec<Effect>) {
+        let Phase::Serving { live, refresh, .. } = &mut self.phase else {
+            return (Answer::Now(Err(unavailable("no credentials"))), Vec::new());
+        };
+        if live.credentials.access_token != *token {
+            // Already replaced: hand out the current one without refreshing again.
+            if matches!(refresh, Refresh::InFlight { .. }) {
+                return (Answer::AfterRefresh, Vec::new());
+            }
+            let snap = self.snapshot(now.at);
+            let answer = snap.immediate_answer(now.at).unwrap_or_else(|| Err(unavailable("no valid token")));
+            return (Answer::Now(answer), Vec::new());
+        }
+        match refresh {
+            Refresh::ReauthRequired { reason, token_rejected } => {
+                *token_rejected = true;
+                let err = ProtoError::new(ErrorCode::ReauthRequired, reason.clone());
+                return (Answer::Now(Err(err)), Vec::new());
+            }
+            Refresh::Scheduled { .. }
+                if self.last_success.is_some_and(|t| {
+                    now.at.saturating_duration_since(t) < self.policy.rejection_cooldown
+                }) =>
+            {
+                warn!(token = %token, "the upstream rejected a token obtained moments ago; not refreshing again so soon");
+                let err = unavailable(
+                    "the upstream rejected a freshly refreshed token; check the account's status",
+                );
+                return (Answer::Now(Err(err)), Vec::new());
+            }
+            _ => {}
+        }
+        (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token"))
+    }
+
+    /// The seed file changed on disk.
+    pub fn seed_changed(&mut self, seed: SeedRead, now: Now) -> Vec<Effect> {
+        if let Phase::Serving { refresh: Refresh::InFlight { pending_seed, .. }, .. } = &mut self.phase {
+            *pending_seed = Some(seed);
+            return Vec::new();
+        }
+        self.apply_seed(seed, now);
+        Vec::new()
+    }
+
+    /// The request to the token endpoint came back.
+    pub fn refresh_done(&mut self, result: Result<TokenResponse, TokenError>, now: Now) -> Vec<Effect> {
+        let Phase::Serving { live, refresh, save } =
+            std::mem::replace(&mut self.phase, Phase::NoLogin { reason: String::new() })
+        else {
+            return Vec::new();
+        };
+        let (failures, pending_seed) = match refresh {
+            Refresh::InFlight { failures, pending_seed, .. } => (failures, pending_seed),
+            other => {
+                // Not waiting for one: nothing to do with the answer.
+                self.phase = Phase::Serving { live, refresh: other, save };
+                return Vec::new();
+            }
+        };
+        let mut effects = Vec::new();
+        match result {
+            Ok(response) => effects = self.refreshed(live, response, now),
+            Err(TokenError::Transient { reason, retry_after }) => {
+                let attempts = failures.saturating_add(1);
+                let delay = self.policy.backoff(attempts, (self.jitter)(), retry_after);
+                warn!(error = %reason, attempt = attempts, retry_in = ?delay, "token refresh failed; will retry");
+                let at = now.at.checked_add(delay).unwrap_or_else(far_future);
+                self.last_error = Some((reason.clone(), now.wall_ms));
+                self.phase =
+                    Phase::Serving { live, refresh: Refresh::Scheduled { at, failures: attempts }, save };
+                effects.push(Effect::AnswerWaiters(Err(unavailable(&format!("refresh failed: {reason}")))));
+            }
+            Err(TokenError::Rejected { reason }) => {
+                let message = format!("{reason}. {REAUTH_HINT}");
+                error!(error = %reason, "the refresh token is dead; a new login is needed (watching the seed for one)");
+                self.last_error = Some((reason, now.wall_ms));
+                let refresh = Refresh::ReauthRequired { reason: message.clone(), token_rejected: false };
+                self.phase = Phase::Serving { live, refresh, save };
+                effects.push(Effect::AnswerWaiters(Err(ProtoError::new(ErrorCode::ReauthRequired, message))));
+            }
+        }
+        if let Some(seed) = pending_seed {
+            self.apply_seed(seed, now);
+        }
+        effects
+    }
+
+    fn refreshed(&mut self, live: Live, response: TokenResponse, now: Now) -> Vec<Effect> {
+        let old_refresh = live.credentials.refresh_token.clone();
+        let rotated = response.refresh_token.as_ref().is_some_and(|r| *r != old_refresh);
+        let lifetime = response.expires_in;
+        if let Some(email) = response.account_email.clone() {
+            self.account = Some(email);
+        }
+        let credentials = live.credentials.with_update(response.into_update(now.wall_ms));
+        if rotated {
+            retire(&mut self.retired, old_refresh.fingerprint());
+        }
+        let deadline = now.at.checked_add(lifetime).unwrap_or_else(far_future);
+        info!(
+            access_token = %credentials.access_token,
+            refresh_token = %credentials.refresh_token,
+            rotated,
+            expires_in = ?lifetime,
+            "refreshed the access token"
+        );
+        let at = refresh_due(deadline, self.policy.margin(lifetime), now.at);
+        let served = served(&credentials, deadline);
+        // Saved before anyone is handed the new access token: once it is served, a crash must not leave
+        // the old (now dead) refresh token as the only one on disk. Until the save succeeds the phase says
+        // it is due, so a failed save is retried.
+        self.phase = Phase::Serving {
+            live: Live { credentials, deadline },
+            refresh: Refresh::Scheduled { at, failures: 0 },
+            save: Save::Due(now.at),
+        };
+        self.refresh_count = self.refresh_count.saturating_add(1);
+        self.last_refresh_at_ms = Some(now.wall_ms);
+        self.last_success = Some(now.at);
+        self.last_error = None;
+        let mut effects: Vec<Effect> = self.save_job().map(Effect::Save).into_iter().collect();
+        if let Some((credentials, retired)) = self.live_pair() {
+            effects.push(Effect::WriteBack { credentials: credentials.clone(), retired: retired.to_vec() });
+        }
+        effects.push(Effect::AnswerWaiters(Ok(served)));
+        effects
+    }
+
+    /// A save ended. It counts only for what it wrote: a pair or seed adopted since then is still due.
+    pub fn saved(&mut self, job: &SaveJob, result: Result<(), String>, now: Now) {
+        let Phase::Serving { live, save, .. } = &mut self.phase else { return };
+        match result {
+            Ok(()) => {
+                if live.credentials.same_tokens(&job.credentials) && self.seed_sha256 == job.seed_sha256 {
+                    *save = Save::Done;
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "could not save the refreshed credentials; they live only in memory until a retry succeeds");
+                self.last_error = Some((format!("saving credentials failed: {e}"), now.wall_ms));
+                *save = Save::Due(now.at.checked_add(self.policy.save_retry()).unwrap_or(now.at));
+            }
+        }
+    }
+
+    fn save_job(&self) -> Option<SaveJob> {
+        let (credentials, retired) = self.live_pair()?;
+        Some(SaveJob {
+            credentials: credentials.clone(),
+            seed_sha256: self.seed_sha256.clone(),
+            retired: retired.to_vec(),
+        })
+    }
+
+    fn start_refresh(&mut self, why: &str) -> Vec<Effect> {
+        let Phase::Serving { live, refresh, .. } = &mut self.phase else { return Vec::new() };
+        let Refresh::Scheduled { at, failures } = *refresh else { return Vec::new() };
+        let refresh_token = live.credentials.refresh_token.clone();
+        info!(refresh_token = %refresh_token, reason = why, "refreshing the access token");
+        *refresh = Refresh::InFlight { scheduled: at, failures, pending_seed: None };
+        vec![Effect::Refresh(refresh_token)]
+    }
+
+    fn apply_seed(&mut self, seed: SeedRead, now: Now) {
+        if self.seed_sha256.as_deref() == Some(seed.sha256.as_str()) {
+            return;
+        }
+        let credentials = match seed.credentials {
+            Ok(c) => c,
+            Err(e) => {
+                error!(file = %self.seed_path, error = %e, "ignoring the changed seed; still serving the last good credentials");
+                self.last_error = Some((format!("seed change ignored: {e}"), now.wall_ms));
+                return;
+            }
+        };
+        self.seed_sha256 = Some(seed.sha256);
+        if let Some((live, _)) = self.live_pair() {
+            if live.same_tokens(&credentials) {
+                return;
+            }
+        }
+        if is_retired(&self.retired, &credentials.refresh_token.fingerprint()) {
+            warn!(
+                file = %self.seed_path,
+                refresh_token = %credentials.refresh_token,
+                "the seed holds a refresh token this agent already spent; keeping the live pair"
+            );
+            return;
+        }
+        info!(
+            file = %self.seed_path,
+            access_token = %credentials.access_token,
+            refresh_token = %credentials.refresh_token,
+            "adopting new credentials from the seed"
+        );
+        self.adopt(credentials, now);
+        // In a state directory, record that the live pair now grows from this seed.
+        if self.saves_to_state {
+            if let Phase::Serving { save, .. } = &mut self.phase {
+                *save = Save::Due(now.at);
+            }
+        }
+    }
+
+    /// Makes `credentials` the live pair, timing the next refresh from its expiry. A save still due
+    /// stays due: it writes whatever pair is live when it runs.
+    fn adopt(&mut self, credentials: Credentials, now: Now) {
+        let remaining = Duration::from_millis(credentials.remaining_ms(now.wall_ms));
+        let lifetime = self.policy.assumed_lifetime.max(remaining);
+        let deadline = now.at.checked_add(remaining).unwrap_or_else(far_future);
+        self.account = credentials.account.clone().or(self.account.take());
+        let save = match &self.phase {
+            Phase::Serving { save, .. } => *save,
+            Phase::NoLogin { .. } => Save::Done,
+        };
+        let at = refresh_due(deadline, self.policy.margin(lifetime), now.at);
+        self.phase = Phase::Serving {
+            live: Live { credentials, deadline },
+            refresh: Refresh::Scheduled { at, failures: 0 },
+            save,
+        };
+    }
+
+    /// The state as readers and `status` see it at `now`.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut snap = Snapshot {
+            token: None,
+            token_rejected: false,
+            state: TokenState::NoCredentials,
+            message: None,
+            next_refresh: None,
+            refresh_count: self.refresh_count,
+            last_refresh_at_ms: self.last_refresh_at_ms,
+            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at_ms: self.last_error.as_ref().map(|(_, t)| *t),
+            subscription_type: None,
+            scopes: Vec::new(),
+            account: self.account.clone(),
+            seed_path: self.seed_path.clone(),
+            persist_path: self.persist_path.clone(),
+        };
+        self.phase.describe(now, &mut snap);
+        snap
+    }
+}
+
+fn unavailable(why: &str) -> ProtoError {
+    ProtoError::new(ErrorCode::Unavailable, why)
+}
+
+/// When to refresh a token that expires at `deadline`: `margin` before it, or now if that has passed.
+fn refresh_due(deadline: Instant, margin: Duration, now: Instant) -> Instant {
+    deadline.checked_sub(margin).unwrap_or(now)
+}
+
+/// Stands in for a deadline too far away to represent: a token that lives that long never needs one.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}

@@ -1,0 +1,41 @@
+//! The token lifecycle: when to refresh, what to serve meanwhile, what to do when the token endpoint
+//! fails or a new login appears, and saving every new pair before it is served.
+//!
+//! - [`machine`]: the states as types and the pure transitions ("this happened at time t → these
+//!   effects"), unit-tested with chosen times.
+//! - [`task`]: the one async task that feeds the machine and performs its effects (token requests,
+//!   saves, the Secret write-back, answering waiters) and publishes a [`Snapshot`] after every change.
+//! - [`state`]: the phases as types, and what each shows to readers.
+//! - [`snapshot`]: what readers see: the token to hand out and the status report.
+//! - [`policy`]: refresh margins, backoff, the expiry guard.
+//!
+//! Everyone else sends the task an [`Input`] or reads the latest [`Snapshot`] from a watch channel,
+//! which is how a token request is answered from memory.
+
+mod machine;
+mod policy;
+mod snapshot;
+mod state;
+mod task;
+#[cfg(test)]
+mod tests;
+
+pub use policy::{Policy, EXPIRY_GUARD};
+pub use snapshot::Snapshot;
+pub use task::Lifecycle;
+
+use crate::store::SeedRead;
+use sidecred_proto::{ProtoError, Secret, TokenGrant};
+use tokio::sync::oneshot;
+
+pub type Reply = oneshot::Sender<Result<TokenGrant, ProtoError>>;
+
+/// What the lifecycle task is told.
+pub enum Input {
+    /// The upstream rejected `token`.
+    Rejected { token: Secret, reply: Reply },
+    /// Refresh now.
+    Refresh { reply: Reply },
+    /// The seed file changed on disk.
+    SeedChanged(SeedRead),
+}

@@ -1,0 +1,199 @@
+//! The task that runs the lifecycle: it feeds the [`Machine`] what happens (inputs, timers, the token
+//! endpoint's answers, saves) and performs the effects the machine asks for. It is the only task that
+//! talks to the token endpoint, so "single flight" holds by construction.
+
+use super::machine::{Answer, Effect, Machine, Now, Paths, SaveJob};
+use super::{Input, Policy, Snapshot};
+use crate::oauth::{OAuthClient, TokenError, TokenResponse};
+use crate::store::{Loaded, Store, Target};
+use crate::writeback::WriteBack;
+use sidecred_proto::{ErrorCode, ProtoError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info};
+
+type Waiter = super::Reply;
+type RefreshFuture = Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send>>;
+
+pub struct Lifecycle {
+    machine: Machine,
+    store: Store,
+    oauth: OAuthClient,
+    published: watch::Sender<Arc<Snapshot>>,
+    write_back: Option<WriteBack>,
+    inflight: Option<RefreshFuture>,
+    waiters: Vec<Waiter>,
+}
+
+impl Lifecycle {
+    /// `start` is what the store loaded, or why nothing could be.
+    pub fn new(
+        store: Store,
+        oauth: OAuthClient,
+        policy: Policy,
+        start: Result<Loaded, String>,
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let paths = Paths {
+            seed: store.seed_path().display().to_string(),
+            persist: store.persist_path().display().to_string(),
+            saves_to_state: matches!(store.target(), Target::StateFile(_)),
+        };
+        let machine = Machine::new(policy, paths, start, Now::read());
+        let (published, rx) = watch::channel(Arc::new(machine.snapshot(Instant::now())));
+        let lifecycle = Lifecycle {
+            machine,
+            store,
+            oauth,
+            published,
+            write_back: None,
+            inflight: None,
+            waiters: Vec::new(),
+        };
+        (lifecycle, rx)
+    }
+
+    /// Also writes every new pair to a Kubernetes Secret. The pair running now is offered at once, so a
+    /// Secret left behind by an earlier pod (state from a volume) catches up.
+    pub fn with_write_back(mut self, write_back: WriteBack) -> Self {
+        if let Some((credentials, retired)) = self.machine.live_pair() {
+            write_back.offer(credentials, retired);
+        }
+        self.write_back = Some(write_back);
+        self
+    }
+
+    /// Runs until `shutdown` fires and any refresh in flight has finished and been saved.
+    pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
+        let mut stopping = false;
+        loop {
+            if stopping && self.inflight.is_none() {
+                break;
+            }
+            let wake = self.machine.next_wake(Instant::now());
+            tokio::select! {
+                biased;
+                result = poll_inflight(&mut self.inflight), if self.inflight.is_some() => {
+                    self.inflight = None;
+                    let effects = self.machine.refresh_done(result, Now::read());
+                    self.perform(effects).await;
+                }
+                changed = shutdown.changed(), if !stopping => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        stopping = true;
+                        if self.inflight.is_some() {
+                            info!("shutting down: waiting for the refresh in flight to finish and be saved");
+                        }
+                    }
+                }
+                input = inputs.recv(), if !stopping => match input {
+                    Some(input) => self.on_input(input).await,
+                    None => stopping = true,
+                },
+                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() && !stopping => {
+                    let effects = self.machine.tick(Now::read());
+                    self.perform(effects).await;
+                }
+            }
+            self.publish();
+        }
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(Err(ProtoError::new(ErrorCode::Unavailable, "the agent is shutting down")));
+        }
+    }
+
+    async fn on_input(&mut self, input: Input) {
+        let now = Now::read();
+        let (reply, waiter, effects) = match input {
+            Input::Refresh { reply } => {
+                let (answer, effects) = self.machine.refresh_requested(now);
+                (answer, reply, effects)
+            }
+            Input::Rejected { token, reply } => {
+                let (answer, effects) = self.machine.rejected(&token, now);
+                (answer, reply, effects)
+            }
+            Input::SeedChanged(seed) => {
+                let effects = self.machine.seed_changed(seed, now);
+                return self.perform(effects).await;
+            }
+        };
+        match reply {
+            Answer::Now(answer) => {
+                let _ = waiter.send(answer);
+            }
+            Answer::AfterRefresh => self.waiters.push(waiter),
+        }
+        self.perform(effects).await;
+    }
+
+    async fn perform(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Refresh(refresh_token) => {
+                    let oauth = self.oauth.clone();
+                    self.inflight = Some(Box::pin(async move { oauth.refresh(&refresh_token).await }));
+                }
+                Effect::Save(job) => {
+                    let result = save(self.store.clone(), job.clone()).await;
+                    self.machine.saved(&job, result, Now::read());
+                }
+                Effect::WriteBack { credentials, retired } => {
+                    if let Some(wb) = &self.write_back {
+                        wb.offer(&credentials, &retired);
+                    }
+                }
+                Effect::AnswerWaiters(outcome) => {
+                    // Readers see the new token no later than the waiters do.
+                    self.publish();
+                    let now = Instant::now();
+                    let answer = outcome.and_then(|served| {
+                        if served.is_valid(now) {
+                            Ok(served.grant(now))
+                        } else {
+                            Err(ProtoError::new(ErrorCode::Unavailable, "the new token is already expired"))
+                        }
+                    });
+                    for waiter in self.waiters.drain(..) {
+                        let _ = waiter.send(answer.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.published.send_replace(Arc::new(self.machine.snapshot(Instant::now())));
+    }
+}
+
+/// Writes on a blocking thread (fsync can take a while) and says how it went.
+async fn save(store: Store, job: SaveJob) -> Result<(), String> {
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        store.persist(&job.credentials, job.seed_sha256.as_deref(), &job.retired)
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {
+            debug!(took = ?started.elapsed(), "wrote the credentials");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(join) => Err(format!("the credentials writer failed: {join}")),
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+async fn poll_inflight(inflight: &mut Option<RefreshFuture>) -> Result<TokenResponse, TokenError> {
+    match inflight {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
+    }
+}
