@@ -4,7 +4,7 @@
 use crate::access::AccessLog;
 use crate::agent::{AgentError, Token, TokenSource};
 use crate::body::{discard, ResponseBody, Tee, UpstreamBody};
-use crate::errors::ApiError;
+use crate::errors::ErrorReply;
 use crate::headers;
 use crate::health;
 use crate::keys::InboundKeys;
@@ -73,7 +73,7 @@ impl Proxy {
         mut parts: Parts,
         body: Incoming,
         log: &mut Option<AccessLog>,
-    ) -> Result<Response<ResponseBody>, ApiError> {
+    ) -> Result<Response<ResponseBody>, ErrorReply> {
         let (path, declared, token) = match self.admit(&mut parts).await {
             Ok(admitted) => admitted,
             Err(e) => {
@@ -121,17 +121,17 @@ impl Proxy {
 
     /// Everything that can refuse a request before its body is touched: the client's key, the path,
     /// the declared size, the token. On success the headers are ready for the upstream.
-    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, Arc<Token>), ApiError> {
+    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, Arc<Token>), ErrorReply> {
         if let Some(keys) = &self.keys {
-            keys.check(&parts.headers).map_err(|r| ApiError::unauthorized(r.to_string()))?;
+            keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;
         }
-        let path = upstream_path(&parts.uri).ok_or_else(ApiError::not_found)?;
+        let path = upstream_path(&parts.uri).ok_or_else(ErrorReply::not_found)?;
         let declared = declared_length(&parts.headers);
         if declared.is_some_and(|n| n > self.max_request_body) {
-            return Err(ApiError::too_large(self.max_request_body));
+            return Err(ErrorReply::too_large(self.max_request_body));
         }
         let token = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
-        let authorization = token.authorization().map_err(ApiError::agent_unavailable)?;
+        let authorization = token.authorization().map_err(ErrorReply::agent_unavailable)?;
         headers::to_upstream(&mut parts.headers, authorization, &self.upstream.host);
         Ok((path, declared, token))
     }
@@ -143,18 +143,18 @@ impl Proxy {
         headers: HeaderMap,
         body: UpstreamBody,
         tee: Option<&Tee>,
-    ) -> Result<Response<Incoming>, ApiError> {
+    ) -> Result<Response<Incoming>, ErrorReply> {
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         self.upstream.client.request(req).await.map_err(|e| {
             if tee.is_some_and(Tee::was_too_large) {
-                ApiError::too_large(self.max_request_body)
+                ErrorReply::too_large(self.max_request_body)
             } else {
                 let detail = error_chain(&e);
                 warn!(error = %detail, "upstream request failed");
-                ApiError::bad_gateway(detail)
+                ErrorReply::bad_gateway(detail)
             }
         })
     }
@@ -172,7 +172,7 @@ impl Proxy {
         retry_headers: Option<HeaderMap>,
         tee: Option<&Tee>,
         log: &mut Option<AccessLog>,
-    ) -> Result<Response<Incoming>, ApiError> {
+    ) -> Result<Response<Incoming>, ErrorReply> {
         let fresh = match self.tokens.report_rejected(&rejected_token.access_token).await {
             Ok(fresh) => fresh,
             Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
@@ -200,8 +200,10 @@ impl Proxy {
         // Dropping the 401 before reading it costs that connection its reuse, which is cheaper than
         // making the client wait for an error body nobody reads.
         drop(rejected);
-        headers
-            .insert(http::header::AUTHORIZATION, fresh.authorization().map_err(ApiError::agent_unavailable)?);
+        headers.insert(
+            http::header::AUTHORIZATION,
+            fresh.authorization().map_err(ErrorReply::agent_unavailable)?,
+        );
         if let Some(log) = log {
             log.retried = true;
         }
@@ -229,23 +231,23 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-fn agent_failure(e: &AgentError) -> ApiError {
+fn agent_failure(e: &AgentError) -> ErrorReply {
     match e {
         AgentError::ReauthRequired(m) => reauth(m),
         AgentError::Refused(p) => {
             warn!(code = %p.code, error = %p.message, "the agent has no token to serve");
-            ApiError::agent_unavailable(format_args!("it has no valid token ({}): {}", p.code, p.message))
+            ErrorReply::agent_unavailable(format_args!("it has no valid token ({}): {}", p.code, p.message))
         }
         AgentError::Unreachable { .. } | AgentError::Timeout(_) => {
             warn!(error = %e, "the agent is not answering");
-            ApiError::agent_unavailable(e)
+            ErrorReply::agent_unavailable(e)
         }
     }
 }
 
-fn reauth(agent_message: &str) -> ApiError {
+fn reauth(agent_message: &str) -> ErrorReply {
     warn!("the agent's refresh token was rejected: someone must log in again");
-    ApiError::unauthorized(format!(
+    ErrorReply::unauthorized(format!(
         "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
          (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
     ))
