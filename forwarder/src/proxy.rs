@@ -103,8 +103,16 @@ impl Proxy {
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                 // Rare, and its future (an agent exchange and a second upstream request) is large: boxed,
                 // so the common path's future stays small.
-                Box::pin(self.after_rejection(resp, &token, &parts, uri, retry_headers, tee.as_ref(), log))
-                    .await?
+                let rejection = Rejection {
+                    response: resp,
+                    token: &token,
+                    parts: &parts,
+                    uri,
+                    headers: retry_headers,
+                    tee: tee.as_ref(),
+                    log,
+                };
+                Box::pin(self.after_rejection(rejection)).await?
             }
             other => other?,
         };
@@ -162,44 +170,35 @@ impl Proxy {
     /// The upstream said 401: the token was revoked or expired early. Tell the agent (which refreshes
     /// once however many requests report the same token), then send the request again with the new
     /// token if its body was small enough to keep; otherwise the client gets the 401.
-    #[allow(clippy::too_many_arguments)]
-    async fn after_rejection(
-        &self,
-        rejected: Response<Incoming>,
-        rejected_token: &Token,
-        parts: &Parts,
-        uri: Uri,
-        retry_headers: Option<HeaderMap>,
-        tee: Option<&Tee>,
-        log: &mut Option<AccessLog>,
-    ) -> Result<Response<Incoming>, ErrorReply> {
-        let fresh = match self.tokens.report_rejected(&rejected_token.access_token).await {
+    async fn after_rejection(&self, rejection: Rejection<'_>) -> Result<Response<Incoming>, ErrorReply> {
+        let Rejection { response, token, parts, uri, headers, tee, log } = rejection;
+        let fresh = match self.tokens.report_rejected(&token.access_token).await {
             Ok(fresh) => fresh,
             Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
             Err(e) => {
-                warn!(token = %rejected_token.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
-                return Ok(rejected);
+                warn!(token = %token.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
+                return Ok(response);
             }
         };
-        if fresh.access_token == rejected_token.access_token {
-            warn!(token = %rejected_token.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
-            return Ok(rejected);
+        if fresh.access_token == token.access_token {
+            warn!(token = %token.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
+            return Ok(response);
         }
         let replay = match tee {
             None => Some(UpstreamBody::Empty),
             Some(tee) => tee.replay(),
         };
-        let (Some(body), Some(mut headers)) = (replay, retry_headers) else {
+        let (Some(body), Some(mut headers)) = (replay, headers) else {
             debug!(
-                token = %rejected_token.access_token,
+                token = %token.access_token,
                 body_bytes = tee.map_or(0, Tee::bytes_seen),
                 "upstream 401 on a body too large to keep for a retry (--retry-body-limit); passing it on"
             );
-            return Ok(rejected);
+            return Ok(response);
         };
         // Dropping the 401 before reading it costs that connection its reuse, which is cheaper than
         // making the client wait for an error body nobody reads.
-        drop(rejected);
+        drop(response);
         headers.insert(
             http::header::AUTHORIZATION,
             fresh.authorization().map_err(ErrorReply::agent_unavailable)?,
@@ -207,9 +206,25 @@ impl Proxy {
         if let Some(log) = log {
             log.retried = true;
         }
-        debug!(old = %rejected_token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
+        debug!(old = %token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
         self.send(parts, uri, headers, body, None).await
     }
+}
+
+/// A request the upstream answered 401, with what sending it again needs.
+struct Rejection<'a> {
+    /// The 401, passed on to the client when no retry is possible.
+    response: Response<Incoming>,
+    /// The token the upstream rejected, reported to the agent.
+    token: &'a Token,
+    /// The method is taken from here; the headers were moved out for the first attempt.
+    parts: &'a Parts,
+    uri: Uri,
+    /// The upstream-ready headers, kept only when the body was small enough to keep too.
+    headers: Option<HeaderMap>,
+    /// The first attempt's body, which can replay what it kept; `None` for a request without a body.
+    tee: Option<&'a Tee>,
+    log: &'a mut Option<AccessLog>,
 }
 
 /// Where a client path goes upstream: `/v1/...` as it is, `/api/v1/...` without `/api` (the base URL
