@@ -85,6 +85,14 @@ alive() { kill -0 "$1" 2>/dev/null || die "$2 exited; its log:
 $(tail -n 30 "$3" 2>/dev/null)"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+# A header value the API requires, read from where sidecred defines it, so that nginx and wrk send what
+# the forwarder sends: anthropic_const NAME
+anthropic_const() {
+    sed -n "s/^pub const $1: &str = \"\(.*\)\";\$/\1/p" "$ROOT/proto/src/anthropic.rs" | grep . ||
+        die "no string constant $1 in proto/src/anthropic.rs"
+}
+OAUTH_BETA="$(anthropic_const OAUTH_BETA)"
+ANTHROPIC_VERSION="$(anthropic_const ANTHROPIC_VERSION)"
 
 # --- upstream ------------------------------------------------------------------------------------
 "$BIN/upstream" --listen 127.0.0.1:0 >"$WORK/upstream.log" 2>&1 &
@@ -150,8 +158,8 @@ http {
             proxy_set_header Host $UPSTREAM;
             proxy_set_header x-api-key "";
             proxy_set_header authorization "Bearer bench-access-token";
-            proxy_set_header anthropic-beta "oauth-2025-04-20";
-            proxy_set_header anthropic-version "2023-06-01";
+            proxy_set_header anthropic-beta "$OAUTH_BETA";
+            proxy_set_header anthropic-version "$ANTHROPIC_VERSION";
         }
     }
 }
@@ -162,11 +170,11 @@ PIDS+=("$NGINX_PID")
 wait_for "nginx" 20 curl -fsS -X POST -d '{}' "http://127.0.0.1:$NGINX_PORT/v1/messages"
 
 # --- load ----------------------------------------------------------------------------------------
-cat >"$WORK/post.lua" <<'EOF'
+cat >"$WORK/post.lua" <<EOF
 wrk.method = "POST"
 wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"Say ok."}]}'
 wrk.headers["content-type"] = "application/json"
-wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.headers["anthropic-version"] = "$ANTHROPIC_VERSION"
 wrk.headers["x-api-key"] = "client-key"
 EOF
 

@@ -1,6 +1,7 @@
 //! Command-line and environment configuration. Every flag can also be set as `SIDECRED_<NAME>`.
 
 use clap::Parser;
+use sidecred_proto::anthropic;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +17,7 @@ pub struct Cli {
     #[arg(long, env = "SIDECRED_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// The Anthropic API. Plain http is allowed (for tests and local fakes).
-    #[arg(long, env = "SIDECRED_UPSTREAM", default_value = "https://api.anthropic.com", value_parser = parse_upstream)]
+    #[arg(long, env = "SIDECRED_UPSTREAM", default_value = anthropic::DEFAULT_API_BASE, value_parser = parse_upstream)]
     pub upstream: http::Uri,
     /// PEM file of extra CA certificates to trust for the upstream and its TLS, on top of the built-in
     /// web roots: for a TLS-intercepting corporate proxy, or a private test upstream.
@@ -65,7 +66,8 @@ fn parse_upstream(s: &str) -> Result<http::Uri, String> {
     // Request paths are forwarded as they are; a base path would silently be dropped, so refuse it.
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err(format!(
-            "`{s}` must be a bare origin such as https://api.anthropic.com (no path or query)"
+            "`{s}` must be a bare origin such as {} (no path or query)",
+            anthropic::DEFAULT_API_BASE
         ));
     }
     Ok(uri)
@@ -116,10 +118,10 @@ mod tests {
 
     #[test]
     fn upstreams() {
-        assert!(parse_upstream("https://api.anthropic.com").is_ok());
+        assert!(parse_upstream(anthropic::DEFAULT_API_BASE).is_ok());
         assert!(parse_upstream("http://127.0.0.1:9999/").is_ok());
         assert!(parse_upstream("ftp://x").is_err());
-        assert!(parse_upstream("https://api.anthropic.com/v1").is_err());
+        assert!(parse_upstream(&format!("{}/v1", anthropic::DEFAULT_API_BASE)).is_err());
         assert!(parse_upstream("/just/a/path").is_err());
     }
 
@@ -127,6 +129,7 @@ mod tests {
     fn defaults() {
         let cli = Cli::try_parse_from(["sidecred-forwarder"]).expect("defaults parse");
         assert_eq!(cli.listen, "127.0.0.1:8000".parse().expect("addr"));
+        assert_eq!(cli.upstream, anthropic::DEFAULT_API_BASE);
         assert_eq!(cli.max_request_body, 32 << 20);
         assert_eq!(cli.retry_body_limit, 1 << 20);
         assert_eq!(cli.agent_wait, Duration::from_secs(2));

@@ -6,17 +6,19 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use std::borrow::Cow;
 
+/// An error the forwarder answers a client with itself, never one passed on from the upstream (those
+/// reach the client as the upstream sent them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub struct ErrorReply {
     pub status: StatusCode,
     /// The Anthropic error type, e.g. `authentication_error`.
     pub kind: &'static str,
     pub message: Cow<'static, str>,
 }
 
-impl ApiError {
+impl ErrorReply {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        ApiError { status, kind, message: message.into() }
+        ErrorReply { status, kind, message: message.into() }
     }
 
     pub fn not_found() -> Self {
@@ -82,19 +84,19 @@ mod tests {
 
     #[test]
     fn anthropic_shape() {
-        let e = ApiError::not_found();
+        let e = ErrorReply::not_found();
         let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "not_found_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("/v1/"));
-        let resp = ApiError::too_large(10).into_response();
+        let resp = ErrorReply::too_large(10).into_response();
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
     }
 
     #[test]
     fn messages_are_json_escaped() {
-        let e = ApiError::agent_unavailable("quote \" and newline \n");
+        let e = ErrorReply::agent_unavailable("quote \" and newline \n");
         let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().ends_with("quote \" and newline \n"));
     }

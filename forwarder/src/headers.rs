@@ -2,9 +2,7 @@
 //! Pure functions over `HeaderMap`, so every rule is tested here without a network.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use sidecred_proto::Secret;
-
-pub use sidecred_proto::anthropic::{ANTHROPIC_VERSION as DEFAULT_ANTHROPIC_VERSION, OAUTH_BETA};
+use sidecred_proto::{anthropic, Secret};
 
 pub static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 pub static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
@@ -58,7 +56,7 @@ pub fn to_upstream(headers: &mut HeaderMap, authorization: HeaderValue, host: &H
     headers.insert(header::AUTHORIZATION, authorization);
     merge_beta(headers);
     if !found.version {
-        headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+        headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static(anthropic::ANTHROPIC_VERSION));
     }
     headers.insert(header::HOST, host.clone());
 }
@@ -125,7 +123,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn merge_beta(headers: &mut HeaderMap) {
     let mut values = headers.get_all(&ANTHROPIC_BETA).iter();
     let Some(first) = values.next() else {
-        headers.insert(ANTHROPIC_BETA.clone(), HeaderValue::from_static(OAUTH_BETA));
+        headers.insert(ANTHROPIC_BETA.clone(), HeaderValue::from_static(anthropic::OAUTH_BETA));
         return;
     };
     let single = values.next().is_none();
@@ -134,7 +132,7 @@ pub fn merge_beta(headers: &mut HeaderMap) {
         return;
     }
     let mut seen: Vec<&[u8]> = Vec::with_capacity(8);
-    seen.push(OAUTH_BETA.as_bytes());
+    seen.push(anthropic::OAUTH_BETA.as_bytes());
     for value in headers.get_all(&ANTHROPIC_BETA) {
         for beta in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
             if !beta.is_empty() && !seen.contains(&beta) {
@@ -155,7 +153,7 @@ pub fn merge_beta(headers: &mut HeaderMap) {
             headers.insert(ANTHROPIC_BETA.clone(), v);
         }
         Err(_) => {
-            headers.insert(ANTHROPIC_BETA.clone(), HeaderValue::from_static(OAUTH_BETA));
+            headers.insert(ANTHROPIC_BETA.clone(), HeaderValue::from_static(anthropic::OAUTH_BETA));
         }
     }
 }
@@ -172,7 +170,7 @@ fn is_merged(value: &[u8]) -> bool {
         if items > 16 {
             return false;
         }
-        has_oauth |= beta == OAUTH_BETA.as_bytes();
+        has_oauth |= beta == anthropic::OAUTH_BETA.as_bytes();
         let occurrences = value.split(|b| *b == b',').filter(|other| *other == beta).count();
         if occurrences > 1 {
             return false;
@@ -306,7 +304,7 @@ mod tests {
         let mut h = map(&[("host", "127.0.0.1:8000")]);
         to_upstream(&mut h, authorization(&Secret::new("t")).unwrap(), &host());
         assert_eq!(h["host"], "api.anthropic.com");
-        assert_eq!(h["anthropic-version"], DEFAULT_ANTHROPIC_VERSION);
+        assert_eq!(h["anthropic-version"], anthropic::ANTHROPIC_VERSION);
 
         let mut h = map(&[("anthropic-version", "2099-01-01")]);
         to_upstream(&mut h, authorization(&Secret::new("t")).unwrap(), &host());
@@ -317,11 +315,13 @@ mod tests {
     fn beta_is_added_when_absent() {
         let mut h = HeaderMap::new();
         merge_beta(&mut h);
-        assert_eq!(beta_of(&h), [OAUTH_BETA]);
+        assert_eq!(beta_of(&h), [anthropic::OAUTH_BETA]);
     }
 
     #[test]
     fn betas_merge_across_values_without_duplicates() {
+        // These tables spell the OAuth beta out: how its text is split, trimmed and joined is the point.
+        assert_eq!(anthropic::OAUTH_BETA, "oauth-2025-04-20");
         let cases: &[(&[&str], &str)] = &[
             (&["a-1"], "oauth-2025-04-20,a-1"),
             (&["a-1,b-2"], "oauth-2025-04-20,a-1,b-2"),

@@ -4,7 +4,7 @@
 use crate::access::AccessLog;
 use crate::agent::{AgentError, Token, TokenSource};
 use crate::body::{discard, ResponseBody, Tee, UpstreamBody};
-use crate::errors::ApiError;
+use crate::errors::ErrorReply;
 use crate::headers;
 use crate::health;
 use crate::keys::InboundKeys;
@@ -73,7 +73,7 @@ impl Proxy {
         mut parts: Parts,
         body: Incoming,
         log: &mut Option<AccessLog>,
-    ) -> Result<Response<ResponseBody>, ApiError> {
+    ) -> Result<Response<ResponseBody>, ErrorReply> {
         let (path, declared, token) = match self.admit(&mut parts).await {
             Ok(admitted) => admitted,
             Err(e) => {
@@ -103,8 +103,16 @@ impl Proxy {
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                 // Rare, and its future (an agent exchange and a second upstream request) is large: boxed,
                 // so the common path's future stays small.
-                Box::pin(self.after_rejection(resp, &token, &parts, uri, retry_headers, tee.as_ref(), log))
-                    .await?
+                let rejection = Rejection {
+                    response: resp,
+                    token: &token,
+                    parts: &parts,
+                    uri,
+                    headers: retry_headers,
+                    tee: tee.as_ref(),
+                    log,
+                };
+                Box::pin(self.after_rejection(rejection)).await?
             }
             other => other?,
         };
@@ -121,17 +129,17 @@ impl Proxy {
 
     /// Everything that can refuse a request before its body is touched: the client's key, the path,
     /// the declared size, the token. On success the headers are ready for the upstream.
-    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, Arc<Token>), ApiError> {
+    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, Arc<Token>), ErrorReply> {
         if let Some(keys) = &self.keys {
-            keys.check(&parts.headers).map_err(|r| ApiError::unauthorized(r.to_string()))?;
+            keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;
         }
-        let path = upstream_path(&parts.uri).ok_or_else(ApiError::not_found)?;
+        let path = upstream_path(&parts.uri).ok_or_else(ErrorReply::not_found)?;
         let declared = declared_length(&parts.headers);
         if declared.is_some_and(|n| n > self.max_request_body) {
-            return Err(ApiError::too_large(self.max_request_body));
+            return Err(ErrorReply::too_large(self.max_request_body));
         }
         let token = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
-        let authorization = token.authorization().map_err(ApiError::agent_unavailable)?;
+        let authorization = token.authorization().map_err(ErrorReply::agent_unavailable)?;
         headers::to_upstream(&mut parts.headers, authorization, &self.upstream.host);
         Ok((path, declared, token))
     }
@@ -143,18 +151,18 @@ impl Proxy {
         headers: HeaderMap,
         body: UpstreamBody,
         tee: Option<&Tee>,
-    ) -> Result<Response<Incoming>, ApiError> {
+    ) -> Result<Response<Incoming>, ErrorReply> {
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         self.upstream.client.request(req).await.map_err(|e| {
             if tee.is_some_and(Tee::was_too_large) {
-                ApiError::too_large(self.max_request_body)
+                ErrorReply::too_large(self.max_request_body)
             } else {
                 let detail = error_chain(&e);
                 warn!(error = %detail, "upstream request failed");
-                ApiError::bad_gateway(detail)
+                ErrorReply::bad_gateway(detail)
             }
         })
     }
@@ -162,52 +170,61 @@ impl Proxy {
     /// The upstream said 401: the token was revoked or expired early. Tell the agent (which refreshes
     /// once however many requests report the same token), then send the request again with the new
     /// token if its body was small enough to keep; otherwise the client gets the 401.
-    #[allow(clippy::too_many_arguments)]
-    async fn after_rejection(
-        &self,
-        rejected: Response<Incoming>,
-        rejected_token: &Token,
-        parts: &Parts,
-        uri: Uri,
-        retry_headers: Option<HeaderMap>,
-        tee: Option<&Tee>,
-        log: &mut Option<AccessLog>,
-    ) -> Result<Response<Incoming>, ApiError> {
-        let fresh = match self.tokens.report_rejected(&rejected_token.access_token).await {
+    async fn after_rejection(&self, rejection: Rejection<'_>) -> Result<Response<Incoming>, ErrorReply> {
+        let Rejection { response, token, parts, uri, headers, tee, log } = rejection;
+        let fresh = match self.tokens.report_rejected(&token.access_token).await {
             Ok(fresh) => fresh,
             Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
             Err(e) => {
-                warn!(token = %rejected_token.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
-                return Ok(rejected);
+                warn!(token = %token.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
+                return Ok(response);
             }
         };
-        if fresh.access_token == rejected_token.access_token {
-            warn!(token = %rejected_token.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
-            return Ok(rejected);
+        if fresh.access_token == token.access_token {
+            warn!(token = %token.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
+            return Ok(response);
         }
         let replay = match tee {
             None => Some(UpstreamBody::Empty),
             Some(tee) => tee.replay(),
         };
-        let (Some(body), Some(mut headers)) = (replay, retry_headers) else {
+        let (Some(body), Some(mut headers)) = (replay, headers) else {
             debug!(
-                token = %rejected_token.access_token,
+                token = %token.access_token,
                 body_bytes = tee.map_or(0, Tee::bytes_seen),
                 "upstream 401 on a body too large to keep for a retry (--retry-body-limit); passing it on"
             );
-            return Ok(rejected);
+            return Ok(response);
         };
         // Dropping the 401 before reading it costs that connection its reuse, which is cheaper than
         // making the client wait for an error body nobody reads.
-        drop(rejected);
-        headers
-            .insert(http::header::AUTHORIZATION, fresh.authorization().map_err(ApiError::agent_unavailable)?);
+        drop(response);
+        headers.insert(
+            http::header::AUTHORIZATION,
+            fresh.authorization().map_err(ErrorReply::agent_unavailable)?,
+        );
         if let Some(log) = log {
             log.retried = true;
         }
-        debug!(old = %rejected_token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
+        debug!(old = %token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
         self.send(parts, uri, headers, body, None).await
     }
+}
+
+/// A request the upstream answered 401, with what sending it again needs.
+struct Rejection<'a> {
+    /// The 401, passed on to the client when no retry is possible.
+    response: Response<Incoming>,
+    /// The token the upstream rejected, reported to the agent.
+    token: &'a Token,
+    /// The method is taken from here; the headers were moved out for the first attempt.
+    parts: &'a Parts,
+    uri: Uri,
+    /// The upstream-ready headers, kept only when the body was small enough to keep too.
+    headers: Option<HeaderMap>,
+    /// The first attempt's body, which can replay what it kept; `None` for a request without a body.
+    tee: Option<&'a Tee>,
+    log: &'a mut Option<AccessLog>,
 }
 
 /// Where a client path goes upstream: `/v1/...` as it is, `/api/v1/...` without `/api` (the base URL
@@ -229,23 +246,23 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-fn agent_failure(e: &AgentError) -> ApiError {
+fn agent_failure(e: &AgentError) -> ErrorReply {
     match e {
         AgentError::ReauthRequired(m) => reauth(m),
         AgentError::Refused(p) => {
             warn!(code = %p.code, error = %p.message, "the agent has no token to serve");
-            ApiError::agent_unavailable(format_args!("it has no valid token ({}): {}", p.code, p.message))
+            ErrorReply::agent_unavailable(format_args!("it has no valid token ({}): {}", p.code, p.message))
         }
         AgentError::Unreachable { .. } | AgentError::Timeout(_) => {
             warn!(error = %e, "the agent is not answering");
-            ApiError::agent_unavailable(e)
+            ErrorReply::agent_unavailable(e)
         }
     }
 }
 
-fn reauth(agent_message: &str) -> ApiError {
+fn reauth(agent_message: &str) -> ErrorReply {
     warn!("the agent's refresh token was rejected: someone must log in again");
-    ApiError::unauthorized(format!(
+    ErrorReply::unauthorized(format!(
         "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
          (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
     ))
