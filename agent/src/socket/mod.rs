@@ -3,38 +3,36 @@
 //! [`answers`].
 
 mod answers;
+mod connection;
 
 use crate::lifecycle::{Input, Snapshot};
 use answers::Answers;
-use nix::errno::Errno;
-use nix::sys::socket::MsgFlags;
-use sidecred_proto::blocking::{read_frame, write_frame};
-use sidecred_proto::{ErrorCode, FrameError, ProtoError, RequestFrame, Response, ResponseFrame};
-use std::io::BufReader;
-use std::os::fd::AsRawFd;
+use sidecred_proto::ErrorCode;
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-/// Connections served at once (a thread each); beyond this, new ones wait in the kernel's backlog. A
-/// forwarder keeps a few per worker, a probe one for a moment.
+/// Connections of allowed peers served at once (a thread each); beyond this, new ones wait in the
+/// kernel's backlog. A forwarder keeps a few per worker, a probe one for a moment.
 const MAX_CONNECTIONS: usize = 256;
+
+/// When more than one uid is allowed, the most connections one of them may hold, so that the others
+/// (the forwarder among them) always find a slot.
+const MAX_PER_UID: usize = MAX_CONNECTIONS * 3 / 4;
+
+/// Refused peers being told why at once; more are closed without an answer. Each takes at most one
+/// frame deadline.
+const MAX_REFUSALS: usize = 8;
 
 /// A connection thread's stack: it decodes and encodes small JSON messages and nothing deeper. Only the
 /// pages touched count towards RSS.
 const CONNECTION_STACK: usize = 256 * 1024;
-
-/// Requests are a few dozen bytes; one read usually takes a whole frame.
-const READ_BUFFER: usize = 2048;
-
-/// How long a busy connection polls for its next request before parking in `read` (see [`Pacer`]).
-const POLL_WINDOW: Duration = Duration::from_micros(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -90,8 +88,54 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
 struct Context {
     allowed_uids: Vec<u32>,
     answers: Answers,
+    /// Connections each allowed uid holds now.
+    held: Mutex<HashMap<u32, usize>>,
+    refusals: AtomicUsize,
     /// Set at shutdown: connection threads answer nothing more.
     closing: AtomicBool,
+}
+
+/// Who may take a connection thread, decided before anything is read from the peer.
+enum Admission {
+    Serve(UidSlot),
+    Refuse(ErrorCode, String),
+}
+
+/// One connection's share of its uid's slots, given back when the connection ends.
+struct UidSlot {
+    ctx: Arc<Context>,
+    uid: u32,
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut held = self.ctx.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Context {
+    fn admit(self: &Arc<Self>, uid: u32) -> Admission {
+        if !self.allowed_uids.contains(&uid) {
+            return Admission::Refuse(
+                ErrorCode::PermissionDenied,
+                format!("uid {uid} is not allowed to use this agent (see --allow-uid)"),
+            );
+        }
+        let cap = if self.allowed_uids.len() > 1 { MAX_PER_UID } else { MAX_CONNECTIONS };
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(uid).or_insert(0);
+        if *n >= cap {
+            return Admission::Refuse(
+                ErrorCode::Unavailable,
+                format!("uid {uid} holds {cap} connections to this agent already; close some and retry"),
+            );
+        }
+        *n += 1;
+        Admission::Serve(UidSlot { ctx: self.clone(), uid })
+    }
 }
 
 /// Accepts connections until `shutdown` fires.
@@ -111,6 +155,8 @@ pub async fn serve(
     let ctx = Arc::new(Context {
         allowed_uids: config.allowed_uids,
         answers: Answers::new(snapshot, inputs, config.expired_wait, config.refresh_wait),
+        held: Mutex::new(HashMap::new()),
+        refusals: AtomicUsize::new(0),
         closing: AtomicBool::new(false),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -136,6 +182,7 @@ pub async fn serve(
 }
 
 fn start_connection(stream: UnixStream, ctx: Arc<Context>, permit: OwnedSemaphorePermit) {
+    // Who is asking is known before a byte is read: the kernel says so.
     let peer = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(e) => {
@@ -150,99 +197,32 @@ fn start_connection(stream: UnixStream, ctx: Arc<Context>, permit: OwnedSemaphor
             return;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("sidecred-conn".to_owned())
-        .stack_size(CONNECTION_STACK)
-        .spawn(move || {
-            serve_connection(&stream, peer, &ctx);
+    let uid = peer.uid();
+    let work: Box<dyn FnOnce() + Send> = match ctx.admit(uid) {
+        Admission::Serve(slot) => Box::new(move || {
+            connection::serve(&stream, uid, &slot.ctx);
+            drop(slot);
             drop(permit);
-        });
+        }),
+        Admission::Refuse(code, why) => {
+            // A refused peer gives its slot back at once and is told why from a budget of its own.
+            drop(permit);
+            connection::log_refusal(uid, peer.pid(), &why);
+            if ctx.refusals.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS {
+                ctx.refusals.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            let ctx = ctx.clone();
+            Box::new(move || {
+                connection::turn_away(&stream, code, &why);
+                ctx.refusals.fetch_sub(1, Ordering::AcqRel);
+            })
+        }
+    };
+    let spawned =
+        std::thread::Builder::new().name("sidecred-conn".to_owned()).stack_size(CONNECTION_STACK).spawn(work);
     // On failure the closure, and with it the connection, is dropped: the client sees it closed.
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start a thread for the connection; closing it");
-    }
-}
-
-fn serve_connection(stream: &std::os::unix::net::UnixStream, peer: UCred, ctx: &Context) {
-    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
-    let mut writer = stream;
-    let mut buf = Vec::with_capacity(512);
-    if !ctx.allowed_uids.contains(&peer.uid()) {
-        // Read (and discard) the request first, so the peer is not writing into a closed socket when the
-        // answer arrives and sees the reason instead of a broken pipe.
-        if stream.set_read_timeout(Some(Duration::from_secs(1))).is_ok() {
-            let _ = read_frame::<_, RequestFrame>(&mut reader, &mut buf);
-        }
-        warn!(uid = peer.uid(), pid = ?peer.pid(), "refusing a peer whose uid is not allowed (see --allow-uid)");
-        let denied = ProtoError::new(
-            ErrorCode::PermissionDenied,
-            format!("uid {} is not allowed to use this agent (see --allow-uid)", peer.uid()),
-        );
-        let _ = write_frame(&mut writer, &ResponseFrame::from(Response::Error(denied)));
-        return;
-    }
-    let mut pacer = Pacer::default();
-    loop {
-        if reader.buffer().is_empty() {
-            pacer.await_request(stream);
-        }
-        let response = match read_frame::<_, RequestFrame>(&mut reader, &mut buf) {
-            Ok(None) => return,
-            Ok(Some(_)) if ctx.closing.load(Ordering::Acquire) => return,
-            Ok(Some(frame)) => {
-                pacer.arrived();
-                ctx.answers.answer(frame.request)
-            }
-            Err(FrameError::Io(_) | FrameError::Truncated) => return,
-            Err(e) => {
-                let code = match e {
-                    FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-                    _ => ErrorCode::BadRequest,
-                };
-                debug!(uid = peer.uid(), error = %e, "bad request; closing the connection");
-                let answer = Response::Error(ProtoError::new(code, e.to_string()));
-                let _ = write_frame(&mut writer, &ResponseFrame::from(answer));
-                return;
-            }
-        };
-        if write_frame(&mut writer, &ResponseFrame::from(response)).is_err() {
-            return;
-        }
-        pacer.answered();
-    }
-}
-
-/// Adaptive polling of a busy connection. A client asking back to back (a loaded forwarder) sends its
-/// next request a few microseconds after our answer; parking the thread in `read` then costs a sleep
-/// and a cross-CPU wake-up that take longer than the wait itself, so a connection whose last request
-/// came within [`POLL_WINDOW`] of the answer before it polls for that long first, yielding the CPU
-/// between polls. An idle connection goes straight to `read`: polling costs nothing when there is
-/// nothing to poll for.
-#[derive(Default)]
-struct Pacer {
-    answered_at: Option<std::time::Instant>,
-    busy: bool,
-}
-
-impl Pacer {
-    fn answered(&mut self) {
-        self.answered_at = Some(std::time::Instant::now());
-    }
-
-    fn arrived(&mut self) {
-        self.busy = self.answered_at.is_some_and(|t| t.elapsed() <= POLL_WINDOW);
-    }
-
-    fn await_request(&self, stream: &std::os::unix::net::UnixStream) {
-        let Some(answered_at) = self.answered_at.filter(|_| self.busy) else { return };
-        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-        let mut probe = [0u8; 1];
-        while answered_at.elapsed() < POLL_WINDOW {
-            match nix::sys::socket::recv(stream.as_raw_fd(), &mut probe, flags) {
-                Err(Errno::EAGAIN) => std::thread::yield_now(),
-                // Data, end of stream or an error: the read that follows sees it.
-                _ => return,
-            }
-        }
     }
 }
