@@ -21,9 +21,14 @@ impl Forwarder {
 /// A forwarder command on an ephemeral port, talking to the sandbox's agent socket and to `upstream`,
 /// with debug logs from the forwarder itself (so a leak at any level is caught) and no proxy settings.
 pub fn forwarder_cmd(sandbox: &Sandbox, upstream: &str) -> Command {
+    forwarder_cmd_on(sandbox, upstream, "127.0.0.1:0")
+}
+
+/// [`forwarder_cmd`] listening on `listen`.
+pub fn forwarder_cmd_on(sandbox: &Sandbox, upstream: &str, listen: &str) -> Command {
     let mut cmd = Command::new(forwarder_bin());
     cmd.arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(listen)
         .arg("--upstream")
         .arg(upstream)
         .arg("--socket")

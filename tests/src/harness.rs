@@ -4,6 +4,7 @@
 //! already failing) its log is checked for the `sctest` marker that every fake token carries, so no test
 //! can leak a token into a log without failing.
 
+use crate::fakes::claude_oauth::{FakeOAuth, Pair};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -272,9 +273,51 @@ impl Sandbox {
         }
     }
 
+    /// Writes `pair` into the seed, as a login would.
+    pub fn write_seed(&self, pair: &Pair, expires_at_ms: u64) {
+        write_json(&self.seed(), &pair.credentials(expires_at_ms));
+    }
+
     /// A fresh connection to the sandbox's agent.
     pub async fn client(&self) -> sidecred_proto::client::Client {
         sidecred_proto::client::Client::connect(&self.socket()).await.expect("connect to the agent")
+    }
+}
+
+/// A token endpoint that has issued a pair, and a sandbox whose seed holds it: where most tests start.
+pub struct Seeded {
+    pub fake: FakeOAuth,
+    pub pair: Pair,
+    pub sb: Sandbox,
+}
+
+impl Seeded {
+    /// A new fake endpoint and a live pair from it, expiring at `expires_at_ms`.
+    pub async fn start(expires_at_ms: u64) -> Seeded {
+        let fake = FakeOAuth::start().await;
+        let pair = fake.issue_pair();
+        Seeded::new(fake, pair, expires_at_ms)
+    }
+
+    /// `pair`, live or not, in the seed of a new sandbox.
+    pub fn new(fake: FakeOAuth, pair: Pair, expires_at_ms: u64) -> Seeded {
+        let sb = Sandbox::new();
+        sb.write_seed(&pair, expires_at_ms);
+        Seeded { fake, pair, sb }
+    }
+}
+
+pub const HOUR_MS: u64 = 3_600_000;
+
+impl Pair {
+    /// Claude Code's credentials file holding this pair (see [`claude_code_credentials`]).
+    pub fn credentials(&self, expires_at_ms: u64) -> Value {
+        claude_code_credentials(&self.access_token, &self.refresh_token, expires_at_ms)
+    }
+
+    /// [`Pair::credentials`] as the bytes of a file.
+    pub fn credentials_file(&self, expires_at_ms: u64) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.credentials(expires_at_ms)).expect("JSON")
     }
 }
 
@@ -311,6 +354,13 @@ pub fn write_json(path: &Path, value: &Value) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// The permission bits of `path`.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display())).permissions().mode()
+        & 0o777
+}
+
 pub fn read_json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
@@ -325,81 +375,6 @@ pub fn refresh_token_of(doc: &Value) -> Option<String> {
 pub fn access_token_of(doc: &Value) -> Option<String> {
     let creds = doc.get("credentials").unwrap_or(doc);
     creds.pointer("/claudeAiOauth/accessToken").and_then(Value::as_str).map(str::to_owned)
-}
-
-/// Lays out `dir` the way the kubelet mounts a Secret: `..<timestamp>/` with the files, a `..data`
-/// symlink to it, and one symlink per key into `..data`.
-pub struct SecretDir {
-    pub dir: PathBuf,
-    generation: u32,
-}
-
-impl SecretDir {
-    pub fn create(dir: &Path, files: &[(&str, &[u8])]) -> SecretDir {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut s = SecretDir { dir: dir.to_owned(), generation: 0 };
-        s.update(files);
-        for (name, _) in files {
-            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).unwrap();
-        }
-        s
-    }
-
-    /// The kubelet's atomic update: a new timestamped directory, a new `..data` symlink renamed over the
-    /// old one, then the old directory removed.
-    pub fn update(&mut self, files: &[(&str, &[u8])]) {
-        use std::os::unix::fs::PermissionsExt;
-        self.generation += 1;
-        let ts = format!("..2026_11_23_20_00_{:02}.{}", self.generation % 60, self.generation);
-        let new_dir = self.dir.join(&ts);
-        std::fs::create_dir(&new_dir).unwrap();
-        for (name, bytes) in files {
-            let p = new_dir.join(name);
-            std::fs::write(&p, bytes).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
-        }
-        let old = std::fs::read_link(self.dir.join("..data")).ok();
-        let tmp_link = self.dir.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(&ts, &tmp_link).unwrap();
-        std::fs::rename(&tmp_link, self.dir.join("..data")).unwrap();
-        if let Some(old) = old {
-            let _ = std::fs::remove_dir_all(self.dir.join(old));
-        }
-    }
-}
-
-/// Wraps a command so it runs in a private mount namespace where `dir` is mounted read-only, the way
-/// the kubelet mounts a Secret. Root ignores permission bits, so this is the only honest read-only
-/// test when the tests run as root.
-pub fn with_readonly_mount(dir: &Path, cmd: &Command) -> Command {
-    let mut wrapped = Command::new("unshare");
-    wrapped
-        .arg("-m")
-        .arg("sh")
-        .arg("-c")
-        .arg(r#"mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@""#)
-        .arg(dir)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    wrapped
-}
-
-/// Whether this process can make private read-only mounts (root, or CAP_SYS_ADMIN).
-pub fn can_mount_readonly() -> bool {
-    Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t tmpfs none /mnt 2>/dev/null || mount -t tmpfs none /tmp"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// Waits until the agent on `socket` reports a status that satisfies `pred`.
@@ -424,47 +399,4 @@ pub async fn wait_for_token(socket: &Path, what: &str, timeout: Duration, want: 
         c.get_token().await.is_ok_and(|g| want.is_none_or(|w| g.access_token.expose() == w))
     })
     .await;
-}
-
-/// An HTTP/1.1 server on a loopback port, for the fakes; stopped when dropped.
-pub struct FakeServer {
-    pub addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FakeServer {
-    /// Serves every connection with `handler` (a `service_fn` body).
-    pub async fn start<F, Fut, B, E>(handler: F) -> FakeServer
-    where
-        F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a fake server");
-        let addr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(
-                            hyper_util::rt::TokioIo::new(stream),
-                            hyper::service::service_fn(handler),
-                        )
-                        .await;
-                });
-            }
-        });
-        FakeServer { addr, task }
-    }
 }

@@ -2,10 +2,9 @@
 //! outside services. The tests themselves live in `tests/tests/*.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod fake_kube;
-pub mod fake_login;
-pub mod fake_oauth;
-pub mod fake_upstream;
+pub mod fakes;
 pub mod forwarder_harness;
 pub mod harness;
+pub mod oneshot;
+pub mod terminal;
 pub mod tls;

@@ -6,17 +6,12 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sidecred_proto::client::{Client, ClientError};
 use sidecred_proto::{ErrorCode, Secret, TokenState};
-use sidecred_tests::fake_oauth::{FakeOAuth, Fault, Pair};
+use sidecred_tests::fakes::claude_oauth::{FakeOAuth, Fault, Pair};
+use sidecred_tests::fakes::kubelet::{can_mount_readonly, with_readonly_mount, SecretDir};
 use sidecred_tests::harness::*;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const HOUR_MS: u64 = 3600 * 1000;
-
-fn seed_with(sb: &Sandbox, pair: &Pair, expires_at_ms: u64) {
-    write_json(&sb.seed(), &claude_code_credentials(&pair.access_token, &pair.refresh_token, expires_at_ms));
-}
 
 fn agent_code(err: &ClientError) -> Option<ErrorCode> {
     match err {
@@ -39,10 +34,7 @@ fn agent_cli(args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_on_an_expired_token_make_exactly_one_refresh() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() - 60_000);
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() - 60_000).await;
     // A slow endpoint, so all 200 requests arrive while the one refresh is in flight.
     fake.set_delay(Duration::from_millis(1500));
     let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
@@ -62,16 +54,13 @@ async fn concurrent_requests_on_an_expired_token_make_exactly_one_refresh() {
     assert_eq!(tokens.len(), 200);
     let fresh = fake.latest_access_token().unwrap();
     assert!(tokens.iter().all(|g| g.access_token.expose() == fresh), "all 200 got the refreshed token");
-    assert_eq!(fake.received(), 1, "200 concurrent needs made exactly one refresh request");
+    assert_eq!(fake.refresh_requests(), 1, "200 concurrent needs made exactly one refresh request");
     assert_eq!(fake.rotations(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_forced_refreshes_leave_the_live_refresh_token_on_disk_and_keep_unknown_fields() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
 
     let mut client = sb.client().await;
@@ -80,7 +69,10 @@ async fn fifty_forced_refreshes_leave_the_live_refresh_token_on_disk_and_keep_un
         assert_eq!(Some(grant.access_token.expose().to_owned()), fake.latest_access_token());
         // Persisted before it was served: the file already holds the live refresh token.
         let on_disk = refresh_token_of(&read_json(&sb.seed())).unwrap();
-        assert!(fake.is_live(&on_disk), "after refresh {i} the file holds a dead refresh token");
+        assert!(
+            fake.is_live_refresh_token(&on_disk),
+            "after refresh {i} the file holds a dead refresh token"
+        );
     }
     assert_eq!(fake.rotations(), 50);
     let live = fake.live_refresh_tokens();
@@ -93,23 +85,19 @@ async fn fifty_forced_refreshes_leave_the_live_refresh_token_on_disk_and_keep_un
     assert_eq!(doc["claudeAiOauth"]["organizationUuid"], "org-unknown-field");
     assert_eq!(doc["claudeAiOauth"]["subscriptionType"], "max");
     assert_eq!(doc["mcpOAuth"], json!({ "some-server": { "nested": [1, 2, {"deep": true}] } }));
-    let mode = std::fs::metadata(sb.seed()).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(mode_of(&sb.seed()), 0o600);
     // No temp file left behind.
     let leftovers: Vec<_> =
         std::fs::read_dir(sb.creds_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "only the credentials file: {leftovers:?}");
     // Wire format: JSON bodies with the right client id, and the agent's own User-Agent.
-    assert!(fake.bad_requests().is_empty(), "{:?}", fake.bad_requests());
+    assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
     assert!(fake.user_agents().iter().all(|ua| ua.starts_with("sidecred/")), "{:?}", fake.user_agents());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_reports_of_the_same_rejected_token_make_one_refresh() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     fake.set_delay(Duration::from_millis(300));
     let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
     let rejected = token(&sb).await;
@@ -125,11 +113,11 @@ async fn fifty_reports_of_the_same_rejected_token_make_one_refresh() {
         let grant = joined.unwrap().expect("a report gets the new token");
         assert_ne!(grant.access_token.expose(), rejected);
     }
-    assert_eq!(fake.received(), 1, "fifty reports of one token: one refresh");
+    assert_eq!(fake.refresh_requests(), 1, "fifty reports of one token: one refresh");
     // A late report of the old token is answered with the current one, without another refresh.
     let grant = sb.client().await.report_rejected(Secret::new(rejected.clone())).await.unwrap();
     assert_eq!(Some(grant.access_token.expose().to_owned()), fake.latest_access_token());
-    assert_eq!(fake.received(), 1);
+    assert_eq!(fake.refresh_requests(), 1);
 }
 
 fn make_read_only_layout(sb: &Sandbox) {
@@ -147,10 +135,7 @@ fn require_readonly_mounts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_seed_with_a_state_dir_works_and_survives_a_restart() {
     require_readonly_mounts();
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     make_read_only_layout(&sb);
     let seed_before = std::fs::read(sb.seed()).unwrap();
 
@@ -164,7 +149,7 @@ async fn read_only_seed_with_a_state_dir_works_and_survives_a_restart() {
     assert_eq!(std::fs::read(sb.seed()).unwrap(), seed_before, "the seed is never written");
     let state = read_json(&sb.state_file());
     let live = refresh_token_of(&state).unwrap();
-    assert!(fake.is_live(&live));
+    assert!(fake.is_live_refresh_token(&live));
     assert_eq!(state["version"], 1);
     assert!(state["seedSha256"].is_string());
     assert_eq!(state["retiredRefreshTokens"].as_array().map(Vec::len), Some(3));
@@ -172,24 +157,21 @@ async fn read_only_seed_with_a_state_dir_works_and_survives_a_restart() {
 
     assert!(agent.terminate(Duration::from_secs(10)).success());
     let served_before = fake.latest_access_token().unwrap();
-    let received_before = fake.received();
+    let received_before = fake.refresh_requests();
 
     // Restart: the state wins over the unchanged seed, whose refresh token is dead.
     let _agent = sb.start_agent("agent-2", with_readonly_mount(&sb.creds_dir(), &cmd)).await;
     assert_eq!(token(&sb).await, served_before);
-    assert_eq!(fake.received(), received_before, "a restart needs no refresh");
+    assert_eq!(fake.refresh_requests(), received_before, "a restart needs no refresh");
     sb.client().await.refresh().await.expect("the state's refresh token is the live one");
-    assert!(!fake.was_rotated(&pair.refresh_token) || !fake.is_live(&pair.refresh_token));
-    assert!(fake.is_live(&refresh_token_of(&read_json(&sb.state_file())).unwrap()));
+    assert!(!fake.was_rotated(&pair.refresh_token) || !fake.is_live_refresh_token(&pair.refresh_token));
+    assert!(fake.is_live_refresh_token(&refresh_token_of(&read_json(&sb.state_file())).unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_seed_without_a_state_dir_is_refused_with_a_clear_error() {
     require_readonly_mounts();
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     make_read_only_layout(&sb);
     let cmd = with_readonly_mount(&sb.creds_dir(), &sb.agent_cmd(&fake.token_url()));
     let mut agent = Proc::spawn("agent", cmd, &sb.log("agent"));
@@ -208,14 +190,7 @@ async fn a_kubernetes_secret_update_is_adopted_and_invalid_content_is_ignored() 
     let first = fake.issue_pair();
     let sb = Sandbox::new();
     std::fs::remove_dir(sb.creds_dir()).unwrap();
-    let creds = |p: &Pair| {
-        serde_json::to_vec(&claude_code_credentials(
-            &p.access_token,
-            &p.refresh_token,
-            now_ms() + 8 * HOUR_MS,
-        ))
-        .unwrap()
-    };
+    let creds = |p: &Pair| p.credentials_file(now_ms() + 8 * HOUR_MS);
     let mut secret = SecretDir::create(&sb.creds_dir(), &[(".credentials.json", &creds(&first))]);
     let mut cmd = sb.agent_cmd(&fake.token_url());
     cmd.arg("--state-dir").arg(sb.state_dir());
@@ -251,11 +226,8 @@ async fn a_kubernetes_secret_update_is_adopted_and_invalid_content_is_ignored() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
     // Two minutes left: inside the refresh margin, so the agent tries right away.
-    seed_with(&sb, &pair, now_ms() + 120_000);
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 120_000).await;
     fake.set_fault(Some(Fault::Status(500)));
     let mut cmd = sb.agent_cmd(&fake.token_url());
     cmd.args(["--request-timeout", "500ms"]);
@@ -264,9 +236,9 @@ async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them(
     let socket = sb.socket().display().to_string();
     for fault in [Fault::Status(500), Fault::Hang, Fault::Malformed, Fault::Reset, Fault::Status(503)] {
         fake.set_fault(Some(fault.clone()));
-        let seen = fake.received();
+        let seen = fake.refresh_requests();
         wait_until(&format!("retries under {fault:?}"), Duration::from_secs(20), || {
-            fake.received() >= seen + 2
+            fake.refresh_requests() >= seen + 2
         })
         .await;
         assert_eq!(token(&sb).await, pair.access_token, "the valid token keeps flowing under {fault:?}");
@@ -284,11 +256,12 @@ async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them(
 
     // 429 with Retry-After: the next attempt waits at least that long (the backoff cap here is 500 ms).
     fake.set_fault(Some(Fault::TooMany { retry_after_s: 2 }));
-    let seen = fake.received();
-    wait_until("a 429", Duration::from_secs(10), || fake.received() > seen).await;
+    let seen = fake.refresh_requests();
+    wait_until("a 429", Duration::from_secs(10), || fake.refresh_requests() > seen).await;
     let first_429 = Instant::now();
-    let after_first = fake.received();
-    wait_until("the retry after a 429", Duration::from_secs(10), || fake.received() > after_first).await;
+    let after_first = fake.refresh_requests();
+    wait_until("the retry after a 429", Duration::from_secs(10), || fake.refresh_requests() > after_first)
+        .await;
     assert!(
         first_429.elapsed() >= Duration::from_millis(1900),
         "Retry-After honoured: {:?}",
@@ -303,15 +276,12 @@ async fn endpoint_failures_keep_the_valid_token_flowing_and_status_reports_them(
     .await;
     assert_eq!(fake.rotations(), 1);
     assert_eq!(Some(token(&sb).await), fake.latest_access_token());
-    assert!(fake.is_live(&refresh_token_of(&read_json(&sb.seed())).unwrap()));
+    assert!(fake.is_live_refresh_token(&refresh_token_of(&read_json(&sb.seed())).unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_is_reported_and_the_token_still_served() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 120_000);
+    let Seeded { pair, sb, .. } = Seeded::start(now_ms() + 120_000).await;
     // Nothing listens on port 9 of loopback.
     let _agent = sb.start_agent("agent", sb.agent_cmd("http://127.0.0.1:9/v1/oauth/token")).await;
     wait_for_status(&sb.socket(), "a reported error", Duration::from_secs(10), |s| s.last_error.is_some())
@@ -327,7 +297,7 @@ async fn a_dead_refresh_token_requires_a_new_login_which_is_picked_up() {
     let fake = FakeOAuth::start().await;
     let dead = fake.unknown_pair();
     let sb = Sandbox::new();
-    seed_with(&sb, &dead, now_ms() - 1000);
+    sb.write_seed(&dead, now_ms() - 1000);
     let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
     let socket = sb.socket();
     wait_for_status(&socket, "reauth_required", Duration::from_secs(10), |s| {
@@ -341,34 +311,32 @@ async fn a_dead_refresh_token_requires_a_new_login_which_is_picked_up() {
     assert_eq!(code, 1, "the probe fails while a login is needed");
     assert!(out.contains("reauth_required"), "{out}");
     // The dead token is not retried in a loop.
-    let tries = fake.received();
+    let tries = fake.refresh_requests();
     assert_eq!(tries, 1);
 
     let fresh = fake.issue_pair();
-    seed_with(&sb, &fresh, now_ms() + 8 * HOUR_MS);
+    sb.write_seed(&fresh, now_ms() + 8 * HOUR_MS);
     wait_for_token(&socket, "the new login", Duration::from_secs(2), Some(&fresh.access_token)).await;
-    assert_eq!(fake.received(), tries);
+    assert_eq!(fake.refresh_requests(), tries);
     drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_refresh_waits_for_it_and_persists_the_new_pair() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     fake.set_delay(Duration::from_millis(1500));
     let mut agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
     let socket = sb.socket();
     let refresh = tokio::spawn(async move { Client::connect(&socket).await?.refresh().await });
-    wait_until("the refresh to reach the endpoint", Duration::from_secs(10), || fake.received() == 1).await;
+    wait_until("the refresh to reach the endpoint", Duration::from_secs(10), || fake.refresh_requests() == 1)
+        .await;
     assert_eq!(fake.rotations(), 0, "the refresh is still in flight");
     agent.signal(Signal::SIGTERM);
     let status = agent.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
     assert_eq!(fake.rotations(), 1);
     let on_disk = refresh_token_of(&read_json(&sb.seed())).unwrap();
-    assert!(fake.is_live(&on_disk), "the pair obtained during shutdown was saved");
+    assert!(fake.is_live_refresh_token(&on_disk), "the pair obtained during shutdown was saved");
     assert!(!sb.socket().exists(), "the socket is removed");
     let _ = refresh.await;
     assert!(agent.log().contains("waiting for the refresh in flight"));
@@ -376,10 +344,7 @@ async fn sigterm_during_a_refresh_waits_for_it_and_persists_the_new_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_around_refreshes_never_tears_the_file_or_loses_the_login_outside_the_window() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     let mut windows = 0;
     let mut rng = rand::rng();
     for round in 0..20 {
@@ -407,7 +372,7 @@ async fn kill_9_around_refreshes_never_tears_the_file_or_loses_the_login_outside
             serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("round {round}: torn file"));
         assert_eq!(doc["mcpOAuth"]["some-server"]["nested"][2]["deep"], true);
         let on_disk = refresh_token_of(&doc).unwrap();
-        if !fake.is_live(&on_disk) {
+        if !fake.is_live_refresh_token(&on_disk) {
             // The endpoint rotated for a client that died before it could save the answer.
             assert!(
                 fake.was_rotated(&on_disk),
@@ -415,7 +380,7 @@ async fn kill_9_around_refreshes_never_tears_the_file_or_loses_the_login_outside
             );
             windows += 1;
             let relogin = fake.issue_pair();
-            seed_with(&sb, &relogin, now_ms() + 8 * HOUR_MS);
+            sb.write_seed(&relogin, now_ms() + 8 * HOUR_MS);
         }
     }
     eprintln!("kill -9 landed in the endpoint-answering window {windows} time(s) out of 20");
@@ -424,10 +389,7 @@ async fn kill_9_around_refreshes_never_tears_the_file_or_loses_the_login_outside
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_uid_is_not_allowed_gets_no_token() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     // The test runs as some uid; allow only another one.
     let mut cmd = sb.agent_cmd(&fake.token_url());
     cmd.args(["--allow-uid", "4242"]);
@@ -448,7 +410,7 @@ async fn another_user_on_the_machine_is_refused_unless_allowed() {
     let pair = fake.issue_pair();
     for (allow, expect_ok) in [(me.to_string(), false), (format!("{me},65534"), true)] {
         let sb = Sandbox::new();
-        seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+        sb.write_seed(&pair, now_ms() + 8 * HOUR_MS);
         for dir in [sb.path(), &sb.path().join("run")] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -495,7 +457,7 @@ async fn the_flat_shape_of_the_deployment_guide_is_read_and_kept() {
     let doc = read_json(&sb.seed());
     assert_eq!(doc["user_id"], "user-1");
     assert_eq!(doc["email"], "someone@example.com");
-    assert!(fake.is_live(doc["refresh_token"].as_str().unwrap()));
+    assert!(fake.is_live_refresh_token(doc["refresh_token"].as_str().unwrap()));
     assert_eq!(doc["access_token"].as_str(), fake.latest_access_token().as_deref());
 }
 
@@ -513,16 +475,13 @@ async fn garbage_credentials_name_the_field_and_a_later_login_is_adopted() {
     assert!(matches!(agent_code(&err), Some(ErrorCode::ReauthRequired | ErrorCode::Unavailable)), "{err}");
 
     let pair = fake.issue_pair();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    sb.write_seed(&pair, now_ms() + 8 * HOUR_MS);
     wait_for_token(&sb.socket(), "the login to be adopted", Duration::from_secs(2), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_response_without_a_refresh_token_keeps_the_old_one() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     fake.set_omit_refresh_token(true);
     let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
     sb.client().await.refresh().await.unwrap();
@@ -534,10 +493,7 @@ async fn a_refresh_response_without_a_refresh_token_keeps_the_old_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_only_that_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     let mut agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
     let mut keeper = sb.client().await;
     assert!(keeper.get_token().await.is_ok());
@@ -558,10 +514,7 @@ async fn a_malformed_frame_closes_only_that_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_show_fingerprints_never_tokens() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     let mut cmd = sb.agent_cmd(&fake.token_url());
     cmd.args(["--log-format", "json"]).env("SIDECRED_LOG", "trace");
     let mut agent = sb.start_agent("agent", cmd).await;
@@ -590,10 +543,7 @@ fn thread_count(pid: i32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_their_turn_and_connection_threads_end_with_their_clients() {
-    let fake = FakeOAuth::start().await;
-    let pair = fake.issue_pair();
-    let sb = Sandbox::new();
-    seed_with(&sb, &pair, now_ms() + 8 * HOUR_MS);
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
     let idle = thread_count(agent.pid());
 

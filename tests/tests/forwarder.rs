@@ -6,25 +6,23 @@
 
 use futures_util::StreamExt;
 use serde_json::Value;
+use sidecred_proto::anthropic::{ANTHROPIC_VERSION, OAUTH_BETA};
 use sidecred_proto::TokenState;
-use sidecred_tests::fake_oauth::{FakeOAuth, Pair};
-use sidecred_tests::fake_upstream::{sha256_of, FakeUpstream, TokenCheck};
+use sidecred_tests::fakes::claude_oauth::{FakeOAuth, Pair};
+use sidecred_tests::fakes::connect_proxy::ConnectProxy;
+use sidecred_tests::fakes::upstream::{sha256_of, FakeUpstream, TokenCheck};
 use sidecred_tests::forwarder_harness::{forwarder_cmd, http_client, start_forwarder, Forwarder};
-use sidecred_tests::harness::{
-    claude_code_credentials, now_ms, wait_until, wait_until_async, write_json, Proc, Sandbox,
-};
+use sidecred_tests::harness::{now_ms, wait_until, wait_until_async, Proc, Sandbox, Seeded, HOUR_MS};
 use sidecred_tests::tls::TestPki;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const OAUTH_BETA: &str = "oauth-2025-04-20";
-
 /// The agent, its token endpoint, and the fake API: everything but the forwarder.
 struct World {
     agent: Option<Proc>,
     upstream: FakeUpstream,
-    fake: Arc<FakeOAuth>,
+    fake: FakeOAuth,
     pair: Pair,
     sandbox: Sandbox,
 }
@@ -33,30 +31,15 @@ impl World {
     /// An agent seeded with a live pair valid for hours; the fake API accepts every token the token
     /// endpoint ever issued and has not revoked.
     async fn new() -> World {
-        World::with_check(|fake| {
-            let fake = fake.clone();
-            Arc::new(move |t: &str| fake.is_valid_access_token(t))
-        })
-        .await
+        World::with_check(FakeOAuth::access_check).await
     }
 
-    async fn with_check(check: impl FnOnce(&Arc<FakeOAuth>) -> TokenCheck) -> World {
-        let fake = Arc::new(FakeOAuth::start().await);
-        let pair = fake.issue_pair();
-        World::seeded(fake, pair, now_ms() + 8 * 3600 * 1000, check).await
+    async fn with_check(check: impl FnOnce(&FakeOAuth) -> TokenCheck) -> World {
+        World::seeded(Seeded::start(now_ms() + 8 * HOUR_MS).await, check).await
     }
 
-    async fn seeded(
-        fake: Arc<FakeOAuth>,
-        pair: Pair,
-        expires_at_ms: u64,
-        check: impl FnOnce(&Arc<FakeOAuth>) -> TokenCheck,
-    ) -> World {
-        let sandbox = Sandbox::new();
-        write_json(
-            &sandbox.seed(),
-            &claude_code_credentials(&pair.access_token, &pair.refresh_token, expires_at_ms),
-        );
+    async fn seeded(seeded: Seeded, check: impl FnOnce(&FakeOAuth) -> TokenCheck) -> World {
+        let Seeded { fake, pair, sb: sandbox } = seeded;
         let upstream = FakeUpstream::start(check(&fake)).await;
         let agent = sandbox.start_agent("agent", sandbox.agent_cmd(&fake.token_url())).await;
         World { agent: Some(agent), upstream, fake, pair, sandbox }
@@ -71,9 +54,7 @@ impl World {
     /// Replaces the fake API by one that speaks TLS with `pki`'s certificate, offering `alpn`; answers
     /// the path of the CA file to give the forwarder.
     async fn use_tls_upstream(&mut self, pki: &TestPki, alpn: &[&[u8]]) -> String {
-        let fake = self.fake.clone();
-        let check: TokenCheck = Arc::new(move |t: &str| fake.is_valid_access_token(t));
-        self.upstream = FakeUpstream::start_tls(check, pki.server_config(alpn)).await;
+        self.upstream = FakeUpstream::start_tls(self.fake.access_check(), pki.server_config(alpn)).await;
         let ca = self.sandbox.path().join("upstream-ca.pem");
         pki.write_ca(&ca);
         ca.display().to_string()
@@ -130,6 +111,26 @@ async fn read_deltas(resp: reqwest::Response) -> (Vec<Instant>, String) {
     (arrivals, text)
 }
 
+/// `bytes` as a body of 64 KiB chunks without a Content-Length.
+fn chunked(bytes: &[u8]) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+/// Reads an SSE response up to its first `content_block_delta`; answers the rest of the stream and
+/// the text so far.
+async fn first_delta(
+    resp: reqwest::Response,
+) -> (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin, String) {
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("event: content_block_delta") {
+        text.push_str(std::str::from_utf8(&stream.next().await.unwrap().unwrap()).unwrap());
+    }
+    (stream, text)
+}
+
 fn stream_request(client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
     client
         .post(url)
@@ -167,10 +168,10 @@ async fn forwards_with_the_agents_token_merged_betas_and_exact_bodies() {
     assert_eq!(seen.headers.get_all("authorization").iter().count(), 1);
     assert!(seen.headers.get("x-api-key").is_none(), "the client's x-api-key must not reach the upstream");
     assert_eq!(
-        seen.header("anthropic-beta").as_deref(),
-        Some("oauth-2025-04-20,tools-2024-04-04,prompt-caching-2024-07-31")
+        seen.header("anthropic-beta"),
+        Some(format!("{OAUTH_BETA},tools-2024-04-04,prompt-caching-2024-07-31"))
     );
-    assert_eq!(seen.header("anthropic-version").as_deref(), Some("2023-06-01"));
+    assert_eq!(seen.header("anthropic-version").as_deref(), Some(ANTHROPIC_VERSION));
     assert_eq!(seen.header("host"), Some(world.upstream.url().trim_start_matches("http://").to_owned()));
     assert_eq!(seen.header("x-custom").as_deref(), Some("kept"));
     assert_eq!(seen.header("x-request-id").as_deref(), Some("test-request-1"));
@@ -193,14 +194,7 @@ async fn forwards_with_the_agents_token_merged_betas_and_exact_bodies() {
     let seen = world.upstream.last_seen().unwrap();
     assert_eq!((seen.body_sha256.as_str(), seen.body_len), (digest.as_str(), big.len()));
 
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
-    let resp = client
-        .post(fwd.url("/v1/messages"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.post(fwd.url("/v1/messages")).body(chunked(&big)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let seen = world.upstream.last_seen().unwrap();
     assert!(seen.headers.get("content-length").is_none(), "sent chunked");
@@ -348,13 +342,13 @@ async fn a_forwarder_restart_leaves_the_agent_untouched() {
     assert_eq!(message(&client, &first.url("/v1/messages")).await.0, 200);
     let token_before = world.upstream.last_seen().unwrap().bearer().unwrap().to_owned();
     let status_before = world.agent_status().await;
-    let received_before = world.fake.received();
+    let received_before = world.fake.refresh_requests();
 
     first.proc.kill9();
     let second = world.forwarder("forwarder-2", &[]).await;
     assert_eq!(message(&client, &second.url("/v1/messages")).await.0, 200);
     assert_eq!(world.upstream.last_seen().unwrap().bearer().unwrap(), token_before);
-    assert_eq!(world.fake.received(), received_before, "no request reached the token endpoint");
+    assert_eq!(world.fake.refresh_requests(), received_before, "no request reached the token endpoint");
     let status_after = world.agent_status().await;
     assert_eq!(status_after.refresh_count, 0);
     assert_eq!(status_after.token_fingerprint, status_before.token_fingerprint);
@@ -370,7 +364,7 @@ async fn one_upstream_401_means_one_refresh_and_a_successful_retry() {
 
     let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(world.fake.received(), 1, "exactly one refresh");
+    assert_eq!(world.fake.refresh_requests(), 1, "exactly one refresh");
     assert_eq!(world.fake.rotations(), 1);
     let seen = world.upstream.seen();
     assert_eq!(seen.len(), 2, "the rejected request and its retry");
@@ -401,7 +395,7 @@ async fn a_401_on_a_body_too_large_to_keep_is_passed_on() {
     assert_anthropic_error(&resp.json().await.unwrap(), "authentication_error");
     assert_eq!(world.upstream.seen_count(), 1, "no retry");
     // The rejection was still reported, so the next request carries the new token.
-    assert_eq!(world.fake.received(), 1);
+    assert_eq!(world.fake.refresh_requests(), 1);
     let resp = client.post(fwd.url("/v1/messages")).body(big).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(world.upstream.last_seen().unwrap().bearer(), world.fake.latest_access_token().as_deref());
@@ -411,11 +405,7 @@ async fn a_401_on_a_body_too_large_to_keep_is_passed_on() {
 async fn forced_refreshes_during_1000_requests_show_no_client_a_401() {
     // Strict upstream: only the newest token works, so every rotation invalidates tokens in flight and
     // the forwarder's report-and-retry has to cover them.
-    let world = World::with_check(|fake| {
-        let fake = fake.clone();
-        Arc::new(move |t: &str| fake.latest_access_token().as_deref() == Some(t))
-    })
-    .await;
+    let world = World::with_check(FakeOAuth::latest_access_check).await;
     let fwd = world.forwarder("forwarder", &[]).await;
     const TOTAL: u64 = 1000;
     let issued = Arc::new(AtomicU64::new(0));
@@ -532,11 +522,7 @@ async fn a_client_leaving_cancels_the_upstream_request() {
     let client = http_client();
     let resp = stream_request(&client, &fwd.url("/v1/messages")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
-    let mut text = String::new();
-    while !text.contains("event: content_block_delta") {
-        text.push_str(std::str::from_utf8(&stream.next().await.unwrap().unwrap()).unwrap());
-    }
+    let (stream, _) = first_delta(resp).await;
     drop(stream);
     drop(client);
     wait_until("the upstream to see its stream cancelled", Duration::from_secs(10), || {
@@ -572,14 +558,7 @@ async fn bodies_over_the_cap_get_413() {
     assert_eq!(world.upstream.seen_count(), 0);
 
     // Streamed without a length: refused once the count passes the cap.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        over.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
-    let resp = client
-        .post(fwd.url("/v1/messages"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.post(fwd.url("/v1/messages")).body(chunked(&over)).send().await.unwrap();
     assert_eq!(resp.status(), 413);
     assert_anthropic_error(&resp.json().await.unwrap(), "request_too_large");
 
@@ -593,13 +572,9 @@ async fn bodies_over_the_cap_get_413() {
 async fn reauth_required_becomes_a_401_that_says_to_log_in_again() {
     // An expired access token and a refresh token the endpoint does not know: the agent's first refresh
     // gets invalid_grant.
-    let fake = Arc::new(FakeOAuth::start().await);
+    let fake = FakeOAuth::start().await;
     let pair = fake.unknown_pair();
-    let world = World::seeded(fake, pair, now_ms() - 60_000, |fake| {
-        let fake = fake.clone();
-        Arc::new(move |t: &str| fake.is_valid_access_token(t))
-    })
-    .await;
+    let world = World::seeded(Seeded::new(fake, pair, now_ms() - 60_000), FakeOAuth::access_check).await;
     wait_until_async("the agent to need a new login", Duration::from_secs(20), || async {
         world.agent_status().await.state == Some(TokenState::ReauthRequired)
     })
@@ -629,11 +604,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
     let client = http_client();
     let resp = stream_request(&client, &fwd.url("/v1/messages")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
-    let mut text = String::new();
-    while !text.contains("event: content_block_delta") {
-        text.push_str(std::str::from_utf8(&stream.next().await.unwrap().unwrap()).unwrap());
-    }
+    let (mut stream, mut text) = first_delta(resp).await;
 
     fwd.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let addr = fwd.addr;
@@ -651,69 +622,6 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
     let status = fwd.proc.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(world.upstream.streams_completed(), 1);
-}
-
-/// The CONNECT line and the `Proxy-Authorization` value of each tunnel opened.
-type Tunnels = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
-
-/// A minimal HTTP CONNECT proxy: records each CONNECT line and `Proxy-Authorization`, then tunnels.
-struct ConnectProxy {
-    addr: std::net::SocketAddr,
-    seen: Tunnels,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ConnectProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl ConnectProxy {
-    async fn start() -> ConnectProxy {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Tunnels = Arc::default();
-        let log = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let first = head.lines().next().unwrap_or("").to_owned();
-                    let auth = head
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("Proxy-Authorization: ")
-                                .or_else(|| l.strip_prefix("proxy-authorization: "))
-                        })
-                        .map(str::to_owned);
-                    log.lock().unwrap().push((first.clone(), auth));
-                    let target = first.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
-                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                        return;
-                    };
-                    let _ = client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await;
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                });
-            }
-        });
-        ConnectProxy { addr, seen, task }
-    }
-
-    fn seen(&self) -> Vec<(String, Option<String>)> {
-        self.seen.lock().unwrap().clone()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,7 +691,7 @@ async fn an_https_upstream_offering_h2_gets_http2_with_streams_bodies_and_retrie
     world.upstream.reject_next(1);
     let (status, body) = message(&client, &fwd.url("/v1/messages")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(world.fake.received(), 1, "exactly one refresh");
+    assert_eq!(world.fake.refresh_requests(), 1, "exactly one refresh");
     let seen = world.upstream.seen();
     let (rejected, retried) = (&seen[seen.len() - 2], &seen[seen.len() - 1]);
     assert_eq!((rejected.status, retried.status), (401, 200));

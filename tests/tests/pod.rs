@@ -11,9 +11,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
-use sidecred_tests::fake_oauth::{FakeOAuth, Pair};
-use sidecred_tests::fake_upstream::FakeUpstream;
-use sidecred_tests::forwarder_harness::{forwarder_cmd, http_client, start_forwarder, Forwarder};
+use sidecred_tests::fakes::claude_oauth::{FakeOAuth, Pair};
+use sidecred_tests::fakes::kubelet::{can_mount_readonly, with_readonly_mount, SecretDir};
+use sidecred_tests::fakes::upstream::FakeUpstream;
+use sidecred_tests::forwarder_harness::{forwarder_cmd_on, http_client, start_forwarder, Forwarder};
 use sidecred_tests::harness::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,12 +44,7 @@ impl Tally {
 }
 
 fn creds(p: &Pair) -> Vec<u8> {
-    serde_json::to_vec(&claude_code_credentials(
-        &p.access_token,
-        &p.refresh_token,
-        now_ms() + 8 * 3600 * 1000,
-    ))
-    .unwrap()
+    p.credentials_file(now_ms() + 8 * HOUR_MS)
 }
 
 fn free_port() -> u16 {
@@ -71,25 +67,9 @@ impl Pod {
         self.sb.start_agent(name, self.agent_cmd(fake)).await
     }
     async fn start_forwarder(&self, upstream: &FakeUpstream, name: &str) -> Forwarder {
-        let mut cmd = forwarder_cmd(&self.sb, &upstream.url());
         // The same port across restarts, as a Service's targetPort is.
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let mut fixed = Command::new(cmd.get_program());
-        for (i, a) in args.iter().enumerate() {
-            if i > 0 && args[i - 1] == "--listen" {
-                fixed.arg(format!("127.0.0.1:{}", self.port));
-            } else {
-                fixed.arg(a);
-            }
-        }
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => fixed.env(k, v),
-                None => fixed.env_remove(k),
-            };
-        }
-        cmd = fixed;
-        start_forwarder(&self.sb, name, cmd).await
+        let listen = format!("127.0.0.1:{}", self.port);
+        start_forwarder(&self.sb, name, forwarder_cmd_on(&self.sb, &upstream.url(), &listen)).await
     }
 }
 
@@ -158,9 +138,8 @@ async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
         can_mount_readonly(),
         "needs private read-only mounts (root or CAP_SYS_ADMIN): root ignores chmod"
     );
-    let fake = Arc::new(FakeOAuth::start().await);
-    let check = fake.clone();
-    let upstream = FakeUpstream::start(Arc::new(move |t: &str| check.is_valid_access_token(t))).await;
+    let fake = FakeOAuth::start().await;
+    let upstream = FakeUpstream::start(fake.access_check()).await;
     let first = fake.issue_pair();
 
     let pod = Pod { sb: Sandbox::new(), port: free_port() };
@@ -193,12 +172,12 @@ async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
 
     // 2. The forwarder is stopped and started again; the agent does not notice.
     tally.phase("forwarder restart");
-    let refreshes = fake.received();
+    let refreshes = fake.refresh_requests();
     assert!(forwarder.proc.terminate(Duration::from_secs(30)).success());
     let connect_before = tally.connect_errors.load(Ordering::SeqCst);
     forwarder = pod.start_forwarder(&upstream, "forwarder-2").await;
     wait_for_ok(&tally, 50, "traffic after the forwarder restart").await;
-    assert_eq!(fake.received(), refreshes, "a forwarder restart causes no refresh");
+    assert_eq!(fake.refresh_requests(), refreshes, "a forwarder restart causes no refresh");
     assert_eq!(served_token(&pod.sb.socket()).await, token_before);
     assert_eq!(
         tally.errors_in("forwarder restart"),
@@ -222,7 +201,7 @@ async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
     assert_eq!(tally.errors_in("secret update"), vec![]);
     // The live pair moves on: the refresh token in the Secret is now dead.
     sidecred_proto::client::Client::connect(&socket).await.unwrap().refresh().await.unwrap();
-    assert!(!fake.is_live(&second.refresh_token), "the Secret's refresh token was spent");
+    assert!(!fake.is_live_refresh_token(&second.refresh_token), "the Secret's refresh token was spent");
 
     // 4. The whole pod is replaced; only the state directory survives (a PVC). The new pod mounts the same,
     //    now stale, Secret.
@@ -239,10 +218,10 @@ async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
     copy_dir(&state, &new_pod.sb.state_dir());
     std::fs::remove_dir(new_pod.sb.creds_dir()).unwrap();
     let _secret = SecretDir::create(&new_pod.sb.creds_dir(), &[(KEY, &creds(&second))]);
-    let received = fake.received();
+    let received = fake.refresh_requests();
     let _agent = new_pod.start_agent(&fake, "agent-3").await;
     let _forwarder = new_pod.start_forwarder(&upstream, "forwarder-3").await;
-    assert_eq!(fake.received(), received, "the new pod starts from the state, without a refresh");
+    assert_eq!(fake.refresh_requests(), received, "the new pod starts from the state, without a refresh");
     let stop = Arc::new(AtomicBool::new(false));
     let addr: SocketAddr = format!("127.0.0.1:{}", new_pod.port).parse().unwrap();
     let traffic = start_traffic(addr, tally.clone(), stop.clone(), 4);

@@ -2,8 +2,9 @@
 //! against a fake of the two API calls it may make.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use sidecred_tests::fake_kube::FakeKube;
-use sidecred_tests::fake_oauth::{FakeOAuth, Pair};
+use sidecred_tests::fakes::claude_oauth::{FakeOAuth, Pair};
+use sidecred_tests::fakes::kube::FakeKube;
+use sidecred_tests::fakes::kubelet::SecretDir;
 use sidecred_tests::harness::*;
 use std::process::Command;
 use std::time::Duration;
@@ -14,17 +15,20 @@ const KEY: &str = ".credentials.json";
 const SA_TOKEN: &str = "sctest-serviceaccount-token";
 
 fn creds(p: &Pair) -> Vec<u8> {
-    serde_json::to_vec_pretty(&claude_code_credentials(
-        &p.access_token,
-        &p.refresh_token,
-        now_ms() + 8 * 3600 * 1000,
-    ))
-    .unwrap()
+    p.credentials_file(now_ms() + 8 * HOUR_MS)
 }
 
 fn secret_refresh_token(kube: &FakeKube) -> Option<String> {
     let bytes = kube.value(KEY)?;
     refresh_token_of(&serde_json::from_slice(&bytes).ok()?)
+}
+
+/// The API server, holding the Secret `name` with `value` under the key, and the sandbox's kubeconfig
+/// pointing at it.
+async fn start_kube(sb: &Sandbox, name: &str, value: &[u8]) -> FakeKube {
+    let kube = FakeKube::start(NS, name, SA_TOKEN, KEY, value).await;
+    kube.write_kubeconfig(&sb.path().join("kubeconfig"));
+    kube
 }
 
 fn agent_cmd(sb: &Sandbox, fake: &FakeOAuth, secret: &str) -> Command {
@@ -41,9 +45,8 @@ fn agent_cmd(sb: &Sandbox, fake: &FakeOAuth, secret: &str) -> Command {
 async fn every_refresh_is_written_back_and_a_new_pod_starts_from_the_live_pair() {
     let fake = FakeOAuth::start().await;
     let first = fake.issue_pair();
-    let kube = FakeKube::start(NS, NAME, SA_TOKEN, KEY, &creds(&first)).await;
     let sb = Sandbox::new();
-    kube.write_kubeconfig(&sb.path().join("kubeconfig"));
+    let kube = start_kube(&sb, NAME, &creds(&first)).await;
     std::fs::remove_dir(sb.creds_dir()).unwrap();
     let mut mount = SecretDir::create(&sb.creds_dir(), &[(KEY, &creds(&first))]);
     let secret = format!("{NS}/{NAME}");
@@ -87,20 +90,16 @@ async fn every_refresh_is_written_back_and_a_new_pod_starts_from_the_live_pair()
     assert!(agent.terminate(Duration::from_secs(10)).success());
     std::fs::remove_dir_all(sb.state_dir()).unwrap();
     mount.update(&[(KEY, &kube.value(KEY).unwrap())]);
-    let received = fake.received();
+    let received = fake.refresh_requests();
     let _agent = sb.start_agent("agent-2", agent_cmd(&sb, &fake, &secret)).await;
     sb.client().await.refresh().await.expect("the new pod's refresh token is live");
-    assert_eq!(fake.received(), received + 1);
+    assert_eq!(fake.refresh_requests(), received + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_login_in_the_secret_is_never_overwritten() {
-    let fake = FakeOAuth::start().await;
-    let first = fake.issue_pair();
-    let kube = FakeKube::start(NS, NAME, SA_TOKEN, KEY, &creds(&first)).await;
-    let sb = Sandbox::new();
-    kube.write_kubeconfig(&sb.path().join("kubeconfig"));
-    seed_json(&sb, &first);
+    let Seeded { fake, pair: first, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+    let kube = start_kube(&sb, NAME, &creds(&first)).await;
     let agent = sb.start_agent("agent", agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"))).await;
 
     // Someone logs in again and applies the Secret; the mount has not caught up yet.
@@ -113,13 +112,9 @@ async fn a_newer_login_in_the_secret_is_never_overwritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_write_back_is_reported_and_tokens_keep_flowing() {
-    let fake = FakeOAuth::start().await;
-    let first = fake.issue_pair();
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     // The role only grants the Secret `other`.
-    let kube = FakeKube::start(NS, "other", SA_TOKEN, KEY, b"{}").await;
-    let sb = Sandbox::new();
-    kube.write_kubeconfig(&sb.path().join("kubeconfig"));
-    seed_json(&sb, &first);
+    let _kube = start_kube(&sb, "other", b"{}").await;
     let agent = sb.start_agent("agent", agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"))).await;
     sb.client().await.refresh().await.unwrap();
     agent.wait_for_log("needs `get` and `patch`", Duration::from_secs(10)).await;
@@ -128,8 +123,4 @@ async fn a_forbidden_write_back_is_reported_and_tokens_keep_flowing() {
         sb.client().await.get_token().await.unwrap().access_token.expose(),
         fake.latest_access_token().unwrap()
     );
-}
-
-fn seed_json(sb: &Sandbox, p: &Pair) {
-    write_json(&sb.seed(), &serde_json::from_slice(&creds(p)).unwrap());
 }

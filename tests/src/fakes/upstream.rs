@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -127,19 +127,13 @@ impl FakeUpstream {
                 ct.connections.fetch_add(1, Ordering::SeqCst);
                 let (st, ct, tls) = (st.clone(), ct.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, st.clone(), ct.clone()));
-                    let server =
-                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
                     match tls {
-                        None => {
-                            let io = hyper_util::rt::TokioIo::new(stream);
-                            let _ = server.serve_connection(io, service).await;
-                        }
+                        None => serve(stream, st, ct).await,
+                        // A client that does not trust us ends the handshake; nothing to serve then.
                         Some(acceptor) => {
-                            // A client that does not trust us ends the handshake; nothing to serve then.
-                            let Ok(stream) = acceptor.accept(stream).await else { return };
-                            let io = hyper_util::rt::TokioIo::new(stream);
-                            let _ = server.serve_connection(io, service).await;
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, st, ct).await;
+                            }
                         }
                     }
                 });
@@ -204,7 +198,18 @@ impl FakeUpstream {
     }
 }
 
-type Answer = Response<FakeBody>;
+/// Serves one connection, in whichever HTTP version the client speaks.
+async fn serve<IO>(io: IO, st: Arc<Mutex<State>>, ct: Arc<Counters>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(req, st.clone(), ct.clone()));
+    let server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let _ = server.serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
+}
+
+/// A whole JSON answer, or an event stream.
+type Answer = Response<Either<Full<Bytes>, SseBody>>;
 
 async fn handle(
     req: Request<Incoming>,
@@ -256,7 +261,7 @@ async fn handle(
                     };
                     counters.streams_started.fetch_add(1, Ordering::SeqCst);
                     let body = SseBody::new(sse, index, st.clone(), counters.clone());
-                    let mut resp = Response::new(FakeBody::Sse(Box::new(body)));
+                    let mut resp = Response::new(Either::Right(body));
                     resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
                     resp.headers_mut().insert("cache-control", "no-cache".parse().unwrap());
                     resp
@@ -320,7 +325,7 @@ pub fn sha256_of(bytes: &[u8]) -> String {
 }
 
 fn json_answer(status: StatusCode, body: Value) -> Answer {
-    let mut resp = Response::new(FakeBody::Full(Some(Bytes::from(body.to_string()))));
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
     *resp.status_mut() = status;
     resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     resp
@@ -328,41 +333,6 @@ fn json_answer(status: StatusCode, body: Value) -> Answer {
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Answer {
     json_answer(status, json!({"type": "error", "error": {"type": kind, "message": message}}))
-}
-
-pub enum FakeBody {
-    Full(Option<Bytes>),
-    Sse(Box<SseBody>),
-}
-
-impl Body for FakeBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            FakeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            FakeBody::Sse(s) => Pin::new(s.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            FakeBody::Full(b) => b.is_none(),
-            FakeBody::Sse(s) => s.next > s.config.events + 1,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            FakeBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            FakeBody::Full(None) => SizeHint::with_exact(0),
-            FakeBody::Sse(_) => SizeHint::default(),
-        }
-    }
 }
 
 /// `message_start`, then `events` deltas `gap` apart, then `message_stop` right after the last delta.
@@ -428,6 +398,10 @@ impl Body for SseBody {
             this.counters.streams_completed.fetch_add(1, Ordering::SeqCst);
         }
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(this.event(n))))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next > self.config.events + 1
     }
 }
 

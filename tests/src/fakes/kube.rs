@@ -3,7 +3,7 @@
 //! with `resourceVersion` concurrency) and enforces what the RBAC role grants: only those two verbs, only
 //! on that one Secret, only with the expected bearer token.
 
-use crate::harness::FakeServer;
+use crate::fakes::server::FakeServer;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

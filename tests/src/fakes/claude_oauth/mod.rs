@@ -1,0 +1,276 @@
+//! A fake of Claude's OAuth and account endpoints: one server plays the authorize page, the token
+//! endpoint and the two API calls the account commands make, so a login, a refresh, a validation and
+//! the agent's refresh loop all see one consistent set of live tokens.
+//!
+//! - `GET /oauth/authorize` checks the query the way the real page does, then mints a single-use code
+//!   bound to the PKCE challenge, the redirect URI, the state and the scopes, and answers
+//!   `302 Location: <redirect_uri>?code=..&state=..` (the paste flow's page shows the same pair as
+//!   `CODE#STATE`; tests read it from the Location header).
+//! - `POST /v1/oauth/token` accepts only JSON bodies with Claude Code's client id; `authorization_code`
+//!   checks the redirect URI, the state, the verifier against the challenge (S256) and single use;
+//!   `refresh_token` rotates the single-use refresh token. Faults can be injected here.
+//! - `GET /v1/models`: 200 for a live token with the OAuth beta, 401 for an unknown one, 403 for one
+//!   minted without `user:inference`.
+//! - `GET /api/oauth/profile`: the account and organization of a live token.
+//!
+//! Like the real server, a token request is carried out once it has arrived, whether or not the client
+//! is still there to read the answer: that is the window the kill tests measure. Every refusal is
+//! recorded with its reason, so a test can assert what the fake saw.
+
+mod book;
+mod endpoints;
+pub mod pkce;
+
+use crate::fakes::server::FakeServer;
+use crate::fakes::upstream::TokenCheck;
+use book::Book;
+use serde_json::{json, Value};
+use sidecred_proto::anthropic::DEFAULT_SCOPES;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub const EMAIL: &str = "someone@example.com";
+pub const ORG_UUID: &str = "org-2222-fake";
+
+/// An access token and the refresh token that renews it (its file form is in [`crate::harness`]).
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// What the next token request(s) get instead of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer with this status and a JSON error body.
+    Status(u16),
+    /// Never answer (the client times out).
+    Hang,
+    /// 200 with a body that is not JSON.
+    Malformed,
+    /// 400 `invalid_grant`, as for a dead refresh token.
+    InvalidGrant,
+    /// 429 with `Retry-After: <secs>`.
+    TooMany { retry_after_s: u64 },
+    /// Close the connection without an answer.
+    Reset,
+}
+
+/// Requests received, by endpoint, whatever their fate.
+#[derive(Default)]
+struct Counters {
+    authorize: u64,
+    /// `authorization_code` requests to the token endpoint.
+    exchange_requests: u64,
+    /// Codes exchanged with every check passed.
+    exchanges: u64,
+    /// Every other request to the token endpoint: refreshes, and whatever is malformed.
+    refresh_requests: u64,
+    models: u64,
+    profile: u64,
+}
+
+struct State {
+    book: Book,
+    expires_in: u64,
+    delay: Duration,
+    omit_refresh_token: bool,
+    sticky: Option<Fault>,
+    queued: VecDeque<Fault>,
+    /// The next code is bound to a different challenge than the client sent (a verifier mismatch).
+    swap_next_challenge: bool,
+    profile: Value,
+    counters: Counters,
+    rejections: Vec<String>,
+    user_agents: Vec<String>,
+    /// Key names of the last authorization_code body (never the values).
+    last_exchange_keys: Vec<String>,
+}
+
+/// The fake; clones share one server and one book.
+#[derive(Clone)]
+pub struct FakeOAuth {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    _server: Arc<FakeServer>,
+}
+
+impl FakeOAuth {
+    pub async fn start() -> FakeOAuth {
+        let state = Arc::new(Mutex::new(State {
+            book: Book::default(),
+            expires_in: 8 * 3600,
+            delay: Duration::ZERO,
+            omit_refresh_token: false,
+            sticky: None,
+            queued: VecDeque::new(),
+            swap_next_challenge: false,
+            profile: default_profile(),
+            counters: Counters::default(),
+            rejections: Vec::new(),
+            user_agents: Vec::new(),
+            last_exchange_keys: Vec::new(),
+        }));
+        let st = state.clone();
+        let server = FakeServer::start(move |req| endpoints::handle(req, st.clone())).await;
+        FakeOAuth { addr: server.addr, state, _server: Arc::new(server) }
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn authorize_url(&self) -> String {
+        format!("{}/oauth/authorize", self.base())
+    }
+    pub fn token_url(&self) -> String {
+        format!("{}/v1/oauth/token", self.base())
+    }
+    /// The API base (`/v1/models`, `/api/oauth/profile`).
+    pub fn api_base(&self) -> String {
+        self.base()
+    }
+
+    /// A new live pair with the scopes a login asks for. Earlier pairs stay live too (another login).
+    pub fn issue_pair(&self) -> Pair {
+        let scopes: Vec<&str> = DEFAULT_SCOPES.split(' ').collect();
+        self.issue_pair_with_scopes(&scopes)
+    }
+    /// A new live pair with these scopes.
+    pub fn issue_pair_with_scopes(&self, scopes: &[&str]) -> Pair {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        self.st().book.issue(&scopes)
+    }
+    /// A pair the server never issued (its refresh token gets `invalid_grant`, its access token 401).
+    pub fn unknown_pair(&self) -> Pair {
+        self.st().book.mint()
+    }
+
+    pub fn set_expires_in(&self, secs: u64) {
+        self.st().expires_in = secs;
+    }
+    /// Every token request waits this long before anything is decided.
+    pub fn set_delay(&self, delay: Duration) {
+        self.st().delay = delay;
+    }
+    /// Refreshes stop rotating: the answer carries no refresh token and the presented one stays live.
+    pub fn set_omit_refresh_token(&self, omit: bool) {
+        self.st().omit_refresh_token = omit;
+    }
+    /// Every token request gets `fault` until cleared with `None`.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.st().sticky = fault;
+    }
+    /// The next token requests get these faults, one each.
+    pub fn queue_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.st().queued.extend(faults);
+    }
+    /// The next code is bound to another challenge than the one in the authorize request, so the
+    /// client's (correct) verifier will not match it.
+    pub fn swap_next_challenge(&self) {
+        self.st().swap_next_challenge = true;
+    }
+    pub fn set_profile(&self, profile: Value) {
+        self.st().profile = profile;
+    }
+    /// The access tokens issued so far stop being accepted (a revocation upstream); refresh tokens
+    /// stay live.
+    pub fn revoke_access_tokens(&self) {
+        self.st().book.revoke_access_tokens();
+    }
+
+    /// A check for [`crate::fakes::upstream::FakeUpstream`]: every access token issued and not revoked.
+    pub fn access_check(&self) -> TokenCheck {
+        let fake = self.clone();
+        Arc::new(move |t: &str| fake.is_valid_access_token(t))
+    }
+    /// A strict check: only the newest access token, so every rotation invalidates those in flight.
+    pub fn latest_access_check(&self) -> TokenCheck {
+        let fake = self.clone();
+        Arc::new(move |t: &str| fake.latest_access_token().as_deref() == Some(t))
+    }
+
+    pub fn is_valid_access_token(&self, token: &str) -> bool {
+        self.st().book.access_scopes(token).is_some()
+    }
+    pub fn latest_access_token(&self) -> Option<String> {
+        self.st().book.latest_access_token()
+    }
+    pub fn is_live_refresh_token(&self, token: &str) -> bool {
+        self.st().book.is_live_refresh_token(token)
+    }
+    pub fn live_refresh_tokens(&self) -> Vec<String> {
+        self.st().book.live_refresh_tokens()
+    }
+    /// Whether `refresh_token` was live once and then spent by a rotation.
+    pub fn was_rotated(&self, refresh_token: &str) -> bool {
+        self.st().book.was_rotated(refresh_token)
+    }
+    /// Successful refreshes.
+    pub fn rotations(&self) -> u64 {
+        self.st().book.rotations()
+    }
+    /// Requests to the token endpoint other than code exchanges (refreshes, and anything malformed),
+    /// counted on arrival, before any delay or fault.
+    pub fn refresh_requests(&self) -> u64 {
+        self.st().counters.refresh_requests
+    }
+    /// `authorization_code` requests received, whatever their fate.
+    pub fn exchange_requests(&self) -> u64 {
+        self.st().counters.exchange_requests
+    }
+    /// Codes exchanged successfully (every check passed).
+    pub fn exchanges(&self) -> u64 {
+        self.st().counters.exchanges
+    }
+    pub fn authorize_requests(&self) -> u64 {
+        self.st().counters.authorize
+    }
+    pub fn models_requests(&self) -> u64 {
+        self.st().counters.models
+    }
+    pub fn profile_requests(&self) -> u64 {
+        self.st().counters.profile
+    }
+    /// Why requests were refused, in order: malformed requests as much as dead grants. Injected
+    /// faults are not refusals and are not listed.
+    pub fn rejections(&self) -> Vec<String> {
+        self.st().rejections.clone()
+    }
+    /// The User-Agent of every token request.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.st().user_agents.clone()
+    }
+    /// The key names of the last `authorization_code` body.
+    pub fn last_exchange_keys(&self) -> Vec<String> {
+        self.st().last_exchange_keys.clone()
+    }
+}
+
+pub fn default_profile() -> Value {
+    json!({
+        "account": {
+            "uuid": "acct-1111-fake",
+            "email": EMAIL,
+            "full_name": "Some One",
+            "display_name": "Some",
+            "has_claude_max": true,
+            "has_claude_pro": false
+        },
+        "organization": {
+            "uuid": ORG_UUID,
+            "name": "Some One's Organization",
+            "organization_type": "claude_max",
+            "billing_type": "stripe_subscription",
+            "rate_limit_tier": "default_claude_max_20x"
+        }
+    })
+}

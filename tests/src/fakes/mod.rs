@@ -1,0 +1,9 @@
+//! Fakes of the services outside sidecred that the tests stand in for: Claude's OAuth and account
+//! endpoints, the Anthropic API, a CONNECT proxy, the Kubernetes API and the kubelet.
+
+pub mod claude_oauth;
+pub mod connect_proxy;
+pub mod kube;
+pub mod kubelet;
+pub mod server;
+pub mod upstream;
