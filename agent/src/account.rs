@@ -684,6 +684,167 @@ mod tests {
     }
 
     #[test]
+    fn file_status_text_is_aligned_and_says_what_to_do_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 1_800_000_000_000u64;
+        let p = write(
+            dir.path(),
+            r#"{"claudeAiOauth":{"accessToken":"sk-secret-a","refreshToken":"sk-secret-r","expiresAt":1800000600000,"scopes":["user:inference"],"subscriptionType":"max","emailAddress":"me@example.com"}}"#,
+        );
+        let shown = p.display().to_string();
+        let mut valid = file_status(&p, now);
+        valid.agent = Some("no agent answered on /run/s.sock".into());
+        let fp = valid.token_fingerprint.clone().expect("fingerprint");
+        assert_eq!(
+            render_file_status(&valid),
+            format!(
+                "source:        file (no agent answered on /run/s.sock)\n\
+                 credentials:   {shown}\n\
+                 state:         valid\n\
+                 account:       me@example.com\n\
+                 subscription:  max\n\
+                 token:         {fp}\n\
+                 expires in:    10m\n\
+                 expires at:    2027-01-15T08:10:00Z\n\
+                 scopes:        user:inference\n"
+            )
+        );
+        let expired = file_status(&p, now + 3_600_000);
+        assert_eq!(
+            render_file_status(&expired),
+            format!(
+                "source:        file\n\
+                 credentials:   {shown}\n\
+                 state:         expired\n\
+                 account:       me@example.com\n\
+                 subscription:  max\n\
+                 token:         {fp}\n\
+                 expired:       50m ago\n\
+                 expires at:    2027-01-15T08:10:00Z\n\
+                 scopes:        user:inference\n\
+                 next step:     sidecred-agent validate --credentials {shown} (refreshes it), or start the agent\n"
+            )
+        );
+        let p = write(
+            dir.path(),
+            r#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":"soon"}}"#,
+        );
+        let bad = file_status(&p, now);
+        let problem = bad.problem.clone().expect("problem");
+        assert_eq!(
+            render_file_status(&bad),
+            format!(
+                "source:        file\n\
+                 credentials:   {shown}\n\
+                 state:         unreadable\n\
+                 problem:       {problem}\n\
+                 field:         claudeAiOauth.expiresAt\n"
+            )
+        );
+        let gone = dir.path().join("gone.json");
+        let gone_shown = gone.display().to_string();
+        let missing = file_status(&gone, now);
+        let problem = missing.problem.clone().expect("problem");
+        assert_eq!(
+            render_file_status(&missing),
+            format!(
+                "source:        file\n\
+                 credentials:   {gone_shown}\n\
+                 state:         missing\n\
+                 problem:       {problem}\n\
+                 next step:     sidecred-agent login --credentials {gone_shown}\n"
+            )
+        );
+    }
+
+    #[test]
+    fn validate_text_is_aligned() {
+        let valid = ValidateReport {
+            valid: true,
+            source: TokenSource::File { credentials: "/c.json".into() },
+            problem: None,
+            reason: None,
+            endpoint: Some("https://api.test/v1/models".into()),
+            http_status: Some(200),
+            refreshed: true,
+            token_fingerprint: Some("sha256:abcd".into()),
+            expires_in_s: Some(28_800),
+        };
+        assert_eq!(
+            render_validate(&valid),
+            "valid:         yes (GET https://api.test/v1/models accepted the token)\n\
+             source:        file (/c.json)\n\
+             refreshed:     yes (the token had expired; the rotated pair was saved)\n\
+             token:         sha256:abcd\n\
+             expires in:    8h\n"
+        );
+        let invalid = ValidateReport {
+            valid: false,
+            source: TokenSource::Agent { socket: "/run/s.sock".into() },
+            problem: Some("revoked"),
+            reason: Some("the API rejected the token".into()),
+            endpoint: None,
+            http_status: Some(401),
+            refreshed: false,
+            token_fingerprint: None,
+            expires_in_s: None,
+        };
+        assert_eq!(
+            render_validate(&invalid),
+            "valid:         no\n\
+             reason:        the API rejected the token\n\
+             source:        agent (/run/s.sock)\n"
+        );
+    }
+
+    #[test]
+    fn info_text_is_aligned_and_names_unknowns() {
+        let full = InfoReport {
+            source: TokenSource::File { credentials: "/c.json".into() },
+            profile: Profile {
+                email: Some("me@example.com".into()),
+                display_name: Some("Me".into()),
+                account_uuid: Some("acc-1".into()),
+                organization_name: Some("Org".into()),
+                organization_uuid: Some("org-1".into()),
+                organization_type: Some("claude_max".into()),
+                billing_type: Some("stripe".into()),
+                rate_limit_tier: Some("tier-20x".into()),
+                has_claude_max: Some(true),
+                has_claude_pro: None,
+            },
+            plan: Some("Claude Max".into()),
+            subscription_type: Some("max".into()),
+        };
+        assert_eq!(
+            render_info(&full),
+            "email:         me@example.com\n\
+             name:          Me\n\
+             account uuid:  acc-1\n\
+             organization:  Org\n\
+             org uuid:      org-1\n\
+             plan:          Claude Max\n\
+             org type:      claude_max\n\
+             rate limits:   tier-20x\n\
+             billing:       stripe\n\
+             source:        file (/c.json)\n"
+        );
+        let bare = InfoReport {
+            source: TokenSource::Agent { socket: "/s".into() },
+            profile: Profile::default(),
+            plan: None,
+            subscription_type: None,
+        };
+        assert_eq!(
+            render_info(&bare),
+            "email:         (unknown)\n\
+             organization:  (unknown)\n\
+             plan:          (unknown)\n\
+             source:        agent (/s)\n"
+        );
+    }
+
+    #[test]
     fn logout_plans() {
         assert_eq!(
             plan_logout(br#"{"claudeAiOauth":{},"mcpOAuth":{}}"#),

@@ -101,3 +101,51 @@ fn human_ago(at_ms: u64) -> String {
     let now = crate::credentials::now_ms();
     format!("{} ago", human_secs((now.saturating_sub(at_ms) / 1000) as i64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidecred_proto::TokenState;
+
+    #[test]
+    fn agent_status_text_is_aligned_and_skips_absent_fields() {
+        let full = StatusReport {
+            state: Some(TokenState::Degraded),
+            message: Some("refreshes are failing".into()),
+            account: Some("me@example.com".into()),
+            subscription_type: Some("max".into()),
+            token_fingerprint: Some("sha256:abcd".into()),
+            expires_in_s: Some(3_600),
+            next_refresh_in_s: Some(90),
+            refresh_count: 3,
+            last_error: Some("token endpoint answered 503".into()),
+            scopes: vec!["user:inference".into(), "user:profile".into()],
+            seed_path: Some("/seed/.credentials.json".into()),
+            persist_path: Some("/state/credentials.json".into()),
+            agent_version: "1.2.3".into(),
+            uptime_s: 61,
+            ..Default::default()
+        };
+        assert_eq!(
+            render_status(&full),
+            "state:         degraded\n\
+             message:       refreshes are failing\n\
+             account:       me@example.com\n\
+             subscription:  max\n\
+             token:         sha256:abcd\n\
+             expires in:    1h\n\
+             next refresh:  in 1m 30s\n\
+             refreshes:     3\n\
+             last error:    token endpoint answered 503 ()\n\
+             scopes:        user:inference user:profile\n\
+             credentials:   /seed/.credentials.json\n\
+             saves to:      /state/credentials.json\n\
+             agent:         1.2.3 (up 1m 1s)\n"
+        );
+        let bare = StatusReport { agent_version: "1.2.3".into(), ..Default::default() };
+        assert_eq!(
+            render_status(&bare),
+            "state:         unknown\nrefreshes:     0\nagent:         1.2.3 (up 0s)\n"
+        );
+    }
+}
