@@ -4,7 +4,8 @@
 use crate::atomic::{resolve_symlinks, write_atomic};
 use crate::cmd::args::CredentialsArgs;
 use crate::cmd::terminal::{confirm, stdin_is_terminal};
-use crate::credentials::{to_pretty_bytes, Document, Removal, CLAUDE_KEY};
+use crate::credentials::document::{Document, Removal};
+use crate::credentials::{to_pretty_bytes, CLAUDE_KEY};
 use clap::Args;
 use serde_json::Value;
 use std::process::ExitCode;

@@ -2,9 +2,7 @@
 //! updating the tokens while every field we do not know survives untouched. [`document`] judges what a
 //! file holds as a whole (a login, none, a damaged one) and removes a login.
 
-mod document;
-
-pub use document::{Document, Removal};
+pub mod document;
 
 use serde_json::{Map, Value};
 use sidecred_proto::Secret;

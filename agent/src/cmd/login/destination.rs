@@ -3,7 +3,8 @@
 
 use super::error::LoginError;
 use crate::atomic::{check_replaceable, write_atomic, WriteError};
-use crate::credentials::{Credentials, Document, TokenUpdate};
+use crate::credentials::document::Document;
+use crate::credentials::{Credentials, TokenUpdate};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
