@@ -29,6 +29,32 @@ impl ApiError {
             _ => None,
         }
     }
+
+    /// The refusal for the person who ran a command: one machine-readable word (`revoked`,
+    /// `scope_missing`, `network`, `api_error`) and a sentence that says what to do about it.
+    pub fn explain(&self) -> (&'static str, String) {
+        match self.status() {
+            Some(401) => (
+                "revoked",
+                format!(
+                    "the API rejected the token as revoked or invalid ({self}); log in again with \
+                     `sidecred-agent login`"
+                ),
+            ),
+            Some(403) => (
+                "scope_missing",
+                format!(
+                    "the API refused the token ({self}): it lacks a scope it needs (user:inference); log in \
+                     again with the default --scopes"
+                ),
+            ),
+            Some(_) => ("api_error", format!("the API answered an error ({self})")),
+            None if matches!(self, ApiError::Transport { .. }) => {
+                ("network", format!("could not reach the API: {self}"))
+            }
+            None => ("api_error", self.to_string()),
+        }
+    }
 }
 
 fn describe(error_type: &Option<String>, message: &Option<String>) -> String {
@@ -235,5 +261,20 @@ mod tests {
         let api = Api::new(reqwest::Client::new(), "http://127.0.0.1:9/");
         assert_eq!(api.models_url(), "http://127.0.0.1:9/v1/models");
         assert_eq!(api.profile_url(), "http://127.0.0.1:9/api/oauth/profile");
+    }
+
+    #[test]
+    fn api_errors_are_explained() {
+        let status = |s: u16| ApiError::Status {
+            endpoint: "https://api.test/v1/models".into(),
+            status: s,
+            error_type: None,
+            message: None,
+        };
+        assert_eq!(status(401).explain().0, "revoked");
+        assert_eq!(status(403).explain().0, "scope_missing");
+        assert_eq!(status(500).explain().0, "api_error");
+        let net = ApiError::Transport { endpoint: "x".into(), detail: "connection refused".into() };
+        assert_eq!(net.explain().0, "network");
     }
 }

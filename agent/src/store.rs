@@ -252,7 +252,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Follows symlinks so a write-back replaces the file a symlink points at, not the link.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,8 +84,9 @@ impl WriteBack {
     }
 }
 
+/// Why the live pair did not reach the Kubernetes Secret (the file writes have `atomic::WriteError`).
 #[derive(Debug, thiserror::Error)]
-enum WriteError {
+enum SecretWriteError {
     #[error("cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG): {0}")]
     Config(String),
     #[error("the Kubernetes API refused to {verb} secret {secret}: {reason} (the RBAC role needs `get` and `patch` on this Secret)")]
@@ -142,7 +143,7 @@ async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<O
                     );
                     break;
                 }
-                Err(WriteError::Conflict { .. }) => continue,
+                Err(SecretWriteError::Conflict { .. }) => continue,
                 Err(e) => {
                     warn!(secret = %secret, error = %e, retry_in = ?delay, "writing the live pair back to the Secret failed");
                     // A newer pair cuts the wait short; it is retried from the top.
@@ -154,9 +155,9 @@ async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<O
     }
 }
 
-async fn connect(secret: &SecretRef) -> Result<Api<KubeSecret>, WriteError> {
-    let config = kube::Config::infer().await.map_err(|e| WriteError::Config(e.to_string()))?;
-    let client = kube::Client::try_from(config).map_err(|e| WriteError::Config(e.to_string()))?;
+async fn connect(secret: &SecretRef) -> Result<Api<KubeSecret>, SecretWriteError> {
+    let config = kube::Config::infer().await.map_err(|e| SecretWriteError::Config(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(|e| SecretWriteError::Config(e.to_string()))?;
     Ok(Api::namespaced(client, &secret.namespace))
 }
 
@@ -165,7 +166,7 @@ async fn write(
     secret: &SecretRef,
     key: &str,
     offer: &Offer,
-) -> Result<Outcome, WriteError> {
+) -> Result<Outcome, SecretWriteError> {
     let current = api.get(&secret.name).await.map_err(|e| classify(e, "get", secret))?;
     let held =
         current.data.as_ref().and_then(|d| d.get(key)).and_then(|b| {
@@ -192,15 +193,17 @@ async fn write(
     Ok(Outcome::Written)
 }
 
-fn classify(e: kube::Error, verb: &'static str, secret: &SecretRef) -> WriteError {
+fn classify(e: kube::Error, verb: &'static str, secret: &SecretRef) -> SecretWriteError {
     match e {
         kube::Error::Api(status) if status.code == 403 => {
-            WriteError::Forbidden { verb, secret: secret.clone(), reason: status.message.clone() }
+            SecretWriteError::Forbidden { verb, secret: secret.clone(), reason: status.message.clone() }
         }
-        kube::Error::Api(status) if status.code == 404 => WriteError::NotFound(secret.clone()),
-        kube::Error::Api(status) if status.code == 409 => WriteError::Conflict { secret: secret.clone() },
+        kube::Error::Api(status) if status.code == 404 => SecretWriteError::NotFound(secret.clone()),
+        kube::Error::Api(status) if status.code == 409 => {
+            SecretWriteError::Conflict { secret: secret.clone() }
+        }
         // kube's errors describe the request and status, never the bearer token.
-        other => WriteError::Api { verb, secret: secret.clone(), reason: other.to_string() },
+        other => SecretWriteError::Api { verb, secret: secret.clone(), reason: other.to_string() },
     }
 }
 

@@ -1,24 +1,79 @@
 //! `sidecred-agent run`: wires the store, the token lifecycle, the seed watcher and the socket together,
 //! and shuts them down in the order that loses nothing.
 
-use crate::cli::RunArgs;
+use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
 use crate::lifecycle::{Lifecycle, Policy};
 use crate::oauth::{OAuthClient, OAuthConfig};
 use crate::socket;
 use crate::store::{Origin, Store};
-use crate::writeback::WriteBack;
+use crate::writeback::{SecretRef, WriteBack};
 use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+#[derive(Debug, Args)]
+#[command(mut_arg("credentials", |a| a.help(
+    "Claude Code's credentials file (the seed). May be read-only, e.g. a mounted Kubernetes Secret"
+)))]
+#[command(mut_arg("user_agent", |a| a.help("User-Agent sent to the token endpoint")))]
+#[command(mut_arg("request_timeout", |a| a.help("Timeout of one request to the token endpoint")))]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub credentials: CredentialsArgs,
+    /// Writable directory for rotated credentials. Without it, rotated credentials are written back to
+    /// the credentials file itself (which then must be writable).
+    #[arg(long, env = "SIDECRED_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Permission bits of the socket file (octal).
+    #[arg(long, env = "SIDECRED_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Uids allowed to ask for the token (checked with SO_PEERCRED). Defaults to the agent's own uid.
+    #[arg(long = "allow-uid", env = "SIDECRED_ALLOW_UID", value_delimiter = ',')]
+    pub allow_uids: Vec<u32>,
+    #[command(flatten)]
+    pub endpoint: TokenEndpointArgs,
+    /// Refresh when less than this is left (default: the larger of 5 minutes and 10% of the lifetime).
+    #[arg(long, env = "SIDECRED_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
+    pub refresh_margin: Option<Duration>,
+    /// First retry delay after a failed refresh; doubles up to --backoff-max.
+    #[arg(long, env = "SIDECRED_BACKOFF_MIN", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backoff_min: Duration,
+    #[arg(long, env = "SIDECRED_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+    /// How long a token request waits for a refresh when the token has already expired.
+    #[arg(long, env = "SIDECRED_EXPIRED_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub expired_wait: Duration,
+    /// After every refresh, write the live pair into this Kubernetes Secret (NAMESPACE/NAME), so a new pod
+    /// starts from a live refresh token. Needs RBAC `get` and `patch` on that one Secret.
+    #[arg(long, env = "SIDECRED_WRITE_BACK_SECRET", value_name = "NAMESPACE/NAME")]
+    pub write_back_secret: Option<SecretRef>,
+    /// The key of the Secret that holds the credentials file.
+    #[arg(long, env = "SIDECRED_WRITE_BACK_KEY", default_value = ".credentials.json")]
+    pub write_back_key: String,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode =
+        u32::from_str_radix(digits, 8).map_err(|_| format!("`{s}` is not an octal mode such as 0660"))?;
+    if mode > 0o777 {
+        return Err(format!("`{s}` is not a permission mode (at most 0777)"));
+    }
+    Ok(mode)
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let own_uid = nix::unistd::getuid().as_raw();
     let allowed_uids = if args.allow_uids.is_empty() { vec![own_uid] } else { args.allow_uids.clone() };
 
-    let store = Store::open(args.credentials.clone(), args.state_dir.clone())
+    let store = Store::open(args.credentials.path.clone(), args.state_dir.clone())
         .context("cannot use the credentials or state directory")?;
     // Missing or unusable credentials are not fatal: the agent reports `no_credentials` and picks up a
     // login as soon as the seed appears, which is what a pod waiting for its Secret needs.
@@ -47,20 +102,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         policy.margin_min = margin;
         policy.margin_fraction = 0.0;
     }
-    let oauth = OAuthClient::new(OAuthConfig {
-        token_url: args.token_url.clone(),
-        client_id: args.client_id.clone(),
-        user_agent: args.user_agent.clone(),
-        timeout: args.request_timeout,
-    })
-    .context("cannot build the HTTP client for the token endpoint")?;
+    let oauth = OAuthClient::new(OAuthConfig::from(&args.endpoint))
+        .context("cannot build the HTTP client for the token endpoint")?;
 
     let socket_config = socket::Config {
         path: args.socket.socket.clone(),
         mode: args.socket_mode,
         allowed_uids: allowed_uids.clone(),
         expired_wait: args.expired_wait,
-        refresh_wait: args.request_timeout + Duration::from_secs(5),
+        refresh_wait: args.endpoint.request_timeout + Duration::from_secs(5),
     };
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;
 
@@ -72,7 +122,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    crate::watch::spawn(args.credentials.clone(), initial_sha, inputs_tx.clone());
+    crate::watch::spawn(args.credentials.path.clone(), initial_sha, inputs_tx.clone());
     let lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let socket_task =
         tokio::spawn(socket::serve(listener, socket_config, snapshots, inputs_tx, shutdown_rx.clone()));
@@ -107,4 +157,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("7777").is_err());
+    }
 }

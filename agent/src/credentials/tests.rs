@@ -1,0 +1,140 @@
+//! The file's two shapes, read and updated.
+
+use super::*;
+
+const CLAUDE: &str = r#"{
+  "claudeAiOauth": {
+    "accessToken": "sk-ant-oat01-AAA",
+    "refreshToken": "sk-ant-ort01-RRR",
+    "expiresAt": 1747909518727,
+    "scopes": ["user:inference", "user:profile"],
+    "subscriptionType": "max",
+    "rateLimitTier": "default_claude_max_20x",
+    "nested": {"keep": [1, 2, {"deep": true}]}
+  },
+  "mcpOAuth": {"server": {"token": "x"}},
+  "zzz": null
+}"#;
+
+fn p() -> &'static Path {
+    Path::new("/creds/.credentials.json")
+}
+
+#[test]
+fn reads_claude_code_shape() {
+    let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+    assert_eq!(c.shape(), Shape::ClaudeCode);
+    assert_eq!(c.access_token.expose(), "sk-ant-oat01-AAA");
+    assert_eq!(c.refresh_token.expose(), "sk-ant-ort01-RRR");
+    assert_eq!(c.expires_at_ms, 1747909518727);
+    assert_eq!(c.scopes, vec!["user:inference", "user:profile"]);
+    assert_eq!(c.subscription_type.as_deref(), Some("max"));
+}
+
+#[test]
+fn update_keeps_every_unknown_field() {
+    let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+    let next = c.with_update(TokenUpdate {
+        access_token: Secret::new("A2"),
+        refresh_token: Some(Secret::new("R2")),
+        expires_at_ms: 42,
+        scopes: None,
+    });
+    let before: Value = serde_json::from_str(CLAUDE).expect("json");
+    let after = next.to_json();
+    assert_eq!(after["mcpOAuth"], before["mcpOAuth"]);
+    assert_eq!(after["zzz"], Value::Null);
+    assert_eq!(after[CLAUDE_KEY]["rateLimitTier"], before[CLAUDE_KEY]["rateLimitTier"]);
+    assert_eq!(after[CLAUDE_KEY]["nested"], before[CLAUDE_KEY]["nested"]);
+    assert_eq!(after[CLAUDE_KEY]["subscriptionType"], "max");
+    assert_eq!(after[CLAUDE_KEY]["accessToken"], "A2");
+    assert_eq!(after[CLAUDE_KEY]["refreshToken"], "R2");
+    assert_eq!(after[CLAUDE_KEY]["expiresAt"], 42);
+    assert_eq!(after[CLAUDE_KEY]["scopes"], before[CLAUDE_KEY]["scopes"]);
+    let reparsed = Credentials::parse(&next.to_bytes(), p()).expect("reparse");
+    assert_eq!(reparsed.refresh_token.expose(), "R2");
+}
+
+#[test]
+fn update_without_refresh_token_keeps_the_old_one() {
+    let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+    let next = c.with_update(TokenUpdate {
+        access_token: Secret::new("A2"),
+        refresh_token: None,
+        expires_at_ms: 42,
+        scopes: None,
+    });
+    assert_eq!(next.refresh_token.expose(), "sk-ant-ort01-RRR");
+    assert_eq!(next.to_json()[CLAUDE_KEY]["refreshToken"], "sk-ant-ort01-RRR");
+}
+
+#[test]
+fn login_into_a_document_without_credentials_keeps_the_rest() {
+    let doc = serde_json::json!({
+        "mcpOAuth": {"server": {"token": "x"}},
+        "claudeAiOauth": {"accessToken": 7, "keepMe": true}
+    });
+    let Value::Object(doc) = doc else { unreachable!() };
+    let c = Credentials::claude_code_in(
+        doc,
+        TokenUpdate {
+            access_token: Secret::new("A"),
+            refresh_token: Some(Secret::new("R")),
+            expires_at_ms: 1_800_000_000_000,
+            scopes: Some(vec!["user:inference".into()]),
+        },
+    )
+    .with_plan(Some("max"), Some("tier"));
+    let v = c.to_json();
+    assert_eq!(v["mcpOAuth"]["server"]["token"], "x");
+    assert_eq!(v[CLAUDE_KEY]["keepMe"], true);
+    assert_eq!(v[CLAUDE_KEY]["accessToken"], "A");
+    assert_eq!(v[CLAUDE_KEY]["subscriptionType"], "max");
+    assert_eq!(v[CLAUDE_KEY]["rateLimitTier"], "tier");
+    let reparsed = Credentials::parse(&c.to_bytes(), p()).expect("reparse");
+    assert_eq!(reparsed.subscription_type.as_deref(), Some("max"));
+    assert_eq!(reparsed.scopes, vec!["user:inference"]);
+}
+
+#[test]
+fn reads_and_writes_the_flat_shape() {
+    let flat = r#"{"access_token":"A","refresh_token":"R","expires_at":"2025-12-31T23:59:59Z",
+                   "user_id":"user-1","email":"me@example.com"}"#;
+    let c = Credentials::parse(flat.as_bytes(), p()).expect("parse");
+    assert_eq!(c.shape(), Shape::Flat);
+    assert_eq!(c.expires_at_ms, 1767225599000);
+    assert_eq!(c.account.as_deref(), Some("me@example.com"));
+    let next = c.with_update(TokenUpdate {
+        access_token: Secret::new("A2"),
+        refresh_token: Some(Secret::new("R2")),
+        expires_at_ms: 1767225600000,
+        scopes: None,
+    });
+    let v = next.to_json();
+    assert_eq!(v["expires_at"], "2026-01-01T00:00:00Z");
+    assert_eq!(v["user_id"], "user-1");
+    assert_eq!(v["refresh_token"], "R2");
+}
+
+#[test]
+fn errors_name_the_file_and_field_and_hide_values() {
+    let cases = [
+        (r#"{"claudeAiOauth":{"refreshToken":"sk-secret","expiresAt":1}}"#, "claudeAiOauth.accessToken"),
+        (r#"{"claudeAiOauth":{"accessToken":"sk-secret","expiresAt":1}}"#, "claudeAiOauth.refreshToken"),
+        (r#"{"claudeAiOauth":{"accessToken":"sk-secret","refreshToken":"r"}}"#, "claudeAiOauth.expiresAt"),
+        (
+            r#"{"claudeAiOauth":{"accessToken":"sk-secret","refreshToken":"r","expiresAt":"soon"}}"#,
+            "claudeAiOauth.expiresAt",
+        ),
+        (r#"{"claudeAiOauth":"sk-secret"}"#, "`claudeAiOauth`"),
+        (r#"{"access_token":"sk-secret","refresh_token":"r","expires_at":"tomorrow"}"#, "expires_at"),
+        (r#"{"claudeAiOauth":{"accessToken":"sk-secret""#, "line 1"),
+        (r#"{"something":"sk-secret"}"#, "claudeAiOauth"),
+    ];
+    for (input, needle) in cases {
+        let err = Credentials::parse(input.as_bytes(), p()).expect_err(input).to_string();
+        assert!(err.contains("/creds/.credentials.json"), "{err}");
+        assert!(err.contains(needle), "{err} should mention {needle}");
+        assert!(!err.contains("sk-secret"), "{err} leaks a value");
+    }
+}
