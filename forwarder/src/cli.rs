@@ -50,6 +50,29 @@ pub struct Cli {
     /// Runtime worker threads.
     #[arg(long, env = "SIDECRED_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
+    /// A connection must deliver its first request (HTTP/1 head or HTTP/2 stream) this soon after it
+    /// is accepted, or it is closed: covers the protocol sniff and the HTTP/2 preface, which the
+    /// 30 s HTTP/1 header timeout does not.
+    #[arg(long, env = "SIDECRED_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub first_request_timeout: Duration,
+    /// A connection without a request in flight for this long is closed (HTTP/2: GOAWAY). HTTP/1
+    /// keep-alive connections are also closed after 30 s without a new request head.
+    #[arg(long, env = "SIDECRED_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 client is pinged when it has sent nothing.
+    #[arg(long, env = "SIDECRED_HTTP2_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = parse_timeout)]
+    pub http2_keepalive_interval: Duration,
+    /// An HTTP/2 client that does not answer a ping within this is dropped, streams and all.
+    #[arg(long, env = "SIDECRED_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_timeout)]
+    pub http2_keepalive_timeout: Duration,
+    /// Client connections served at once; more wait in the listen backlog. Default: as many as the
+    /// file-descriptor limit allows (two descriptors each, client and upstream), at most 10000.
+    #[arg(long, env = "SIDECRED_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// The uid the agent runs as: whoever answers on --socket as another uid is refused (checked with
+    /// SO_PEERCRED) and gets no request. Default: this process's own uid.
+    #[arg(long, env = "SIDECRED_AGENT_UID")]
+    pub agent_uid: Option<u32>,
 }
 
 pub use sidecred_logging::LogFormat;
@@ -71,6 +94,15 @@ fn parse_upstream(s: &str) -> Result<http::Uri, String> {
         ));
     }
     Ok(uri)
+}
+
+/// A duration that must be more than zero: a zero timeout would close every connection at once.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration such as 10s: {e}"))?;
+    if d.is_zero() {
+        return Err("must be more than 0".to_owned());
+    }
+    Ok(d)
 }
 
 /// Parses `32MiB`, `1m`, `512KB`, `1048576` into bytes. Binary and decimal suffixes both mean what
@@ -135,5 +167,22 @@ mod tests {
         assert_eq!(cli.agent_wait, Duration::from_secs(2));
         assert_eq!(cli.drain_timeout, Duration::from_secs(30));
         assert_eq!(cli.workers, 2);
+        assert_eq!(cli.first_request_timeout, Duration::from_secs(10));
+        assert_eq!(cli.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cli.http2_keepalive_interval, Duration::from_secs(20));
+        assert_eq!(cli.http2_keepalive_timeout, Duration::from_secs(20));
+        assert_eq!(cli.max_connections, None);
+        assert_eq!(cli.agent_uid, None);
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused_naming_the_flag() {
+        for flag in ["--first-request-timeout", "--idle-timeout", "--http2-keepalive-interval"] {
+            let err = Cli::try_parse_from(["sidecred-forwarder", flag, "0s"]).expect_err(flag).to_string();
+            assert!(err.contains(flag) && err.contains("more than 0"), "{err}");
+        }
+        let err =
+            Cli::try_parse_from(["sidecred-forwarder", "--max-connections", "0"]).expect_err("0").to_string();
+        assert!(err.contains("--max-connections"), "{err}");
     }
 }

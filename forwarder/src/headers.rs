@@ -42,9 +42,17 @@ pub enum HeaderError {
 /// One look at every name first: a typical request carries none of the headers to drop, and asking the
 /// map for each of them by name would cost a hash and a probe apiece, on every request.
 pub fn to_upstream(headers: &mut HeaderMap, authorization: HeaderValue, host: &HeaderValue) {
-    let found = Found::scan(headers);
+    let mut found = Found::scan(headers);
     if found.hop_by_hop {
+        // `Connection` may name a header this sets or keeps: the request's id, which the client gets
+        // back and the upstream must see too, survives; a version named there is gone, so the default
+        // goes in.
+        let request_id = headers.get(&X_REQUEST_ID).cloned();
         strip_hop_by_hop(headers);
+        if let Some(id) = request_id {
+            headers.entry(&X_REQUEST_ID).or_insert(id);
+        }
+        found.version = headers.contains_key(&ANTHROPIC_VERSION);
     }
     if found.api_key {
         headers.remove(&X_API_KEY);
@@ -297,6 +305,29 @@ mod tests {
         for name in ["x-api-key", "content-type", "host", "anthropic-beta", "connections", "t"] {
             assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
+    }
+
+    #[test]
+    fn a_connection_header_cannot_remove_what_the_forwarder_sets() {
+        let mut h = map(&[
+            ("connection", "anthropic-version, anthropic-beta, authorization, host, x-request-id"),
+            ("anthropic-version", "2099-01-01"),
+            ("anthropic-beta", "a-1"),
+            ("authorization", "Bearer client"),
+            ("x-request-id", "req-42"),
+            ("host", "127.0.0.1:8000"),
+        ]);
+        to_upstream(&mut h, authorization(&Secret::new("tok")).unwrap(), &host());
+        assert_eq!(
+            h["anthropic-version"],
+            anthropic::ANTHROPIC_VERSION,
+            "the default replaces the named one"
+        );
+        assert_eq!(beta_of(&h), [anthropic::OAUTH_BETA]);
+        assert_eq!(h["authorization"], "Bearer tok");
+        assert_eq!(h["host"], "api.anthropic.com");
+        assert_eq!(h["x-request-id"], "req-42");
+        assert!(!h.contains_key("connection"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Probes. `/livez`: the process serves HTTP. `/readyz` and `/health`: the agent answers with a valid
-//! token right now (one attempt, no waiting out a restart: a probe must report what is, promptly).
+//! token right now (no waiting out a restart: a probe must report what is, promptly). Probes share the
+//! agent exchanges of requests, so a flood of them costs the agent no more than steady traffic.
 
 use crate::agent::{AgentError, TokenSource};
 use crate::body::ResponseBody;
@@ -23,9 +24,9 @@ pub async fn readyz(tokens: &TokenSource) -> Response<ResponseBody> {
 
 pub async fn health(tokens: &TokenSource) -> Response<ResponseBody> {
     match tokens.probe().await {
-        Ok(grant) => json_response(
+        Ok(token) => json_response(
             StatusCode::OK,
-            json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000})
+            json!({"status": "ok", "authenticated": true, "expires_in": token.expires_in_ms / 1000})
                 .to_string(),
         ),
         Err(e) => json_response(
@@ -43,7 +44,9 @@ pub async fn health(tokens: &TokenSource) -> Response<ResponseBody> {
 
 fn reason(e: &AgentError) -> String {
     match e {
-        AgentError::Unreachable { .. } | AgentError::Timeout(_) => format!("the agent is unavailable: {e}"),
+        AgentError::Unreachable { .. } | AgentError::Timeout(_) | AgentError::Impostor { .. } => {
+            format!("the agent is unavailable: {e}")
+        }
         AgentError::ReauthRequired(m) => format!("log in again: {m}"),
         AgentError::Refused(p) => format!("the agent has no token to serve ({}): {}", p.code, p.message),
     }

@@ -2,8 +2,8 @@
 //! `sidecred-agent` holds, fetched from the agent for every request. Wiring only; the request path is
 //! in `proxy.rs`.
 //!
-//! Threads: one acceptor (which also waits for signals) hands each accepted connection to one of
-//! `--workers` worker threads, round robin. Each worker runs its own single-threaded runtime with its
+//! Threads: one acceptor (which also waits for signals) takes a slot under `--max-connections` and
+//! hands each accepted connection to one of `--workers` worker threads, round robin. Each worker runs its own single-threaded runtime with its
 //! own upstream client pool and agent connection, so a request never crosses threads: no work
 //! stealing, no cross-thread wake-ups, which on a small machine is what most of a proxy's time goes to.
 
@@ -11,24 +11,26 @@ mod access;
 mod agent;
 mod body;
 mod cli;
+mod conn;
 mod errors;
 mod headers;
 mod health;
 mod keys;
+mod limits;
+mod path;
 mod proxy;
 mod upstream;
 
 use anyhow::Context;
 use clap::Parser;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
 /// A client that has not sent its request headers by then is dropped (slowloris); streams, once
@@ -48,17 +50,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// An accepted connection on its way to a worker, with its slot under `--max-connections`.
+type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// The cap's warning is repeated at most this often while connections keep hitting it.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// What every worker needs to build its own proxy.
 struct Shared {
     upstream: http::Uri,
     proxies: hyper_util::client::proxy::matcher::Matcher,
     roots: rustls::RootCertStore,
-    socket: std::path::PathBuf,
-    agent_wait: Duration,
+    agent: agent::AgentConfig,
     keys: Option<Arc<keys::InboundKeys>>,
     max_request_body: u64,
     retry_body_limit: u64,
     drain_timeout: Duration,
+    limits: conn::Limits,
+    max_connections: u32,
+    http2_keepalive_interval: Duration,
+    http2_keepalive_timeout: Duration,
 }
 
 impl Shared {
@@ -67,7 +78,7 @@ impl Shared {
         Ok(proxy::Proxy {
             upstream: upstream::Upstream::new(&self.upstream, &self.proxies, &self.roots)
                 .context("cannot set up the upstream client")?,
-            tokens: agent::TokenSource::start(self.socket.clone(), self.agent_wait),
+            tokens: agent::TokenSource::start(&self.agent),
             keys: self.keys.clone(),
             max_request_body: self.max_request_body,
             retry_body_limit: self.retry_body_limit,
@@ -89,16 +100,26 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         );
     }
     let roots = upstream::trust_roots(cli.upstream_ca_file.as_deref())?;
+    let nofile = limits::raise_nofile().map_err(anyhow::Error::msg)?;
+    let max_connections = limits::max_connections(cli.max_connections, nofile.limit, cli.workers)
+        .map_err(anyhow::Error::msg)?;
     let shared = Arc::new(Shared {
         upstream: cli.upstream.clone(),
         proxies: hyper_util::client::proxy::matcher::Matcher::from_env(),
         roots,
-        socket: cli.socket.clone(),
-        agent_wait: cli.agent_wait,
+        agent: agent::AgentConfig {
+            path: cli.socket.clone(),
+            uid: cli.agent_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+            wait: cli.agent_wait,
+        },
         keys,
         max_request_body: cli.max_request_body,
         retry_body_limit: cli.retry_body_limit,
         drain_timeout: cli.drain_timeout,
+        limits: conn::Limits { first_request: cli.first_request_timeout, idle: cli.idle_timeout },
+        max_connections,
+        http2_keepalive_interval: cli.http2_keepalive_interval,
+        http2_keepalive_timeout: cli.http2_keepalive_timeout,
     });
     // Configuration faults (a bad proxy URL, say) stop the start here rather than in every worker.
     let via = upstream::Upstream::new(&shared.upstream, &shared.proxies, &shared.roots)
@@ -128,7 +149,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(accept(listener, queues, &shared, &cli, local, via))?;
+    let slots = Arc::new(Semaphore::new(max_connections as usize));
+    info!(
+        max_connections,
+        fd_limit = nofile.limit,
+        raised_from = nofile.raised_from,
+        "connection cap (--max-connections)"
+    );
+    runtime.block_on(accept(listener, queues, slots, &shared, &cli, local, via))?;
 
     let mut drained = true;
     for thread in workers {
@@ -146,11 +174,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepts until SIGTERM/SIGINT, then closes the listener and the workers' queues, which tells them to
-/// drain.
+/// Accepts until SIGTERM/SIGINT, then hands over what already waits in the backlog, closes the
+/// listener and the workers' queues, which tells them to drain.
 async fn accept(
     listener: std::net::TcpListener,
-    queues: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    queues: Vec<mpsc::UnboundedSender<Accepted>>,
+    slots: Arc<Semaphore>,
     shared: &Shared,
     cli: &cli::Cli,
     local: SocketAddr,
@@ -164,22 +193,43 @@ async fn accept(
         upstream = %cli.upstream,
         via_proxy = via.as_deref().unwrap_or("none"),
         socket = %cli.socket.display(),
+        agent_uid = shared.agent.uid,
         inbound_keys = shared.keys.as_ref().map_or(0, |k| k.len()),
         workers = cli.workers,
         "listening"
     );
     // A sidecar may start before its agent: say so, but serve (requests wait for the agent, then 503).
-    if let Err(e) = agent::TokenSource::probe_once(shared.socket.clone()).await {
-        warn!(error = %e, "the agent has no token for us yet; requests get 503 until it does");
-    }
+    // In the background, so /livez answers from the start whatever the agent does.
+    let agent = shared.agent.clone();
+    tokio::spawn(async move {
+        if let Err(e) = agent::TokenSource::check_at_start(&agent).await {
+            warn!(error = %e, "the agent has no token for us yet; requests get 503 until it does");
+        }
+    });
 
-    let mut next = 0usize;
+    let mut handoff = Handoff { queues, next: 0 };
+    let mut cap_warned: Option<Instant> = None;
     let signal_name = loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if cap_warned.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
+                    warn!(
+                        max_connections = shared.max_connections,
+                        "connection cap reached (--max-connections): new connections wait in the listen backlog"
+                    );
+                    cap_warned = Some(Instant::now());
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.context("the connection slots closed")?,
+                    _ = sigterm.recv() => break "SIGTERM",
+                    _ = sigint.recv() => break "SIGINT",
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // Streams of small SSE events must not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
                     let stream = match stream.into_std() {
                         Ok(stream) => stream,
                         Err(e) => {
@@ -187,15 +237,13 @@ async fn accept(
                             continue;
                         }
                     };
-                    // A worker only stops early when its runtime failed; its error is reported on join.
-                    if queues[next % queues.len()].send((stream, peer)).is_err() {
-                        error!("a worker thread stopped; shutting down");
+                    if !handoff.send(stream, peer, slot) {
                         break "a failed worker";
                     }
-                    next = next.wrapping_add(1);
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
+                    // Below the descriptor limit by the cap, but other limits (memory, a file table) exist:
+                    // back off briefly instead of spinning.
                     warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -204,22 +252,62 @@ async fn accept(
             _ = sigint.recv() => break "SIGINT",
         }
     };
+    // The kernel completed these connections' handshakes and their clients may have sent a request:
+    // closing the listener now would reset them. They are served like the rest (and told to close).
+    // Straight from the socket: the runtime's idea of its readiness may lag behind the kernel's.
+    let listener = listener.into_std().context("cannot take the listener back from the runtime")?;
+    let mut backlog = 0usize;
+    while let Ok(slot) = slots.clone().try_acquire_owned() {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                if !handoff.send(stream, peer, slot) {
+                    break;
+                }
+                backlog += 1;
+            }
+            Err(_) => break,
+        }
+    }
     drop(listener);
-    drop(queues);
+    drop(handoff);
     info!(
         signal = signal_name,
         drain_timeout = ?cli.drain_timeout,
+        taken_from_backlog = backlog,
         "shutting down: not accepting; letting in-flight requests finish"
     );
     Ok(())
 }
 
+/// The workers' queues, taken round robin.
+struct Handoff {
+    queues: Vec<mpsc::UnboundedSender<Accepted>>,
+    next: usize,
+}
+
+impl Handoff {
+    /// Answers false when a worker has stopped, which happens only when its runtime failed (its error
+    /// is reported on join).
+    fn send(&mut self, stream: std::net::TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) -> bool {
+        // Streams of small SSE events must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        // One taken straight from the listener's socket is blocking, and a worker's runtime needs it not.
+        if let Err(e) = stream.set_nonblocking(true) {
+            warn!(peer = %peer, error = %e, "cannot hand a connection to a worker");
+            return true;
+        }
+        if self.queues[self.next % self.queues.len()].send((stream, peer, slot)).is_err() {
+            error!("a worker thread stopped; shutting down");
+            return false;
+        }
+        self.next = self.next.wrapping_add(1);
+        true
+    }
+}
+
 /// One worker thread: serves the connections it is handed until the queue closes, then drains them.
 /// Answers whether everything finished within the drain timeout.
-fn worker(
-    mut conns: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-    shared: &Shared,
-) -> anyhow::Result<bool> {
+fn worker(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,9 +316,13 @@ fn worker(
         let proxy = Arc::new(shared.proxy()?);
         let mut server = auto::Builder::new(TokioExecutor::new());
         server.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-        server.http2().timer(TokioTimer::new());
-        let graceful = GracefulShutdown::new();
-        while let Some((stream, peer)) = conns.recv().await {
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(shared.http2_keepalive_interval)
+            .keep_alive_timeout(shared.http2_keepalive_timeout);
+        let drain = conn::Drain::new();
+        while let Some((stream, peer, slot)) = conns.recv().await {
             let stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(s) => s,
                 Err(e) => {
@@ -238,19 +330,9 @@ fn worker(
                     continue;
                 }
             };
-            let proxy = proxy.clone();
-            let service = hyper::service::service_fn(move |req| proxy.clone().serve(req));
-            let conn = graceful.watch(server.serve_connection(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(peer = %peer, error = %e, "client connection ended with an error");
-                }
-            });
+            conn::serve(&server, stream, peer, slot, &proxy, &drain, shared.limits);
         }
-        debug!(connections = graceful.count(), "draining");
-        Ok(tokio::select! {
-            _ = graceful.shutdown() => true,
-            _ = tokio::time::sleep(shared.drain_timeout) => false,
-        })
+        debug!(connections = drain.open_connections(), "draining");
+        Ok(drain.run(shared.drain_timeout).await)
     })
 }

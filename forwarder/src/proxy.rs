@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 pub struct Proxy {
     pub upstream: Upstream,
@@ -133,6 +133,7 @@ impl Proxy {
         if let Some(keys) = &self.keys {
             keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;
         }
+        crate::path::check(parts.uri.path())?;
         let path = upstream_path(&parts.uri).ok_or_else(ErrorReply::not_found)?;
         let declared = declared_length(&parts.headers);
         if declared.is_some_and(|n| n > self.max_request_body) {
@@ -255,6 +256,10 @@ fn agent_failure(e: &AgentError) -> ErrorReply {
         }
         AgentError::Unreachable { .. } | AgentError::Timeout(_) => {
             warn!(error = %e, "the agent is not answering");
+            ErrorReply::agent_unavailable(e)
+        }
+        AgentError::Impostor { .. } => {
+            error!(error = %e, "not the agent: nothing was sent to it and nothing forwarded");
             ErrorReply::agent_unavailable(e)
         }
     }

@@ -52,6 +52,12 @@ impl Client {
         Ok(Client { stream: BufReader::new(stream), buf: Vec::with_capacity(512) })
     }
 
+    /// The uid of the process at the other end, by the kernel's word (SO_PEERCRED, as it was when that
+    /// process created the socket), so a caller can refuse an impostor before sending anything.
+    pub fn peer_uid(&self) -> std::io::Result<u32> {
+        Ok(self.stream.get_ref().peer_cred()?.uid())
+    }
+
     /// Sends one request and returns the agent's answer, errors included as `Response::Error`.
     pub async fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         write_frame(self.stream.get_mut(), &RequestFrame::from(request)).await?;

@@ -1,0 +1,263 @@
+//! Client connections: how soon one must ask, how long it may sit idle, and how it ends when the
+//! forwarder drains. hyper serves the protocols; a watcher per connection adds the deadlines hyper has
+//! not got.
+//!
+//! - **First request.** A connection that has not delivered a request within `--first-request-timeout`
+//!   is closed. hyper's HTTP/1 header timeout starts only once hyper-util has sniffed the protocol, so
+//!   without this a silent connection, or one that sent half the HTTP/2 preface, is held forever.
+//! - **Idle.** No request in flight for `--idle-timeout`: graceful shutdown (GOAWAY on HTTP/2). hyper
+//!   closes an HTTP/1 keep-alive connection itself when no new head arrives within its header timeout.
+//! - **Drain.** HTTP/2 connections get GOAWAY at once: a client sends nothing more on them and nothing
+//!   it sent is lost. HTTP/1 cannot tell an idle connection it is about to close, and a request the
+//!   client sends just as the close happens is lost (or even reset, when its bytes arrived but were not
+//!   read yet). So an HTTP/1 connection stays open for [`DRAIN_LINGER`]: every response sent from the
+//!   start of the drain says `Connection: close`, and a client that keeps asking learns of the close
+//!   from the answer itself. What is still idle after the linger is closed; a request racing that close
+//!   is the one loss HTTP/1 keep-alive cannot avoid (clients retry it; the README says so).
+
+use crate::body::ResponseBody;
+use crate::proxy::Proxy;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tracing::debug;
+
+/// How long an HTTP/1 connection stays open once the drain starts, answering with `Connection: close`.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+/// After a connection that never asked anything is told to shut down, how long it has to go before it
+/// is simply dropped (an HTTP/2 peer that answers no ping would otherwise hold it).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub first_request: Duration,
+    pub idle: Duration,
+}
+
+/// A worker's drain: a flag the responses read, and a channel that wakes every watcher and tells the
+/// worker when the last one has ended.
+pub struct Drain {
+    draining: Arc<AtomicBool>,
+    tx: watch::Sender<bool>,
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Drain { draining: Arc::default(), tx: watch::channel(false).0 }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Starts the drain and waits until every connection has ended, or `timeout`: answers whether all
+    /// ended.
+    pub async fn run(self, timeout: Duration) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        self.tx.send_replace(true);
+        tokio::time::timeout(timeout, self.tx.closed()).await.is_ok()
+    }
+}
+
+/// What a connection's requests tell its watcher.
+struct Activity {
+    opened: Instant,
+    asked: AtomicBool,
+    http2: AtomicBool,
+    in_flight: AtomicUsize,
+    /// When `in_flight` last fell to zero, in milliseconds since `opened`.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+        self.asked.store(true, Ordering::Relaxed);
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// When the connection will have been idle for `idle`; `None` while a request is in flight.
+    fn idle_until(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)) + idle)
+    }
+}
+
+/// A request in flight, until its response body has ended or been dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.0.idle_since_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The response body with its request's [`InFlight`] attached.
+pub struct Tracked {
+    inner: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves one accepted connection on the current runtime; `slot` (its place under
+/// `--max-connections`) is given back when it ends.
+pub fn serve(
+    server: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    proxy: &Arc<Proxy>,
+    drain: &Drain,
+    limits: Limits,
+) {
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        asked: AtomicBool::new(false),
+        http2: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        idle_since_ms: AtomicU64::new(0),
+    });
+    let (proxy, draining, requests) = (proxy.clone(), drain.draining.clone(), activity.clone());
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let in_flight = requests.begin(req.version());
+        let http1 = req.version() < Version::HTTP_2;
+        let (proxy, draining) = (proxy.clone(), draining.clone());
+        async move {
+            let mut resp = match proxy.serve(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+            if http1 && draining.load(Ordering::Relaxed) {
+                resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _in_flight: in_flight }))
+        }
+    });
+    let conn = server.serve_connection(TokioIo::new(stream), service).into_owned();
+    tokio::spawn(watch(conn, activity, drain.tx.subscribe(), limits, peer, slot));
+}
+
+enum Phase {
+    Serving,
+    /// HTTP/1 during the drain: answering with `Connection: close` until the linger ends.
+    Lingering,
+    /// Told to shut down; `Some` when it is dropped at that moment if it has not finished.
+    Closing(Option<Instant>),
+}
+
+async fn watch<C>(
+    conn: C,
+    activity: Arc<Activity>,
+    mut drain: watch::Receiver<bool>,
+    limits: Limits,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut phase = Phase::Serving;
+    let mut check = activity.opened + limits.first_request;
+    loop {
+        let timer = match phase {
+            Phase::Closing(None) => None,
+            Phase::Closing(Some(at)) => Some(at),
+            Phase::Serving | Phase::Lingering => Some(check),
+        };
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    debug!(peer = %peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.changed(), if matches!(phase, Phase::Serving) => {
+                if activity.http2.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                    phase = Phase::Closing(None);
+                } else {
+                    check = Instant::now() + DRAIN_LINGER;
+                    phase = Phase::Lingering;
+                }
+            }
+            () = sleep_until(timer) => {
+                let now = Instant::now();
+                match phase {
+                    Phase::Closing(_) => {
+                        debug!(peer = %peer, "closed: it did not finish shutting down");
+                        return;
+                    }
+                    Phase::Lingering => {
+                        conn.as_mut().graceful_shutdown();
+                        phase = Phase::Closing(None);
+                    }
+                    Phase::Serving if !activity.asked.load(Ordering::Relaxed) => {
+                        debug!(peer = %peer, timeout = ?limits.first_request, "closing: no request within --first-request-timeout");
+                        conn.as_mut().graceful_shutdown();
+                        phase = Phase::Closing(Some(now + CLOSE_GRACE));
+                    }
+                    Phase::Serving => match activity.idle_until(limits.idle) {
+                        None => check = now + limits.idle,
+                        Some(at) if at > now => check = at,
+                        Some(_) => {
+                            debug!(peer = %peer, timeout = ?limits.idle, "closing: idle for --idle-timeout");
+                            conn.as_mut().graceful_shutdown();
+                            phase = Phase::Closing(None);
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
