@@ -1,10 +1,37 @@
 //! Starting the real `sidecred-forwarder` for the end-to-end tests: on port 0, with the bound address
 //! read back from its "listening" log line, and ready once `/livez` answers.
 
-use crate::harness::{forwarder_bin, Proc, Sandbox};
+use crate::fakes::claude_oauth::FakeOAuth;
+use crate::fakes::upstream::FakeUpstream;
+use crate::harness::{forwarder_bin, now_ms, Proc, Sandbox, Seeded, HOUR_MS};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// What a forwarder talks to: a real agent with a live login valid for hours, its token endpoint, and
+/// a fake API that accepts every token the endpoint issued.
+pub struct Backends {
+    pub agent: Proc,
+    pub upstream: FakeUpstream,
+    pub fake: FakeOAuth,
+    pub sandbox: Sandbox,
+}
+
+impl Backends {
+    pub async fn start() -> Backends {
+        let Seeded { fake, pair: _, sb: sandbox } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+        let upstream = FakeUpstream::start(fake.access_check()).await;
+        let agent = sandbox.start_agent("agent", sandbox.agent_cmd(&fake.token_url())).await;
+        Backends { agent, upstream, fake, sandbox }
+    }
+
+    /// A forwarder in front of them with `args` added, once it answers `/livez`.
+    pub async fn forwarder(&self, name: &str, args: &[&str]) -> Forwarder {
+        let mut cmd = forwarder_cmd(&self.sandbox, &self.upstream.url());
+        cmd.args(args);
+        start_forwarder(&self.sandbox, name, cmd).await
+    }
+}
 
 /// A running forwarder; killed and its log checked for secrets when dropped (through [`Proc`]).
 pub struct Forwarder {

@@ -6,5 +6,6 @@ pub mod fakes;
 pub mod forwarder_harness;
 pub mod harness;
 pub mod oneshot;
+pub mod raw_http;
 pub mod terminal;
 pub mod tls;

@@ -262,11 +262,11 @@ async fn a_dead_agent_gives_503_after_the_window_and_a_restarted_one_serves_agai
     assert_eq!(client.get(fwd.url("/readyz")).send().await.unwrap().status(), 503);
     assert_eq!(client.get(fwd.url("/livez")).send().await.unwrap().status(), 200);
 
-    // A forwarder that starts before its agent says so (it answers /livez only after that check) and
-    // serves as soon as the agent is back, like the one that saw it go.
+    // A forwarder that starts before its agent says so (once its start-up check has waited out the
+    // window, in the background: /livez answers meanwhile) and serves as soon as the agent is back, like
+    // the one that saw it go.
     let early = world.forwarder("forwarder-early", &["--agent-wait", "500ms"]).await;
-    let log = early.proc.log();
-    assert!(log.contains("the agent has no token for us yet"), "{log}");
+    early.proc.wait_for_log("the agent has no token for us yet", Duration::from_secs(10)).await;
 
     world.restart_agent("agent-2").await;
     assert_eq!(message(&client, &early.url("/v1/messages")).await.0, 200);
