@@ -5,7 +5,9 @@
 //! What the README promises, checked here:
 //! - agent restart (shorter than `--agent-wait`): zero failed requests;
 //! - forwarder restart: the agent keeps its token (no refresh); requests that reach the port while no
-//!   forwarder listens fail to connect (a client retry covers them), and no request gets an HTTP error;
+//!   forwarder listens fail to connect (a client retry covers them), no request gets an HTTP error, and
+//!   the only other failure a client may see is the one HTTP/1 keep-alive cannot rule out: a request
+//!   sent on a kept-alive connection at the moment the draining forwarder closes it;
 //! - Secret update: adopted within 2 s, zero failed requests;
 //! - pod replacement with only the state directory kept: no dead refresh token is used, no login needed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,6 +33,8 @@ struct Tally {
     ok: AtomicU64,
     connect_errors: AtomicU64,
     http_errors: Mutex<Vec<(String, u16, String)>>,
+    /// Requests lost on a kept-alive connection the server closed (see [`closed_under_request`]).
+    closed_under_request: Mutex<Vec<String>>,
     phase: Mutex<String>,
 }
 
@@ -38,9 +42,41 @@ impl Tally {
     fn phase(&self, name: &str) {
         *self.phase.lock().unwrap() = name.to_owned();
     }
+    fn current(&self) -> String {
+        self.phase.lock().unwrap().clone()
+    }
     fn errors_in(&self, phase: &str) -> Vec<(u16, String)> {
         self.http_errors.lock().unwrap().iter().filter(|e| e.0 == phase).map(|e| (e.1, e.2.clone())).collect()
     }
+}
+
+/// Whether a request failed because the server closed the connection under it: hyper's "connection
+/// closed before message completed", or a reset. On a kept-alive HTTP/1 connection that is the race
+/// no server can rule out (the client sent just as the server closed an idle connection), and the
+/// forwarder's drain leaves it only to connections that stayed idle through its linger.
+fn closed_under_request(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
+            || s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The error and its causes on one line (reqwest's own message names only the URL).
+fn chain(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
 }
 
 fn creds(p: &Pair) -> Vec<u8> {
@@ -96,16 +132,18 @@ fn start_traffic(
                         Ok(resp) => {
                             let status = resp.status().as_u16();
                             let text = resp.text().await.unwrap_or_default();
-                            let phase = tally.phase.lock().unwrap().clone();
-                            tally.http_errors.lock().unwrap().push((phase, status, text));
+                            tally.http_errors.lock().unwrap().push((tally.current(), status, text));
                         }
                         Err(e) if e.is_connect() => {
                             tally.connect_errors.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
+                        Err(e) if closed_under_request(&e) => {
+                            eprintln!("closed under a request ({}): {}", tally.current(), chain(&e));
+                            tally.closed_under_request.lock().unwrap().push(tally.current());
+                        }
                         Err(e) => {
-                            let phase = tally.phase.lock().unwrap().clone();
-                            tally.http_errors.lock().unwrap().push((phase, 0, e.to_string()));
+                            tally.http_errors.lock().unwrap().push((tally.current(), 0, chain(&e)));
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -182,11 +220,12 @@ async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
     assert_eq!(
         tally.errors_in("forwarder restart"),
         vec![],
-        "no HTTP errors, only refused connections in the gap"
+        "no HTTP errors, only refused connections in the gap (and kept-alive connections closed under a request)"
     );
     eprintln!(
-        "connection attempts refused during the forwarder gap: {}",
-        tally.connect_errors.load(Ordering::SeqCst) - connect_before
+        "connection attempts refused during the forwarder gap: {}; requests closed under on kept-alive connections: {}",
+        tally.connect_errors.load(Ordering::SeqCst) - connect_before,
+        tally.closed_under_request.lock().unwrap().len()
     );
 
     // 3. Someone logs in again and updates the Secret: the kubelet swaps `..data`.
@@ -239,10 +278,16 @@ async fn the_pod_rides_out_restarts_secret_updates_and_replacement() {
     }
     assert_eq!(tally.errors_in("pod replacement"), vec![]);
     assert_eq!(tally.errors_in("steady"), vec![]);
+    let closed_under = tally.closed_under_request.lock().unwrap().clone();
+    assert!(
+        closed_under.iter().all(|phase| phase == "forwarder restart"),
+        "connections closed under a request outside a forwarder restart: {closed_under:?}"
+    );
     eprintln!(
-        "pod test: {} requests ok, {} refused connections (forwarder gap), {} HTTP errors",
+        "pod test: {} requests ok, {} refused connections (forwarder gap), {} closed under a request, {} HTTP errors",
         tally.ok.load(Ordering::SeqCst),
         tally.connect_errors.load(Ordering::SeqCst),
+        closed_under.len(),
         tally.http_errors.lock().unwrap().len()
     );
 }
