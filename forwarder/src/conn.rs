@@ -7,6 +7,8 @@
 //!   without this a silent connection, or one that sent half the HTTP/2 preface, is held forever.
 //! - **Idle.** No request in flight for `--idle-timeout`: graceful shutdown (GOAWAY on HTTP/2). hyper
 //!   closes an HTTP/1 keep-alive connection itself when no new head arrives within its header timeout.
+//! - **Crowded.** While the connection cap keeps others waiting, both of those shrink to a second
+//!   ([`deadline`]): connections that ask nothing make room instead of locking clients out.
 //! - **Drain.** HTTP/2 connections get GOAWAY at once: a client sends nothing more on them and nothing
 //!   it sent is lost. HTTP/1 cannot tell an idle connection it is about to close, and a request the
 //!   client sends just as the close happens is lost (or even reset, when its bytes arrived but were not
@@ -14,6 +16,8 @@
 //!   start of the drain says `Connection: close`, and a client that keeps asking learns of the close
 //!   from the answer itself. What is still idle after the linger is closed; a request racing that close
 //!   is the one loss HTTP/1 keep-alive cannot avoid (clients retry it; the README says so).
+
+mod deadline;
 
 use crate::body::ResponseBody;
 use crate::proxy::Proxy;
@@ -36,6 +40,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
+
+use deadline::{judge, Verdict};
 
 /// How long an HTTP/1 connection stays open once the drain starts, answering with `Connection: close`.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
@@ -95,12 +101,13 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// When the connection will have been idle for `idle`; `None` while a request is in flight.
-    fn idle_until(&self, idle: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
+    fn seen(&self) -> deadline::Seen {
+        deadline::Seen {
+            opened: self.opened,
+            asked: self.asked.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed) > 0,
+            idle_since: self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)),
         }
-        Some(self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)) + idle)
     }
 }
 
@@ -142,42 +149,54 @@ impl Body for Tracked {
     }
 }
 
-/// Serves one accepted connection on the current runtime; `slot` (its place under
-/// `--max-connections`) is given back when it ends.
-pub fn serve(
-    server: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
-    proxy: &Arc<Proxy>,
-    drain: &Drain,
-    limits: Limits,
-) {
-    let activity = Arc::new(Activity {
-        opened: Instant::now(),
-        asked: AtomicBool::new(false),
-        http2: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
-        idle_since_ms: AtomicU64::new(0),
-    });
-    let (proxy, draining, requests) = (proxy.clone(), drain.draining.clone(), activity.clone());
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let in_flight = requests.begin(req.version());
-        let http1 = req.version() < Version::HTTP_2;
-        let (proxy, draining) = (proxy.clone(), draining.clone());
-        async move {
-            let mut resp = match proxy.serve(req).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            };
-            if http1 && draining.load(Ordering::Relaxed) {
-                resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+/// What a worker serves its connections with.
+pub struct Worker {
+    pub server: auto::Builder<TokioExecutor>,
+    pub proxy: Arc<Proxy>,
+    pub drain: Drain,
+    /// Set by the acceptor while connections wait for a slot under `--max-connections`.
+    pub crowded: watch::Receiver<bool>,
+    pub limits: Limits,
+}
+
+impl Worker {
+    /// Serves one accepted connection on the current runtime; `slot` (its place under
+    /// `--max-connections`) is given back when it ends.
+    pub fn serve(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        let activity = Arc::new(Activity {
+            opened: Instant::now(),
+            asked: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        });
+        let (proxy, draining, requests) = (self.proxy.clone(), self.drain.draining.clone(), activity.clone());
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let in_flight = requests.begin(req.version());
+            let http1 = req.version() < Version::HTTP_2;
+            let (proxy, draining) = (proxy.clone(), draining.clone());
+            async move {
+                let mut resp = match proxy.serve(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+                if http1 && draining.load(Ordering::Relaxed) {
+                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _in_flight: in_flight }))
             }
-            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _in_flight: in_flight }))
-        }
-    });
-    let conn = server.serve_connection(TokioIo::new(stream), service).into_owned();
-    tokio::spawn(watch(conn, activity, drain.tx.subscribe(), limits, peer, slot));
+        });
+        let conn = self.server.serve_connection(TokioIo::new(stream), service).into_owned();
+        let watcher = Watcher {
+            activity,
+            drain: self.drain.tx.subscribe(),
+            crowded: self.crowded.clone(),
+            limits: self.limits,
+            peer,
+            _slot: slot,
+        };
+        tokio::spawn(watcher.watch(conn));
+    }
 }
 
 enum Phase {
@@ -188,67 +207,77 @@ enum Phase {
     Closing(Option<Instant>),
 }
 
-async fn watch<C>(
-    conn: C,
+/// Keeps one connection's deadlines.
+struct Watcher {
     activity: Arc<Activity>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+    crowded: watch::Receiver<bool>,
     limits: Limits,
     peer: SocketAddr,
     _slot: OwnedSemaphorePermit,
-) where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
-{
-    tokio::pin!(conn);
-    let mut phase = Phase::Serving;
-    let mut check = activity.opened + limits.first_request;
-    loop {
-        let timer = match phase {
-            Phase::Closing(None) => None,
-            Phase::Closing(Some(at)) => Some(at),
-            Phase::Serving | Phase::Lingering => Some(check),
-        };
-        tokio::select! {
-            ended = conn.as_mut() => {
-                if let Err(e) = ended {
-                    debug!(peer = %peer, error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = drain.changed(), if matches!(phase, Phase::Serving) => {
-                if activity.http2.load(Ordering::Relaxed) {
-                    conn.as_mut().graceful_shutdown();
-                    phase = Phase::Closing(None);
-                } else {
-                    check = Instant::now() + DRAIN_LINGER;
-                    phase = Phase::Lingering;
-                }
-            }
-            () = sleep_until(timer) => {
-                let now = Instant::now();
-                match phase {
-                    Phase::Closing(_) => {
-                        debug!(peer = %peer, "closed: it did not finish shutting down");
-                        return;
+}
+
+impl Watcher {
+    async fn watch<C>(mut self, conn: C)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        tokio::pin!(conn);
+        let peer = self.peer;
+        let mut phase = Phase::Serving;
+        // The first check computes the real deadline.
+        let mut check = self.activity.opened;
+        // Whether the acceptor still says when it is crowded (it stops when the drain starts).
+        let mut crowding = true;
+        loop {
+            let timer = match phase {
+                Phase::Closing(at) => at,
+                Phase::Serving | Phase::Lingering => Some(check),
+            };
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        debug!(peer = %peer, error = %e, "client connection ended with an error");
                     }
-                    Phase::Lingering => {
+                    return;
+                }
+                _ = self.drain.changed(), if matches!(phase, Phase::Serving) => {
+                    if self.activity.http2.load(Ordering::Relaxed) {
                         conn.as_mut().graceful_shutdown();
                         phase = Phase::Closing(None);
+                    } else {
+                        check = Instant::now() + DRAIN_LINGER;
+                        phase = Phase::Lingering;
                     }
-                    Phase::Serving if !activity.asked.load(Ordering::Relaxed) => {
-                        debug!(peer = %peer, timeout = ?limits.first_request, "closing: no request within --first-request-timeout");
-                        conn.as_mut().graceful_shutdown();
-                        phase = Phase::Closing(Some(now + CLOSE_GRACE));
-                    }
-                    Phase::Serving => match activity.idle_until(limits.idle) {
-                        None => check = now + limits.idle,
-                        Some(at) if at > now => check = at,
-                        Some(_) => {
-                            debug!(peer = %peer, timeout = ?limits.idle, "closing: idle for --idle-timeout");
+                }
+                changed = self.crowded.changed(), if crowding && matches!(phase, Phase::Serving) => {
+                    crowding = changed.is_ok();
+                    check = Instant::now();
+                }
+                () = sleep_until(timer) => {
+                    let now = Instant::now();
+                    match phase {
+                        Phase::Closing(_) => {
+                            debug!(peer = %peer, "closed: it did not finish shutting down");
+                            return;
+                        }
+                        Phase::Lingering => {
                             conn.as_mut().graceful_shutdown();
                             phase = Phase::Closing(None);
                         }
-                    },
+                        Phase::Serving => {
+                            let crowded = crowding && *self.crowded.borrow();
+                            match judge(&self.activity.seen(), &self.limits, crowded, now) {
+                                Verdict::Wait(at) => check = at,
+                                Verdict::Close(reason) => {
+                                    debug!(peer = %peer, reason = reason.describe(), "closing a client connection");
+                                    conn.as_mut().graceful_shutdown();
+                                    phase = Phase::Closing(reason.never_asked().then_some(now + CLOSE_GRACE));
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
 /// A client that has not sent its request headers by then is dropped (slowloris); streams, once
@@ -68,6 +68,8 @@ struct Shared {
     drain_timeout: Duration,
     limits: conn::Limits,
     max_connections: u32,
+    /// True while connections wait for a slot: connections that ask nothing then make room sooner.
+    crowded: watch::Receiver<bool>,
     http2_keepalive_interval: Duration,
     http2_keepalive_timeout: Duration,
 }
@@ -103,6 +105,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let nofile = limits::raise_nofile().map_err(anyhow::Error::msg)?;
     let max_connections = limits::max_connections(cli.max_connections, nofile.limit, cli.workers)
         .map_err(anyhow::Error::msg)?;
+    let (crowding, crowded) = watch::channel(false);
     let shared = Arc::new(Shared {
         upstream: cli.upstream.clone(),
         proxies: hyper_util::client::proxy::matcher::Matcher::from_env(),
@@ -118,6 +121,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         drain_timeout: cli.drain_timeout,
         limits: conn::Limits { first_request: cli.first_request_timeout, idle: cli.idle_timeout },
         max_connections,
+        crowded,
         http2_keepalive_interval: cli.http2_keepalive_interval,
         http2_keepalive_timeout: cli.http2_keepalive_timeout,
     });
@@ -156,7 +160,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         raised_from = nofile.raised_from,
         "connection cap (--max-connections)"
     );
-    runtime.block_on(accept(listener, queues, slots, &shared, &cli, local, via))?;
+    let acceptor = Acceptor { queues: Handoff { queues, next: 0 }, slots, crowding };
+    runtime.block_on(acceptor.run(listener, &shared, &cli, local, via))?;
 
     let mut drained = true;
     for thread in workers {
@@ -174,109 +179,118 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepts until SIGTERM/SIGINT, then hands over what already waits in the backlog, closes the
-/// listener and the workers' queues, which tells them to drain.
-async fn accept(
-    listener: std::net::TcpListener,
-    queues: Vec<mpsc::UnboundedSender<Accepted>>,
+/// The accepting side: the workers' queues, the slots under `--max-connections`, and the signal that
+/// connections are waiting for one.
+struct Acceptor {
+    queues: Handoff,
     slots: Arc<Semaphore>,
-    shared: &Shared,
-    cli: &cli::Cli,
-    local: SocketAddr,
-    via: Option<String>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener).context("cannot register the listener")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    info!(
-        addr = %local,
-        upstream = %cli.upstream,
-        via_proxy = via.as_deref().unwrap_or("none"),
-        socket = %cli.socket.display(),
-        agent_uid = shared.agent.uid,
-        inbound_keys = shared.keys.as_ref().map_or(0, |k| k.len()),
-        workers = cli.workers,
-        "listening"
-    );
-    // A sidecar may start before its agent: say so, but serve (requests wait for the agent, then 503).
-    // In the background, so /livez answers from the start whatever the agent does.
-    let agent = shared.agent.clone();
-    tokio::spawn(async move {
-        if let Err(e) = agent::TokenSource::check_at_start(&agent).await {
-            warn!(error = %e, "the agent has no token for us yet; requests get 503 until it does");
-        }
-    });
+    crowding: watch::Sender<bool>,
+}
 
-    let mut handoff = Handoff { queues, next: 0 };
-    let mut cap_warned: Option<Instant> = None;
-    let signal_name = loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if cap_warned.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
-                    warn!(
-                        max_connections = shared.max_connections,
-                        "connection cap reached (--max-connections): new connections wait in the listen backlog"
-                    );
-                    cap_warned = Some(Instant::now());
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.context("the connection slots closed")?,
-                    _ = sigterm.recv() => break "SIGTERM",
-                    _ = sigint.recv() => break "SIGINT",
-                }
+impl Acceptor {
+    /// Accepts until SIGTERM/SIGINT, then hands over what already waits in the backlog, closes the
+    /// listener and the workers' queues, which tells them to drain.
+    async fn run(
+        mut self,
+        listener: std::net::TcpListener,
+        shared: &Shared,
+        cli: &cli::Cli,
+        local: SocketAddr,
+        via: Option<String>,
+    ) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(listener).context("cannot register the listener")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        info!(
+            addr = %local,
+            upstream = %cli.upstream,
+            via_proxy = via.as_deref().unwrap_or("none"),
+            socket = %cli.socket.display(),
+            agent_uid = shared.agent.uid,
+            inbound_keys = shared.keys.as_ref().map_or(0, |k| k.len()),
+            workers = cli.workers,
+            "listening"
+        );
+        // A sidecar may start before its agent: say so, but serve (requests wait for the agent, then
+        // 503). In the background, so /livez answers from the start whatever the agent does.
+        let agent = shared.agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = agent::TokenSource::check_at_start(&agent).await {
+                warn!(error = %e, "the agent has no token for us yet; requests get 503 until it does");
             }
-        };
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let stream = match stream.into_std() {
-                        Ok(stream) => stream,
-                        Err(e) => {
-                            warn!(peer = %peer, error = %e, "cannot hand a connection to a worker");
-                            continue;
-                        }
-                    };
-                    if !handoff.send(stream, peer, slot) {
-                        break "a failed worker";
+        });
+
+        let mut cap_warned: Option<Instant> = None;
+        let signal_name = loop {
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    self.crowding.send_if_modified(|crowded| std::mem::replace(crowded, false));
+                    slot
+                }
+                Err(_) => {
+                    if cap_warned.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
+                        warn!(
+                            max_connections = shared.max_connections,
+                            "connection cap reached (--max-connections): new connections wait in the listen \
+                             backlog, and connections that ask nothing or sit idle get a second to make room"
+                        );
+                        cap_warned = Some(Instant::now());
+                    }
+                    self.crowding.send_if_modified(|crowded| !std::mem::replace(crowded, true));
+                    tokio::select! {
+                        slot = self.slots.clone().acquire_owned() => slot.context("the connection slots closed")?,
+                        _ = sigterm.recv() => break "SIGTERM",
+                        _ = sigint.recv() => break "SIGINT",
                     }
                 }
-                Err(e) => {
-                    // Below the descriptor limit by the cap, but other limits (memory, a file table) exist:
-                    // back off briefly instead of spinning.
-                    warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-        }
-    };
-    // The kernel completed these connections' handshakes and their clients may have sent a request:
-    // closing the listener now would reset them. They are served like the rest (and told to close).
-    // Straight from the socket: the runtime's idea of its readiness may lag behind the kernel's.
-    let listener = listener.into_std().context("cannot take the listener back from the runtime")?;
-    let mut backlog = 0usize;
-    while let Ok(slot) = slots.clone().try_acquire_owned() {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if !handoff.send(stream, peer, slot) {
-                    break;
-                }
-                backlog += 1;
+            };
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let stream = match stream.into_std() {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                warn!(peer = %peer, error = %e, "cannot hand a connection to a worker");
+                                continue;
+                            }
+                        };
+                        if !self.queues.send(stream, peer, slot) {
+                            break "a failed worker";
+                        }
+                    }
+                    Err(e) => {
+                        // Below the descriptor limit by the cap, but other limits (memory, the system's
+                        // file table) exist: back off briefly instead of spinning.
+                        warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
             }
-            Err(_) => break,
+        };
+        // The kernel completed these connections' handshakes and their clients may have sent a request:
+        // closing the listener now would reset them. They are served like the rest (and told to close).
+        // Straight from the socket: the runtime's idea of its readiness may lag behind the kernel's.
+        let listener = listener.into_std().context("cannot take the listener back from the runtime")?;
+        let mut backlog = 0usize;
+        while let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            let Ok((stream, peer)) = listener.accept() else { break };
+            if !self.queues.send(stream, peer, slot) {
+                break;
+            }
+            backlog += 1;
         }
+        drop(listener);
+        drop(self);
+        info!(
+            signal = signal_name,
+            drain_timeout = ?cli.drain_timeout,
+            taken_from_backlog = backlog,
+            "shutting down: not accepting; letting in-flight requests finish"
+        );
+        Ok(())
     }
-    drop(listener);
-    drop(handoff);
-    info!(
-        signal = signal_name,
-        drain_timeout = ?cli.drain_timeout,
-        taken_from_backlog = backlog,
-        "shutting down: not accepting; letting in-flight requests finish"
-    );
-    Ok(())
 }
 
 /// The workers' queues, taken round robin.
@@ -313,7 +327,6 @@ fn worker(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> anyh
         .build()
         .context("cannot start a worker's async runtime")?;
     runtime.block_on(async move {
-        let proxy = Arc::new(shared.proxy()?);
         let mut server = auto::Builder::new(TokioExecutor::new());
         server.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
         server
@@ -321,7 +334,13 @@ fn worker(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> anyh
             .timer(TokioTimer::new())
             .keep_alive_interval(shared.http2_keepalive_interval)
             .keep_alive_timeout(shared.http2_keepalive_timeout);
-        let drain = conn::Drain::new();
+        let worker = conn::Worker {
+            server,
+            proxy: Arc::new(shared.proxy()?),
+            drain: conn::Drain::new(),
+            crowded: shared.crowded.clone(),
+            limits: shared.limits,
+        };
         while let Some((stream, peer, slot)) = conns.recv().await {
             let stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(s) => s,
@@ -330,9 +349,9 @@ fn worker(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> anyh
                     continue;
                 }
             };
-            conn::serve(&server, stream, peer, slot, &proxy, &drain, shared.limits);
+            worker.serve(stream, peer, slot);
         }
-        debug!(connections = drain.open_connections(), "draining");
-        Ok(drain.run(shared.drain_timeout).await)
+        debug!(connections = worker.drain.open_connections(), "draining");
+        Ok(worker.drain.run(shared.drain_timeout).await)
     })
 }
