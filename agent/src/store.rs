@@ -7,7 +7,9 @@
 //! already spent. On start the state wins over the seed unless the seed changed since (a new login,
 //! an updated Secret) and is not one we have already rotated past.
 
-use crate::atomic::{check_replaceable, resolve_symlinks, write_atomic, WriteError};
+use crate::atomic::{
+    check_replaceable, read_regular, remove_stale_temp_files, resolve_symlinks, write_atomic, WriteError,
+};
 use crate::credentials::{json_fault, to_pretty_bytes, Credentials, CredentialsError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -120,7 +122,12 @@ impl Store {
                 Target::InPlace
             }
         };
-        Ok(Store { seed, target })
+        let store = Store { seed, target };
+        let removed = remove_stale_temp_files(&store.persist_path());
+        if removed > 0 {
+            tracing::info!(removed, dir = %store.persist_path().display(), "removed temporary files a killed writer left behind");
+        }
+        Ok(store)
     }
 
     pub fn seed_path(&self) -> &Path {
@@ -146,7 +153,7 @@ impl Store {
 
     pub fn read_state(&self) -> Result<Option<StateRead>, StoreError> {
         let Target::StateFile(path) = &self.target else { return Ok(None) };
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_regular(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CredentialsError::Read { path: path.clone(), source }.into()),
@@ -211,7 +218,7 @@ impl Store {
 /// Reads a seed file: its hash and its credentials from the same bytes.
 pub fn read_seed_file(path: &Path) -> Result<SeedRead, CredentialsError> {
     let bytes =
-        std::fs::read(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
+        read_regular(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
     Ok(SeedRead { sha256: sha256_hex(&bytes), credentials: Credentials::parse(&bytes, path) })
 }
 
