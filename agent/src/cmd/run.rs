@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// How long a token request waits for a refresh when the token has already expired.
     #[arg(long, env = "SIDECRED_EXPIRED_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub expired_wait: Duration,
+    /// A socket connection with no request for this long is closed (clients reconnect).
+    #[arg(long, env = "SIDECRED_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     /// After every refresh, write the live pair into this Kubernetes Secret (NAMESPACE/NAME), so a new pod
     /// starts from a live refresh token. Needs RBAC `get` and `patch` on that one Secret.
     #[arg(long, env = "SIDECRED_WRITE_BACK_SECRET", value_name = "NAMESPACE/NAME")]
@@ -110,6 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         mode: args.socket_mode,
         allowed_uids: allowed_uids.clone(),
         expired_wait: args.expired_wait,
+        idle_timeout: args.idle_timeout,
         refresh_wait: args.endpoint.request_timeout.saturating_add(Duration::from_secs(5)),
     };
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;

@@ -54,6 +54,8 @@ pub struct Config {
     pub expired_wait: Duration,
     /// Upper bound on waiting for a refresh the client asked for.
     pub refresh_wait: Duration,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Binds the socket. A leftover socket file is replaced only when nothing answers on it.
@@ -87,6 +89,7 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
 
 struct Context {
     allowed_uids: Vec<u32>,
+    idle_timeout: Duration,
     answers: Answers,
     /// Connections each allowed uid holds now.
     held: Mutex<HashMap<u32, usize>>,
@@ -154,6 +157,7 @@ pub async fn serve(
 ) {
     let ctx = Arc::new(Context {
         allowed_uids: config.allowed_uids,
+        idle_timeout: config.idle_timeout,
         answers: Answers::new(snapshot, inputs, config.expired_wait, config.refresh_wait),
         held: Mutex::new(HashMap::new()),
         refusals: AtomicUsize::new(0),
