@@ -51,6 +51,33 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Why a directory cannot hold a socket or credentials: someone else could replace what we put there.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafeDir {
+    #[error("{path} belongs to uid {owner}, not to this process's uid {me} (or root): another user could replace what is put there; use a directory of your own")]
+    Owner { path: PathBuf, owner: u32, me: u32 },
+    #[error("{path} is writable by every user (mode {mode:o}) without the sticky bit: anyone could replace what is put there; use a directory of your own inside it")]
+    WorldWritable { path: PathBuf, mode: u32 },
+    #[error("cannot inspect {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Checks that only this process's user (or root) can change what `dir` holds: it is owned by us or by
+/// root, and not writable by others unless sticky (as `/tmp` is).
+pub fn check_private_dir(dir: &Path) -> Result<(), UnsafeDir> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|source| UnsafeDir::Io { path: dir.to_owned(), source })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(UnsafeDir::Owner { path: dir.to_owned(), owner: meta.uid(), me });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(UnsafeDir::WorldWritable { path: dir.to_owned(), mode });
+    }
+    Ok(())
+}
+
 /// The name a temporary file for `target` gets: hidden, naming the writer, unique.
 fn temp_name(target_name: &str) -> String {
     format!(".{target_name}.sidecred-{}-{:08x}.tmp", std::process::id(), rand::random::<u32>())

@@ -29,6 +29,8 @@ pub enum StoreError {
     Write(#[from] WriteError),
     #[error("cannot create state directory {path}: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
+    #[error("the state directory is not safe: {0}")]
+    UnsafeStateDir(#[from] crate::atomic::UnsafeDir),
     #[error("state file {path} is damaged ({detail}); move it aside to start again from the seed")]
     StateDamaged { path: PathBuf, detail: String },
     #[error("state file {path} has version {version}, newer than this agent understands ({STATE_VERSION})")]
@@ -109,6 +111,7 @@ impl Store {
                     .mode(0o700)
                     .create(&dir)
                     .map_err(|source| StoreError::StateDir { path: dir.clone(), source })?;
+                crate::atomic::check_private_dir(&dir)?;
                 let file = dir.join(STATE_FILE);
                 check_replaceable(&file)?;
                 Target::StateFile(file)

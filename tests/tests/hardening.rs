@@ -238,3 +238,33 @@ async fn peers_cannot_hold_the_slots_the_forwarder_needs() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_others_can_write_are_refused() {
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+    // A socket directory every user can write to: anyone could move the socket away and plant their own.
+    let run = sb.path().join("run");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut agent = Proc::spawn("agent", sb.agent_cmd(&fake.token_url()), &sb.log("agent"));
+    assert!(!agent.wait_exit(Duration::from_secs(10)).success());
+    let log = agent.log();
+    assert!(log.contains("writable by every user") && log.contains(&run.display().to_string()), "{log}");
+    assert!(!sb.socket().exists());
+
+    // The sticky bit (as on /tmp) makes it safe again.
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    drop(sb.start_agent("agent-sticky", sb.agent_cmd(&fake.token_url())).await);
+
+    // A state directory that belongs to another user.
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if nix::unistd::getuid().as_raw() == 0 {
+        let theirs = sb.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let mut cmd = sb.agent_cmd(&fake.token_url());
+        cmd.arg("--state-dir").arg(&theirs);
+        let mut agent = Proc::spawn("agent-state", cmd, &sb.log("agent-state"));
+        assert!(!agent.wait_exit(Duration::from_secs(10)).success());
+        assert!(agent.log().contains("belongs to uid 65534"), "{}", agent.log());
+    }
+}
