@@ -2,6 +2,7 @@
 //! outside services. The tests themselves live in `tests/tests/*.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod compat;
 pub mod fakes;
 pub mod forwarder_harness;
 pub mod harness;
