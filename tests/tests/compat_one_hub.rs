@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use sidecred_proto::anthropic::OAUTH_BETA;
+use sidecred_proto::anthropic::{OAUTH_BETA, SHOULD_RETRY_HEADER};
 use sidecred_tests::compat::{Setup, Stack};
 use sidecred_tests::fakes::upstream::{sha256_of, Seen, MODELS};
 use sidecred_tests::forwarder_harness::http_client;
@@ -149,7 +149,7 @@ async fn a_channel_key_is_checked_as_an_inbound_key() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    assert_eq!(resp.headers()["x-should-retry"], "false");
+    assert_eq!(resp.headers()[SHOULD_RETRY_HEADER], "false");
     let error: Value = resp.json().await.unwrap();
     assert_eq!(error["error"]["type"], "authentication_error");
     assert_eq!(stack.upstream.seen_count(), 1, "the refused request never reached the API");
