@@ -16,6 +16,7 @@ mod headers;
 mod health;
 mod keys;
 mod proxy;
+mod rejected;
 mod upstream;
 
 use anyhow::Context;
@@ -59,6 +60,7 @@ struct Shared {
     max_request_body: u64,
     retry_body_limit: u64,
     drain_timeout: Duration,
+    rejected: Arc<rejected::RejectedToken>,
 }
 
 impl Shared {
@@ -71,6 +73,7 @@ impl Shared {
             keys: self.keys.clone(),
             max_request_body: self.max_request_body,
             retry_body_limit: self.retry_body_limit,
+            rejected: self.rejected.clone(),
         })
     }
 }
@@ -99,6 +102,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         max_request_body: cli.max_request_body,
         retry_body_limit: cli.retry_body_limit,
         drain_timeout: cli.drain_timeout,
+        rejected: Arc::default(),
     });
     // Configuration faults (a bad proxy URL, say) stop the start here rather than in every worker.
     let via = upstream::Upstream::new(&shared.upstream, &shared.proxies, &shared.roots)
