@@ -1,9 +1,106 @@
-//! Crash-safe file replacement: a reader sees the old file or the new one, never a torn or empty one.
+//! Files we do not control: reading them without blocking or swallowing the machine, and replacing them
+//! crash-safely (a reader sees the old file or the new one, never a torn or empty one).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// The largest credentials or state file read. Real ones are a few hundred bytes.
+pub const MAX_FILE_LEN: u64 = 1024 * 1024;
+
+/// Reads a file that someone else may have put there: only a regular file (a FIFO would block the
+/// reader forever, `/dev/zero` would never end), at most [`MAX_FILE_LEN`] bytes. Opening does not block
+/// either: a FIFO is opened non-blocking and then refused.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY).bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::new(ErrorKind::InvalidInput, format!("{what}, not a regular file")));
+    }
+    let too_large = || {
+        std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_LEN} bytes; not a credentials file"),
+        )
+    };
+    if meta.len() > MAX_FILE_LEN {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // The file may grow after the check: never read more than the limit allows.
+    file.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Why a directory cannot hold a socket or credentials: someone else could replace what we put there.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafeDir {
+    #[error("{path} belongs to uid {owner}, not to this process's uid {me} (or root): another user could replace what is put there; use a directory of your own")]
+    Owner { path: PathBuf, owner: u32, me: u32 },
+    #[error("{path} is writable by every user (mode {mode:o}) without the sticky bit: anyone could replace what is put there; use a directory of your own inside it")]
+    WorldWritable { path: PathBuf, mode: u32 },
+    #[error("cannot inspect {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Checks that only this process's user (or root) can change what `dir` holds: it is owned by us or by
+/// root, and not writable by others unless sticky (as `/tmp` is).
+pub fn check_private_dir(dir: &Path) -> Result<(), UnsafeDir> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|source| UnsafeDir::Io { path: dir.to_owned(), source })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(UnsafeDir::Owner { path: dir.to_owned(), owner: meta.uid(), me });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(UnsafeDir::WorldWritable { path: dir.to_owned(), mode });
+    }
+    Ok(())
+}
+
+/// The name a temporary file for `target` gets: hidden, naming the writer, unique.
+fn temp_name(target_name: &str) -> String {
+    format!(".{target_name}.sidecred-{}-{:08x}.tmp", std::process::id(), rand::random::<u32>())
+}
+
+/// Removes temporary files that a writer killed mid-write left beside `target`. Only ours, by name.
+pub fn remove_stale_temp_files(target: &Path) -> usize {
+    let dir = parent_dir(target);
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else { return 0 };
+    let prefix = format!(".{name}.sidecred-");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let is_ours = file_name.starts_with(&prefix) && file_name.ends_with(".tmp");
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_ours && is_file && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -28,7 +125,7 @@ pub enum WriteError {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let dir = parent_dir(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.sidecred-{}-{:08x}.tmp", std::process::id(), rand::random::<u32>()));
+    let tmp = dir.join(temp_name(&name));
 
     let result = write_new(&tmp, bytes).and_then(|()| {
         std::fs::rename(&tmp, path).map_err(|e| classify(e, path, &dir, true))?;
@@ -119,6 +216,39 @@ pub fn resolve_symlinks(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_regular_files_of_a_sane_size_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        // Would block forever if the open or the read blocked.
+        let err = read_regular(&fifo).expect_err("a FIFO");
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+        assert!(read_regular(&zero).expect_err("a device").to_string().contains("a device"));
+        assert!(read_regular(dir.path()).is_err());
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b' '; MAX_FILE_LEN as usize + 1]).expect("write");
+        assert!(read_regular(&big).expect_err("too large").to_string().contains("larger than"));
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, b"{}").expect("write");
+        assert_eq!(read_regular(&ok).expect("read"), b"{}");
+    }
+
+    #[test]
+    fn stale_temp_files_of_this_target_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("credentials.json");
+        let stale = dir.path().join(temp_name("credentials.json"));
+        std::fs::write(&stale, b"half").expect("write");
+        let other = dir.path().join(temp_name("other.json"));
+        std::fs::write(&other, b"x").expect("write");
+        std::fs::write(&target, b"{}").expect("write");
+        assert_eq!(remove_stale_temp_files(&target), 1);
+        assert!(!stale.exists() && other.exists() && target.exists());
+    }
 
     #[test]
     fn replaces_content_with_mode_0600_and_leaves_no_temp_files() {

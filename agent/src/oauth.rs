@@ -10,6 +10,18 @@ use std::time::Duration;
 /// The longest `Retry-After` honoured; a larger value is treated as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// The longest token lifetime believed: a long-lived token lives a year. A larger `expires_in` is
+/// clamped to this, never refused: by the time we read it the refresh token may already have rotated,
+/// and the new pair must be kept.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(400 * 86_400);
+
+/// The lifetime assumed when a successful answer has no usable `expires_in`: short, so the pair is kept
+/// and refreshed again soon.
+pub const FALLBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The largest answer read from the token endpoint. A real one is well under 2 KiB.
+const MAX_RESPONSE_LEN: usize = 64 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct OAuthConfig {
     pub token_url: String,
@@ -42,7 +54,8 @@ impl TokenResponse {
         TokenUpdate {
             access_token: self.access_token,
             refresh_token: self.refresh_token,
-            expires_at_ms: arrived_ms.saturating_add(self.expires_in.as_millis() as u64),
+            expires_at_ms: arrived_ms
+                .saturating_add(u64::try_from(self.expires_in.as_millis()).unwrap_or(u64::MAX)),
             scopes: self.scopes,
         }
     }
@@ -141,7 +154,7 @@ impl OAuthClient {
             .map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?;
+        let bytes = read_bounded(response, url).await?;
         if status.is_success() {
             parse_success(&bytes, url)
         } else {
@@ -157,21 +170,51 @@ fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, TokenError> {
     let access_token = raw.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
         TokenError::transient(format!("token endpoint {url} answered without `access_token`"))
     })?;
-    let expires_in = raw
-        .expires_in
-        .as_ref()
-        .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
-        .filter(|s| *s > 0)
-        .ok_or_else(|| {
-            TokenError::transient(format!("token endpoint {url} answered without a positive `expires_in`"))
-        })?;
+    let expires_in = lifetime(raw.expires_in.as_ref(), url);
     Ok(TokenResponse {
         access_token: Secret::new(access_token),
         refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
-        expires_in: Duration::from_secs(expires_in),
+        expires_in,
         scopes: raw.scope.map(|s| s.split_whitespace().map(str::to_owned).collect()),
         account_email: raw.account.and_then(|a| a.email_address),
     })
+}
+
+/// The token's lifetime from `expires_in` (seconds, as a number or a string), clamped to
+/// [`MAX_TOKEN_LIFETIME`]; [`FALLBACK_TOKEN_LIFETIME`] when it is missing, not a number or not positive.
+/// Never an error: the answer carries a pair that must be kept whatever its lifetime says.
+fn lifetime(value: Option<&serde_json::Value>, url: &str) -> Duration {
+    let secs =
+        value.and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok())));
+    match secs {
+        Some(s) if s.is_finite() && s >= 1.0 => {
+            let max = MAX_TOKEN_LIFETIME.as_secs_f64();
+            if s > max {
+                tracing::warn!(endpoint = %url, expires_in = s, "the token endpoint gave an implausible lifetime; assuming {} days", MAX_TOKEN_LIFETIME.as_secs() / 86_400);
+            }
+            Duration::from_secs_f64(s.min(max))
+        }
+        _ => {
+            tracing::warn!(endpoint = %url, "the token endpoint answered without a usable `expires_in`; assuming {FALLBACK_TOKEN_LIFETIME:?} so the new pair is kept and refreshed again soon");
+            FALLBACK_TOKEN_LIFETIME
+        }
+    }
+}
+
+/// Reads an answer's body, at most [`MAX_RESPONSE_LEN`] bytes.
+async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>, TokenError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) =
+        response.chunk().await.map_err(|e| TokenError::transient(describe_reqwest(&e, url)))?
+    {
+        if bytes.len().saturating_add(chunk.len()) > MAX_RESPONSE_LEN {
+            return Err(TokenError::transient(format!(
+                "token endpoint {url} sent an answer larger than {MAX_RESPONSE_LEN} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// Sorts a non-2xx answer into "retry later" and "log in again".
@@ -302,6 +345,35 @@ mod tests {
             parse_success(br#"{"access_token":"sk-ant-oat01-leak","expires_in":"#, URL).expect_err("bad");
         assert!(matches!(err, TokenError::Transient { .. }));
         assert!(!err.to_string().contains("leak"), "{err}");
+    }
+
+    #[test]
+    fn an_absurd_or_missing_lifetime_never_loses_the_pair() {
+        let ok = |body: &str| parse_success(body.as_bytes(), URL).expect(body);
+        let huge = ok(r#"{"access_token":"A","refresh_token":"R","expires_in":1e19}"#);
+        assert_eq!(huge.expires_in, MAX_TOKEN_LIFETIME);
+        assert_eq!(huge.refresh_token.as_ref().map(Secret::expose), Some("R"));
+        assert_eq!(
+            ok(r#"{"access_token":"A","expires_in":18446744073709551615}"#).expires_in,
+            MAX_TOKEN_LIFETIME
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"A","expires_in":"10000000000000"}"#).expires_in,
+            MAX_TOKEN_LIFETIME
+        );
+        for odd in [
+            r#""expires_in":-5"#,
+            r#""expires_in":0"#,
+            r#""expires_in":"soon""#,
+            r#""expires_in":null"#,
+            r#""x":1"#,
+        ] {
+            let r = ok(&format!(r#"{{"access_token":"A","refresh_token":"R",{odd}}}"#));
+            assert_eq!(r.expires_in, FALLBACK_TOKEN_LIFETIME, "{odd}");
+        }
+        assert_eq!(ok(r#"{"access_token":"A","expires_in":28800.9}"#).expires_in.as_secs(), 28800);
+        // The update's expiry cannot overflow either.
+        assert_eq!(huge.into_update(u64::MAX - 5).expires_at_ms, u64::MAX);
     }
 
     #[test]

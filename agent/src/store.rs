@@ -7,7 +7,9 @@
 //! already spent. On start the state wins over the seed unless the seed changed since (a new login,
 //! an updated Secret) and is not one we have already rotated past.
 
-use crate::atomic::{check_replaceable, resolve_symlinks, write_atomic, WriteError};
+use crate::atomic::{
+    check_replaceable, read_regular, remove_stale_temp_files, resolve_symlinks, write_atomic, WriteError,
+};
 use crate::credentials::{json_fault, to_pretty_bytes, Credentials, CredentialsError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,6 +29,8 @@ pub enum StoreError {
     Write(#[from] WriteError),
     #[error("cannot create state directory {path}: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
+    #[error("the state directory is not safe: {0}")]
+    UnsafeStateDir(#[from] crate::atomic::UnsafeDir),
     #[error("state file {path} is damaged ({detail}); move it aside to start again from the seed")]
     StateDamaged { path: PathBuf, detail: String },
     #[error("state file {path} has version {version}, newer than this agent understands ({STATE_VERSION})")]
@@ -107,6 +111,7 @@ impl Store {
                     .mode(0o700)
                     .create(&dir)
                     .map_err(|source| StoreError::StateDir { path: dir.clone(), source })?;
+                crate::atomic::check_private_dir(&dir)?;
                 let file = dir.join(STATE_FILE);
                 check_replaceable(&file)?;
                 Target::StateFile(file)
@@ -120,7 +125,12 @@ impl Store {
                 Target::InPlace
             }
         };
-        Ok(Store { seed, target })
+        let store = Store { seed, target };
+        let removed = remove_stale_temp_files(&store.persist_path());
+        if removed > 0 {
+            tracing::info!(removed, dir = %store.persist_path().display(), "removed temporary files a killed writer left behind");
+        }
+        Ok(store)
     }
 
     pub fn seed_path(&self) -> &Path {
@@ -146,7 +156,7 @@ impl Store {
 
     pub fn read_state(&self) -> Result<Option<StateRead>, StoreError> {
         let Target::StateFile(path) = &self.target else { return Ok(None) };
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_regular(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CredentialsError::Read { path: path.clone(), source }.into()),
@@ -211,7 +221,7 @@ impl Store {
 /// Reads a seed file: its hash and its credentials from the same bytes.
 pub fn read_seed_file(path: &Path) -> Result<SeedRead, CredentialsError> {
     let bytes =
-        std::fs::read(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
+        read_regular(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
     Ok(SeedRead { sha256: sha256_hex(&bytes), credentials: Credentials::parse(&bytes, path) })
 }
 

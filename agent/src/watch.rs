@@ -43,6 +43,8 @@ pub fn spawn(seed: PathBuf, initial_sha: Option<String>, inputs: mpsc::Sender<In
         // The watcher stops when dropped; keep it alive as long as this task.
         let _watcher = watcher;
         let mut last_sha = initial_sha;
+        // What was wrong with the seed last time, so each new problem is said once.
+        let mut last_problem: Option<String> = None;
         loop {
             tokio::select! {
                 event = events.recv() => {
@@ -65,6 +67,7 @@ pub fn spawn(seed: PathBuf, initial_sha: Option<String>, inputs: mpsc::Sender<In
             };
             match read {
                 Ok(read) => {
+                    last_problem = None;
                     if last_sha.as_deref() == Some(read.sha256.as_str()) {
                         continue;
                     }
@@ -75,10 +78,14 @@ pub fn spawn(seed: PathBuf, initial_sha: Option<String>, inputs: mpsc::Sender<In
                     }
                 }
                 Err(e) => {
-                    // A missing seed (a Secret being swapped, a logout) is not news worth repeating.
-                    if last_sha.take().is_some() {
-                        warn!(error = %e, "the seed cannot be read; still serving the last good credentials");
+                    // A missing seed (a Secret being swapped, a logout) is not news worth repeating; a
+                    // new problem (a FIFO, a device, a huge file) is.
+                    let problem = e.to_string();
+                    let had_seed = last_sha.take().is_some();
+                    if had_seed || last_problem.as_deref() != Some(problem.as_str()) {
+                        warn!(error = %problem, "the seed cannot be read; still serving the last good credentials");
                     }
+                    last_problem = Some(problem);
                 }
             }
         }

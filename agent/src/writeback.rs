@@ -106,9 +106,14 @@ enum Outcome {
     NewerLogin,
 }
 
+/// The pause after a write-back lost a race with another writer, doubling up to the maximum.
+const CONFLICT_PAUSE_MIN: Duration = Duration::from_millis(100);
+const CONFLICT_PAUSE_MAX: Duration = Duration::from_secs(5);
+
 async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<Offer>>) {
     let mut api: Option<Api<KubeSecret>> = None;
     let mut delay = Duration::from_secs(1);
+    let mut conflict_pause = CONFLICT_PAUSE_MIN;
     loop {
         if rx.changed().await.is_err() {
             return;
@@ -130,6 +135,7 @@ async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<O
                 Ok(Outcome::Written) => {
                     info!(secret = %secret, refresh_token = %offer.refresh_fp, "wrote the live pair back to the Secret");
                     delay = Duration::from_secs(1);
+                    conflict_pause = CONFLICT_PAUSE_MIN;
                     break;
                 }
                 Ok(Outcome::AlreadyCurrent) => {
@@ -143,11 +149,20 @@ async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<O
                     );
                     break;
                 }
-                Err(SecretWriteError::Conflict { .. }) => continue,
+                Err(SecretWriteError::Conflict { .. }) => {
+                    // Someone else wrote meanwhile: read again, after a pause that grows, so two writers
+                    // (or an API server that conflicts every time) do not spin.
+                    debug!(secret = %secret, retry_in = ?conflict_pause, "the Secret changed under the write; retrying");
+                    tokio::time::sleep(conflict_pause).await;
+                    conflict_pause = (conflict_pause * 2).min(CONFLICT_PAUSE_MAX);
+                }
                 Err(e) => {
                     warn!(secret = %secret, error = %e, retry_in = ?delay, "writing the live pair back to the Secret failed");
-                    // A newer pair cuts the wait short; it is retried from the top.
-                    let _ = tokio::time::timeout(delay, rx.changed()).await;
+                    // A newer pair cuts the wait short; it is retried from the top. The agent going away
+                    // ends the wait too, without turning it into a spin.
+                    if let Ok(Err(_)) = tokio::time::timeout(delay, rx.changed()).await {
+                        return;
+                    }
                     delay = (delay * 2).min(Duration::from_secs(60));
                 }
             }

@@ -14,11 +14,20 @@ pub struct ErrorReply {
     /// The Anthropic error type, e.g. `authentication_error`.
     pub kind: &'static str,
     pub message: Cow<'static, str>,
+    /// Sent as `x-should-retry` when set: whether the client sending the same request again can help.
+    /// Unset, the client's own rules decide (a 503 during an agent restart is worth retrying).
+    pub retry: Option<bool>,
 }
 
 impl ErrorReply {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        ErrorReply { status, kind, message: message.into() }
+        ErrorReply { status, kind, message: message.into(), retry: None }
+    }
+
+    /// Marks an error that the same request will meet again until someone changes something.
+    pub fn final_answer(mut self) -> Self {
+        self.retry = Some(false);
+        self
     }
 
     pub fn not_found() -> Self {
@@ -27,10 +36,13 @@ impl ErrorReply {
             "not_found_error",
             "not found: this forwarder serves /v1/... (and /api/v1/..., the same), /health, /livez and /readyz",
         )
+        .final_answer()
     }
 
+    /// A wrong or missing key, or a login that needs renewing: retrying cannot help, and without saying
+    /// so Claude Code retries a 401 silently for minutes.
     pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message)
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message).final_answer()
     }
 
     pub fn too_large(limit: u64) -> Self {
@@ -39,6 +51,7 @@ impl ErrorReply {
             "request_too_large",
             format!("request body exceeds the forwarder's limit of {limit} bytes (--max-request-body)"),
         )
+        .final_answer()
     }
 
     pub fn agent_unavailable(detail: impl std::fmt::Display) -> Self {
@@ -66,7 +79,11 @@ impl ErrorReply {
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
-        json_response(self.status, self.body())
+        let mut resp = json_response(self.status, self.body());
+        if let Some(retry) = self.retry {
+            crate::headers::advise_retry(resp.headers_mut(), retry);
+        }
+        resp
     }
 }
 
@@ -92,6 +109,20 @@ mod tests {
         let resp = ErrorReply::too_large(10).into_response();
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn errors_a_retry_cannot_mend_say_so() {
+        for e in [ErrorReply::unauthorized("wrong key"), ErrorReply::not_found(), ErrorReply::too_large(1)] {
+            let status = e.status;
+            assert_eq!(e.into_response().headers()["x-should-retry"], "false", "{status}");
+        }
+        for e in [ErrorReply::agent_unavailable("restarting"), ErrorReply::bad_gateway("refused")] {
+            let status = e.status;
+            assert!(!e.into_response().headers().contains_key("x-should-retry"), "{status}");
+        }
+        let e = ErrorReply::agent_unavailable("not allowed").final_answer();
+        assert_eq!(e.into_response().headers()["x-should-retry"], "false");
     }
 
     #[test]

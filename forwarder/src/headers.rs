@@ -8,6 +8,14 @@ pub static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta"
 pub static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_SHOULD_RETRY: HeaderName = HeaderName::from_static(anthropic::SHOULD_RETRY_HEADER);
+
+/// Tells Anthropic's clients whether sending the request again can help, overriding what they would do
+/// by the status alone (they retry 408/409/429/5xx, not 401; Claude Code retries a 401 for minutes).
+pub fn advise_retry(headers: &mut HeaderMap, retry: bool) {
+    let value = HeaderValue::from_static(if retry { "true" } else { "false" });
+    headers.insert(X_SHOULD_RETRY.clone(), value);
+}
 
 /// Whether `name` describes one connection, not the message (RFC 9110 §7.6.1), or is one of those the
 /// old `Proxy-Connection` convention and hyper's HTTP/2 encoder also refuse to carry across. A match on
@@ -395,6 +403,15 @@ mod tests {
     fn tokens_that_cannot_be_headers_are_errors_that_hide_the_token() {
         let err = authorization(&Secret::new("bad\ntoken-sctest")).unwrap_err();
         assert!(!err.to_string().contains("sctest"));
+    }
+
+    #[test]
+    fn retry_advice_replaces_the_upstreams() {
+        let mut h = map(&[("x-should-retry", "false")]);
+        advise_retry(&mut h, true);
+        assert_eq!(h.get_all("x-should-retry").iter().collect::<Vec<_>>(), ["true"]);
+        advise_retry(&mut h, false);
+        assert_eq!(h.get_all("x-should-retry").iter().collect::<Vec<_>>(), ["false"]);
     }
 
     #[test]

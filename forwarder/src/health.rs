@@ -1,10 +1,15 @@
 //! Probes. `/livez`: the process serves HTTP. `/readyz` and `/health`: the agent answers with a valid
 //! token right now (no waiting out a restart: a probe must report what is, promptly). Probes share the
 //! agent exchanges of requests, so a flood of them costs the agent no more than steady traffic.
+//! `/health` also says when the API rejects the token the agent serves and the agent will not replace it
+//! yet (its cooldown after a refresh): requests then get 401 although the agent reports a valid token.
+//! `/readyz` does not: no other replica of this account would do better, so taking this one out of
+//! service helps nobody.
 
 use crate::agent::{AgentError, TokenSource};
 use crate::body::ResponseBody;
 use crate::errors::json_response;
+use crate::rejected::RejectedToken;
 use http::{Response, StatusCode};
 use serde_json::json;
 
@@ -22,13 +27,33 @@ pub async fn readyz(tokens: &TokenSource) -> Response<ResponseBody> {
     }
 }
 
-pub async fn health(tokens: &TokenSource) -> Response<ResponseBody> {
+pub async fn health(tokens: &TokenSource, rejected: &RejectedToken) -> Response<ResponseBody> {
     match tokens.probe().await {
-        Ok(token) => json_response(
-            StatusCode::OK,
-            json!({"status": "ok", "authenticated": true, "expires_in": token.expires_in_ms / 1000})
+        Ok(grant) => match rejected.since(&grant.access_token) {
+            Some(ago) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "status": "degraded",
+                    "authenticated": false,
+                    "token_rejected": true,
+                    "rejected_s_ago": ago.as_secs(),
+                    "reason": format!(
+                        "the API rejected the token the agent serves ({}) {} s ago and the agent has no \
+                         other to offer yet (after a refresh it waits before refreshing again): requests \
+                         get 401 until it has. Check the account (sidecred-agent validate); a refresh or a \
+                         new login clears this",
+                        grant.access_token.fingerprint(),
+                        ago.as_secs()
+                    ),
+                })
                 .to_string(),
-        ),
+            ),
+            None => json_response(
+                StatusCode::OK,
+                json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000})
+                    .to_string(),
+            ),
+        },
         Err(e) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({

@@ -19,6 +19,7 @@ mod keys;
 mod limits;
 mod path;
 mod proxy;
+mod rejected;
 mod upstream;
 
 use anyhow::Context;
@@ -66,6 +67,7 @@ struct Shared {
     max_request_body: u64,
     retry_body_limit: u64,
     drain_timeout: Duration,
+    rejected: Arc<rejected::RejectedToken>,
     limits: conn::Limits,
     max_connections: u32,
     /// True while connections wait for a slot: connections that ask nothing then make room sooner.
@@ -84,6 +86,7 @@ impl Shared {
             keys: self.keys.clone(),
             max_request_body: self.max_request_body,
             retry_body_limit: self.retry_body_limit,
+            rejected: self.rejected.clone(),
         })
     }
 }
@@ -119,6 +122,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         max_request_body: cli.max_request_body,
         retry_body_limit: cli.retry_body_limit,
         drain_timeout: cli.drain_timeout,
+        rejected: Arc::default(),
         limits: conn::Limits { first_request: cli.first_request_timeout, idle: cli.idle_timeout },
         max_connections,
         crowded,

@@ -22,6 +22,7 @@ pub fn check(path: &str) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// Final: the same path meets the same answer.
 fn refused(what: &str) -> ErrorReply {
     ErrorReply::new(
         StatusCode::BAD_REQUEST,
@@ -31,6 +32,7 @@ fn refused(what: &str) -> ErrorReply {
              forwarded: send the path without it"
         ),
     )
+    .final_answer()
 }
 
 /// Whether a segment means "this directory" or "the parent" once decoded: `.`, `..`, `%2e`, `.%2E`,
@@ -77,6 +79,7 @@ mod tests {
         ] {
             let e = check(path).expect_err(path);
             assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "invalid_request_error"), "{path}");
+            assert_eq!(e.retry, Some(false), "{path}");
             assert!(e.message.contains("`..`"), "{path}: {}", e.message);
         }
     }

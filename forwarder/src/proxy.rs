@@ -8,6 +8,7 @@ use crate::errors::ErrorReply;
 use crate::headers;
 use crate::health;
 use crate::keys::InboundKeys;
+use crate::rejected::RejectedToken;
 use crate::upstream::Upstream;
 use http::header::CONTENT_LENGTH;
 use http::request::Parts;
@@ -15,6 +16,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
+use sidecred_proto::{ErrorCode, Secret};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +28,8 @@ pub struct Proxy {
     pub keys: Option<Arc<InboundKeys>>,
     pub max_request_body: u64,
     pub retry_body_limit: u64,
+    /// Shared by all workers, so `/health` on any of them knows.
+    pub rejected: Arc<RejectedToken>,
 }
 
 impl Proxy {
@@ -39,7 +43,7 @@ impl Proxy {
         let resp = match req.uri().path() {
             "/livez" => health::livez(),
             "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
-            "/health" => Box::pin(health::health(&self.tokens)).await,
+            "/health" => Box::pin(health::health(&self.tokens, &self.rejected)).await,
             _ => return Ok(self.forward(req).await),
         };
         // Probes come every few seconds; they go to debug so the access log stays about traffic.
@@ -114,7 +118,11 @@ impl Proxy {
                 };
                 Box::pin(self.after_rejection(rejection)).await?
             }
-            other => other?,
+            Ok(resp) => {
+                self.rejected.accepted(&token.access_token);
+                resp
+            }
+            Err(e) => return Err(e),
         };
         if let (Some(log), Some(sent)) = (log.as_mut(), sent) {
             log.upstream = Some(sent.elapsed());
@@ -170,20 +178,26 @@ impl Proxy {
 
     /// The upstream said 401: the token was revoked or expired early. Tell the agent (which refreshes
     /// once however many requests report the same token), then send the request again with the new
-    /// token if its body was small enough to keep; otherwise the client gets the 401.
+    /// token if its body was small enough to keep; otherwise the client gets the 401, told by
+    /// `x-should-retry` whether its own retry would carry a newer token.
     async fn after_rejection(&self, rejection: Rejection<'_>) -> Result<Response<Incoming>, ErrorReply> {
-        let Rejection { response, token, parts, uri, headers, tee, log } = rejection;
+        let Rejection { mut response, token, parts, uri, headers, tee, log } = rejection;
         let fresh = match self.tokens.report_rejected(&token.access_token).await {
             Ok(fresh) => fresh,
             Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
+            Err(AgentError::Refused(p)) => {
+                // Most often the agent's cooldown: it refreshed moments ago, and that token is refused too.
+                warn!(token = %token.access_token, code = %p.code, error = %p.message, "the upstream rejected the token and the agent offers no other; passing the 401 on");
+                return Ok(self.rejected_for_now(response, &token.access_token));
+            }
             Err(e) => {
-                warn!(token = %token.access_token, error = %e, "the upstream rejected the token and the agent has no other; passing the 401 on");
+                warn!(token = %token.access_token, error = %e, "the upstream rejected the token and the agent did not answer; passing the 401 on");
                 return Ok(response);
             }
         };
         if fresh.access_token == token.access_token {
             warn!(token = %token.access_token, "the upstream rejected the token and the agent still serves it; passing the 401 on");
-            return Ok(response);
+            return Ok(self.rejected_for_now(response, &token.access_token));
         }
         let replay = match tee {
             None => Some(UpstreamBody::Empty),
@@ -195,6 +209,9 @@ impl Proxy {
                 body_bytes = tee.map_or(0, Tee::bytes_seen),
                 "upstream 401 on a body too large to keep for a retry (--retry-body-limit); passing it on"
             );
+            // The agent already serves a newer token, so the client's own retry will carry it; the SDKs
+            // do not retry a 401 unless told.
+            headers::advise_retry(response.headers_mut(), true);
             return Ok(response);
         };
         // Dropping the 401 before reading it costs that connection its reuse, which is cheaper than
@@ -208,7 +225,20 @@ impl Proxy {
             log.retried = true;
         }
         debug!(old = %token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
-        self.send(parts, uri, headers, body, None).await
+        let retried = self.send(parts, uri, headers, body, None).await?;
+        if retried.status() == StatusCode::UNAUTHORIZED {
+            warn!(token = %fresh.access_token, "the upstream rejected the refreshed token too; passing the 401 on");
+            return Ok(self.rejected_for_now(retried, &fresh.access_token));
+        }
+        Ok(retried)
+    }
+
+    /// A 401 that no retry can mend until the agent has another token: marked so for the client, and
+    /// remembered for `/health`, where the agent alone would still report a valid token.
+    fn rejected_for_now(&self, mut response: Response<Incoming>, token: &Secret) -> Response<Incoming> {
+        self.rejected.rejected(token);
+        headers::advise_retry(response.headers_mut(), false);
+        response
     }
 }
 
@@ -228,19 +258,33 @@ struct Rejection<'a> {
     log: &'a mut Option<AccessLog>,
 }
 
-/// Where a client path goes upstream: `/v1/...` as it is, `/api/v1/...` without `/api` (the base URL
-/// the deployment guide gives clients), query kept. Anything else is not ours to forward.
+/// Where a client path goes upstream, query kept: `/v1/...` as it is; `/api/v1/...` without `/api` (the
+/// base URL the deployment guide gives clients); and either with its `/v1` doubled (`/v1/v1/...`,
+/// `/api/v1/v1/...`) with one `/v1` fewer, since clients append `/v1/...` to their base URL themselves
+/// (One-Hub, the SDKs, Claude Code) and a base URL copied with `/v1` or `/api/v1` at its end doubles it.
+/// Anything else is not ours to forward.
 pub fn upstream_path(uri: &Uri) -> Option<PathAndQuery> {
     let pq = uri.path_and_query()?;
+    match client_prefix(pq.path())? {
+        0 => Some(pq.clone()),
+        skip => PathAndQuery::try_from(&pq.as_str()[skip..]).ok(),
+    }
+}
+
+/// How many leading bytes of `path` are the client's base path, not the API's; `None` when what
+/// follows is not an API path either.
+fn client_prefix(path: &str) -> Option<usize> {
     let is_v1 = |p: &str| p == "/v1" || p.starts_with("/v1/");
-    let path = pq.path();
-    if is_v1(path) {
-        return Some(pq.clone());
+    let api = match path.strip_prefix("/api") {
+        Some(rest) if is_v1(rest) => "/api".len(),
+        _ => 0,
+    };
+    let rest = &path[api..];
+    if !is_v1(rest) {
+        return None;
     }
-    match path.strip_prefix("/api") {
-        Some(rest) if is_v1(rest) => PathAndQuery::try_from(&pq.as_str()["/api".len()..]).ok(),
-        _ => None,
-    }
+    let doubled = is_v1(&rest["/v1".len()..]);
+    Some(api + if doubled { "/v1".len() } else { 0 })
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -252,7 +296,17 @@ fn agent_failure(e: &AgentError) -> ErrorReply {
         AgentError::ReauthRequired(m) => reauth(m),
         AgentError::Refused(p) => {
             warn!(code = %p.code, error = %p.message, "the agent has no token to serve");
-            ErrorReply::agent_unavailable(format_args!("it has no valid token ({}): {}", p.code, p.message))
+            let e = ErrorReply::agent_unavailable(format_args!(
+                "it has no valid token ({}): {}",
+                p.code, p.message
+            ));
+            // These last until an operator changes the agent's configuration or the forwarder's.
+            match p.code {
+                ErrorCode::PermissionDenied | ErrorCode::UnsupportedVersion | ErrorCode::BadRequest => {
+                    e.final_answer()
+                }
+                _ => e,
+            }
         }
         AgentError::Unreachable { .. } | AgentError::Timeout(_) => {
             warn!(error = %e, "the agent is not answering");
@@ -260,7 +314,8 @@ fn agent_failure(e: &AgentError) -> ErrorReply {
         }
         AgentError::Impostor { .. } => {
             error!(error = %e, "not the agent: nothing was sent to it and nothing forwarded");
-            ErrorReply::agent_unavailable(e)
+            // Until someone removes that socket or corrects --agent-uid.
+            ErrorReply::agent_unavailable(e).final_answer()
         }
     }
 }
@@ -313,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn a_doubled_v1_is_served_once() {
+        assert_eq!(path("/v1/v1/messages").as_deref(), Some("/v1/messages"));
+        assert_eq!(path("/v1/v1/messages?beta=true").as_deref(), Some("/v1/messages?beta=true"));
+        assert_eq!(path("/api/v1/v1/messages?beta=true").as_deref(), Some("/v1/messages?beta=true"));
+        assert_eq!(path("/api/v1/v1/models").as_deref(), Some("/v1/models"));
+        assert_eq!(path("/api/v1/v1/messages/count_tokens").as_deref(), Some("/v1/messages/count_tokens"));
+        assert_eq!(path("/v1/v1").as_deref(), Some("/v1"));
+        assert_eq!(path("/api/v1/v1").as_deref(), Some("/v1"));
+        // Only a whole `/v1` segment counts, and only one of them is the client's.
+        assert_eq!(path("/v1/v1x").as_deref(), Some("/v1/v1x"));
+        assert_eq!(path("/v1/v1/v1/models").as_deref(), Some("/v1/v1/models"));
+        assert_eq!(path("/api/api/v1/messages"), None);
+        assert_eq!(path("/v1/api/v1/messages").as_deref(), Some("/v1/api/v1/messages"));
+    }
+
+    #[test]
     fn declared_lengths() {
         let mut h = HeaderMap::new();
         assert_eq!(declared_length(&h), None);
@@ -328,5 +399,6 @@ mod tests {
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         assert_eq!(e.kind, "authentication_error");
         assert!(e.message.contains("log in again"));
+        assert_eq!(e.retry, Some(false), "Claude Code would retry it for minutes");
     }
 }

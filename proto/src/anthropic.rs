@@ -9,6 +9,10 @@ pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 /// The API version sent when the client names none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// The response header Anthropic's clients (the SDKs, Claude Code) obey over their own retry rules: `true`
+/// makes them retry a status they would not (a 401), `false` stops them retrying one they would.
+pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
+
 /// The API's origin.
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
 

@@ -1,7 +1,9 @@
 //! Shared pieces of the end-to-end tests: starting the real binaries, temp layouts, fakes of the
-//! outside services. The tests themselves live in `tests/tests/*.rs`.
+//! outside services, and running the real clients of the compatibility tests (`compat`). The tests
+//! themselves live in `tests/tests/*.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod compat;
 pub mod fakes;
 pub mod forwarder_harness;
 pub mod harness;

@@ -111,6 +111,7 @@ async fn an_impostor_on_the_socket_is_refused_naming_its_uid() {
     let client = http_client();
     let resp = client.post(fwd.url("/v1/messages")).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-should-retry"], "false", "it stays until someone removes the impostor");
     let body: Value = resp.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
     assert!(message.contains(&format!("uid {own}")) && message.contains("--agent-uid"), "{body}");

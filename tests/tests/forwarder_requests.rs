@@ -25,6 +25,11 @@ async fn dot_segments_are_answered_400_and_never_forwarded_with_the_token() {
         let resp = raw_http::send(fwd.addr, &format!("POST {path} HTTP/1.1\r\nHost: f"), "{}").await;
         assert_eq!(resp.status, 400, "{path}: {resp:?}");
         assert_eq!(resp.json()["error"]["type"], "invalid_request_error", "{path}: {resp:?}");
+        assert_eq!(
+            resp.header("x-should-retry"),
+            Some("false"),
+            "{path}: the same path gets the same answer"
+        );
     }
     assert_eq!(
         backends.upstream.seen_count(),

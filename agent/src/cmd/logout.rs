@@ -23,7 +23,7 @@ pub struct LogoutArgs {
 pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
     let shown = args.credentials.path.display().to_string();
     let path = resolve_symlinks(&args.credentials.path);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match crate::atomic::read_regular(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             println!("Nothing to do: there are no credentials at {shown}.");

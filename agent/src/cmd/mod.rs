@@ -121,6 +121,7 @@ mod tests {
             ("run", "backoff-min", Some("SIDECRED_BACKOFF_MIN"), Some("1s")),
             ("run", "backoff-max", Some("SIDECRED_BACKOFF_MAX"), Some("5m")),
             ("run", "expired-wait", Some("SIDECRED_EXPIRED_WAIT"), Some("10s")),
+            ("run", "idle-timeout", Some("SIDECRED_IDLE_TIMEOUT"), Some("5m")),
             ("run", "write-back-secret", Some("SIDECRED_WRITE_BACK_SECRET"), None),
             ("run", "write-back-key", Some("SIDECRED_WRITE_BACK_KEY"), Some(".credentials.json")),
             ("login", "output", Some("SIDECRED_OUTPUT"), None),

@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// How long a token request waits for a refresh when the token has already expired.
     #[arg(long, env = "SIDECRED_EXPIRED_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub expired_wait: Duration,
+    /// A socket connection with no request for this long is closed (clients reconnect).
+    #[arg(long, env = "SIDECRED_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     /// After every refresh, write the live pair into this Kubernetes Secret (NAMESPACE/NAME), so a new pod
     /// starts from a live refresh token. Needs RBAC `get` and `patch` on that one Secret.
     #[arg(long, env = "SIDECRED_WRITE_BACK_SECRET", value_name = "NAMESPACE/NAME")]
@@ -110,7 +113,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         mode: args.socket_mode,
         allowed_uids: allowed_uids.clone(),
         expired_wait: args.expired_wait,
-        refresh_wait: args.endpoint.request_timeout + Duration::from_secs(5),
+        idle_timeout: args.idle_timeout,
+        refresh_wait: args.endpoint.request_timeout.saturating_add(Duration::from_secs(5)),
     };
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;
 
@@ -123,8 +127,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     crate::watch::spawn(args.credentials.path.clone(), initial_sha, inputs_tx.clone());
-    let lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
-    let socket_task =
+    let mut lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
+    let mut socket_task =
         tokio::spawn(socket::serve(listener, socket_config, snapshots, inputs_tx, shutdown_rx.clone()));
     info!(
         socket = %args.socket.socket.display(),
@@ -134,19 +138,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let signal_name = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    // The lifecycle and the socket run until told to stop. Should either end on its own (a panic, a bug),
+    // the process exits non-zero so its supervisor restarts it, instead of living on unable to refresh.
+    let died = tokio::select! {
+        _ = sigterm.recv() => { info!(signal = "SIGTERM", "shutting down"); None }
+        _ = sigint.recv() => { info!(signal = "SIGINT", "shutting down"); None }
+        joined = &mut lifecycle_task => Some(("the token lifecycle", joined.is_err())),
+        joined = &mut socket_task => Some(("the socket server", joined.is_err())),
     };
-    info!(signal = signal_name, "shutting down");
     let _ = shutdown_tx.send(true);
+    if let Some((what, panicked)) = died {
+        let how = if panicked { "panicked" } else { "stopped" };
+        error!("{what} {how} unexpectedly; exiting so the agent is restarted");
+        let _ = std::fs::remove_file(&args.socket.socket);
+        return Ok(ExitCode::FAILURE);
+    }
 
     // The socket stops first so no one is handed a token that is about to be replaced; the lifecycle then
     // finishes any refresh in flight and saves it. A second signal abandons the wait.
     let _ = socket_task.await;
     let _ = std::fs::remove_file(&args.socket.socket);
     tokio::select! {
-        joined = lifecycle_task => {
+        joined = &mut lifecycle_task => {
             if joined.is_err() {
                 error!("the lifecycle task failed while shutting down");
                 return Ok(ExitCode::FAILURE);

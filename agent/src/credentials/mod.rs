@@ -105,8 +105,8 @@ impl Credentials {
     }
 
     pub fn read(path: &Path) -> Result<Self, CredentialsError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
+        let bytes = crate::atomic::read_regular(path)
+            .map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
         Self::parse(&bytes, path)
     }
 
@@ -353,8 +353,11 @@ fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in epoch milliseconds.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_000;
+
 fn format_rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS))).to_string()
 }
 
 /// Describes a JSON error by kind and position, never by the text around it: the file holds tokens.

@@ -114,6 +114,14 @@ fn reads_and_writes_the_flat_shape() {
     assert_eq!(v["expires_at"], "2026-01-01T00:00:00Z");
     assert_eq!(v["user_id"], "user-1");
     assert_eq!(v["refresh_token"], "R2");
+    // An expiry past what RFC 3339 can write is written as its last second, not a panic.
+    let far = c.with_update(TokenUpdate {
+        access_token: Secret::new("A3"),
+        refresh_token: None,
+        expires_at_ms: u64::MAX,
+        scopes: None,
+    });
+    assert_eq!(far.to_json()["expires_at"], "9999-12-31T23:59:59Z");
 }
 
 #[test]

@@ -69,6 +69,8 @@ pub struct Machine {
     last_refresh_at_ms: Option<u64>,
     last_success: Option<Instant>,
     last_error: Option<(String, u64)>,
+    /// Saves that failed in a row, for the retry's backoff.
+    save_failures: u32,
     seed_path: String,
     persist_path: String,
     /// A number in [0, 1] for the backoff's jitter; fixed in tests.
@@ -96,6 +98,7 @@ impl Machine {
             last_refresh_at_ms: None,
             last_success: None,
             last_error: None,
+            save_failures: 0,
             seed_path: paths.seed,
             persist_path: paths.persist,
             jitter: rand::random::<f64>,
@@ -147,6 +150,7 @@ impl Machine {
     }
 
     pub fn tick(&mut self, now: Now) -> Vec<Effect> {
+        self.follow_the_wall_clock(now);
         let mut effects = Vec::new();
         if let Phase::Serving { save: Save::Due(at), .. } = &self.phase {
             if *at <= now.at {
@@ -159,6 +163,25 @@ impl Machine {
             }
         }
         effects
+    }
+
+    /// The monotonic clock stands still while a machine is suspended, so after a laptop wakes up the
+    /// token's deadline by it lies in the future although the token has expired. When the wall clock
+    /// says less time is left than the monotonic deadline does, the deadline and the next refresh move
+    /// earlier by the difference.
+    fn follow_the_wall_clock(&mut self, now: Now) {
+        let Phase::Serving { live, refresh, .. } = &mut self.phase else { return };
+        let by_wall = Duration::from_millis(live.credentials.remaining_ms(now.wall_ms));
+        let by_monotonic = live.deadline.saturating_duration_since(now.at);
+        let slept = by_monotonic.saturating_sub(by_wall);
+        if slept < WALL_CLOCK_TOLERANCE {
+            return;
+        }
+        warn!(behind = ?slept, "the clock jumped (a suspend?); the token expires sooner than timed");
+        live.deadline = now.at.checked_add(by_wall).unwrap_or(live.deadline);
+        if let Refresh::Scheduled { at, .. } = refresh {
+            *at = at.checked_sub(slept).unwrap_or(now.at);
+        }
     }
 
     /// A client asked for a refresh now.
@@ -311,14 +334,17 @@ impl Machine {
         let Phase::Serving { live, save, .. } = &mut self.phase else { return };
         match result {
             Ok(()) => {
+                self.save_failures = 0;
                 if live.credentials.same_tokens(&job.credentials) && self.seed_sha256 == job.seed_sha256 {
                     *save = Save::Done;
                 }
             }
             Err(e) => {
-                error!(error = %e, "could not save the refreshed credentials; they live only in memory until a retry succeeds");
+                self.save_failures = self.save_failures.saturating_add(1);
+                let retry = self.policy.save_retry(self.save_failures, (self.jitter)());
+                error!(error = %e, attempt = self.save_failures, retry_in = ?retry, "could not save the credentials; they live only in memory until a retry succeeds");
                 self.last_error = Some((format!("saving credentials failed: {e}"), now.wall_ms));
-                *save = Save::Due(now.at.checked_add(self.policy.save_retry()).unwrap_or(now.at));
+                *save = Save::Due(now.at.checked_add(retry).unwrap_or_else(far_future));
             }
         }
     }
@@ -423,6 +449,9 @@ impl Machine {
         snap
     }
 }
+
+/// Differences between the clocks below this are drift, not a suspend.
+const WALL_CLOCK_TOLERANCE: Duration = Duration::from_secs(2);
 
 fn unavailable(why: &str) -> ProtoError {
     ProtoError::new(ErrorCode::Unavailable, why)

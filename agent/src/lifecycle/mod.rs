@@ -38,4 +38,7 @@ pub enum Input {
     Refresh { reply: Reply },
     /// The seed file changed on disk.
     SeedChanged(SeedRead),
+    /// A client waits for a token that is not there yet: look at the clocks now rather than at the next
+    /// timer (after a suspend, the timer is late).
+    Waiting,
 }

@@ -52,9 +52,10 @@ impl Policy {
         jittered.max(retry_after.unwrap_or_default())
     }
 
-    /// The wait before retrying a save that failed.
-    pub fn save_retry(&self) -> Duration {
-        self.backoff_min.max(Duration::from_secs(1))
+    /// The wait before retrying a save that failed `attempt` times in a row (a full disk does not
+    /// mend in a second): the refresh backoff, never under a second.
+    pub fn save_retry(&self, attempt: u32, jitter: f64) -> Duration {
+        self.backoff(attempt, jitter, None).max(Duration::from_secs(1))
     }
 }
 

@@ -3,6 +3,7 @@
 //! lifecycle task anything.
 
 use super::policy::EXPIRY_GUARD;
+use crate::credentials::now_ms;
 use sidecred_proto::{ErrorCode, ProtoError, Secret, StatusReport, TokenGrant, TokenState};
 use tokio::time::Instant;
 
@@ -15,8 +16,11 @@ pub struct Served {
 }
 
 impl Served {
+    /// Valid by both clocks: the monotonic one, and the wall clock against the expiry written in the
+    /// credentials, which still runs while the machine is suspended and the monotonic one does not.
     pub fn is_valid(&self, now: Instant) -> bool {
-        now + EXPIRY_GUARD < self.deadline
+        let guard_ms = u64::try_from(EXPIRY_GUARD.as_millis()).unwrap_or(u64::MAX);
+        now + EXPIRY_GUARD < self.deadline && now_ms().saturating_add(guard_ms) < self.expires_at_ms
     }
 
     pub fn grant(&self, now: Instant) -> TokenGrant {
@@ -122,12 +126,15 @@ mod tests {
         let now = Instant::now();
         let t = Served {
             access_token: Secret::new("a"),
-            expires_at_ms: 0,
+            expires_at_ms: now_ms() + 60_000,
             deadline: now + Duration::from_secs(4),
         };
         assert!(!t.is_valid(now));
         let t = Served { deadline: now + Duration::from_secs(60), ..t };
         assert!(t.is_valid(now));
         assert!(t.grant(now).expires_in_ms >= 59_000);
+        // Expired by the wall clock (the machine slept) is expired, whatever the monotonic clock says.
+        let t = Served { expires_at_ms: now_ms().saturating_sub(1), ..t };
+        assert!(!t.is_valid(now));
     }
 }

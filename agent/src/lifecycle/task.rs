@@ -17,6 +17,9 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
 type Waiter = super::Reply;
+
+/// The longest the task sleeps without comparing the monotonic and wall clocks.
+const CLOCK_CHECK: Duration = Duration::from_secs(30);
 type RefreshFuture = Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send>>;
 
 pub struct Lifecycle {
@@ -73,7 +76,11 @@ impl Lifecycle {
             if stopping && self.inflight.is_none() {
                 break;
             }
-            let wake = self.machine.next_wake(Instant::now());
+            // The clocks are compared at least this often, so a suspend is noticed soon after the wake-up.
+            let wake = self
+                .machine
+                .next_wake(Instant::now())
+                .map_or(Instant::now() + CLOCK_CHECK, |w| w.min(Instant::now() + CLOCK_CHECK));
             tokio::select! {
                 biased;
                 result = poll_inflight(&mut self.inflight), if self.inflight.is_some() => {
@@ -93,7 +100,7 @@ impl Lifecycle {
                     Some(input) => self.on_input(input).await,
                     None => stopping = true,
                 },
-                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() && !stopping => {
+                _ = sleep_until(wake), if !stopping => {
                     let effects = self.machine.tick(Now::read());
                     self.perform(effects).await;
                 }
@@ -118,6 +125,10 @@ impl Lifecycle {
             }
             Input::SeedChanged(seed) => {
                 let effects = self.machine.seed_changed(seed, now);
+                return self.perform(effects).await;
+            }
+            Input::Waiting => {
+                let effects = self.machine.tick(now);
                 return self.perform(effects).await;
             }
         };
@@ -185,10 +196,6 @@ async fn save(store: Store, job: SaveJob) -> Result<(), String> {
         Ok(Err(e)) => Err(e.to_string()),
         Err(join) => Err(format!("the credentials writer failed: {join}")),
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 async fn poll_inflight(inflight: &mut Option<RefreshFuture>) -> Result<TokenResponse, TokenError> {

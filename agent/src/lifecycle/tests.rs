@@ -16,16 +16,22 @@ const WALL0: u64 = 1_800_000_000_000;
 /// Both clocks, moving together: the wall clock is [`WALL0`] plus the paused clock's elapsed time.
 struct Clock {
     start: Instant,
+    /// Wall-clock time that passed while the monotonic clock stood still (a suspend).
+    slept_ms: std::cell::Cell<u64>,
 }
 
 impl Clock {
     fn new() -> Self {
-        Clock { start: Instant::now() }
+        Clock { start: Instant::now(), slept_ms: std::cell::Cell::new(0) }
     }
 
     fn now(&self) -> Now {
         let elapsed = Instant::now().duration_since(self.start);
-        Now { at: Instant::now(), wall_ms: WALL0 + elapsed.as_millis() as u64 }
+        Now { at: Instant::now(), wall_ms: WALL0 + elapsed.as_millis() as u64 + self.slept_ms.get() }
+    }
+
+    fn suspend(&self, d: Duration) {
+        self.slept_ms.set(self.slept_ms.get() + d.as_millis() as u64);
     }
 
     fn at(&self, secs: u64) -> Instant {
@@ -270,14 +276,25 @@ async fn a_failed_save_is_shown_and_retried() {
     let effects = m.refresh_done(Ok(response("A1", Some("R1"), 3600)), clock.now());
     let job = saves(&effects).remove(0);
     m.saved(&job, Err("no space left on device".into()), clock.now());
+    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(1)));
+    advance(Duration::from_secs(1)).await;
+    let job = saves(&m.tick(clock.now())).remove(0);
+    m.saved(&job, Err("no space left on device".into()), clock.now());
+    // A full disk does not mend in a second: the retries back off like refreshes.
+    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(1 + 2)));
+    advance(Duration::from_secs(1)).await;
+    assert!(saves(&m.tick(clock.now())).is_empty());
+    advance(Duration::from_secs(1)).await;
+    let job = saves(&m.tick(clock.now())).remove(0);
+    m.saved(&job, Err("no space left on device".into()), clock.now());
 
     let snap = m.snapshot(Instant::now());
     assert_eq!(snap.state, TokenState::Degraded);
     assert_eq!(snap.last_error.as_deref(), Some("saving credentials failed: no space left on device"));
     assert_eq!(served_token(&m).as_deref(), Some("A1"), "the live pair is still served");
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(1)));
+    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(3 + 4)));
 
-    advance(Duration::from_secs(1)).await;
+    advance(Duration::from_secs(4)).await;
     let effects = m.tick(clock.now());
     assert!(refreshes(&effects).is_empty());
     let jobs = saves(&effects);
@@ -364,4 +381,34 @@ async fn without_a_login_nothing_is_refreshed_and_a_seed_brings_one() {
     let jobs = saves(&m.tick(clock.now()));
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].seed_sha256.as_deref(), Some("seed1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_suspend_the_token_is_refreshed_by_the_wall_clock() {
+    let clock = Clock::new();
+    // Two hours left: the refresh is due in 2 h - 2880 s = 4320 s by the monotonic clock.
+    let mut m = machine(&clock, Duration::from_secs(2 * 3600), false);
+    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(4320)));
+    advance(Duration::from_secs(60)).await;
+    assert!(m.tick(clock.now()).is_empty());
+
+    // The laptop sleeps for 3 hours: the monotonic clock does not move, the wall clock does.
+    clock.suspend(Duration::from_secs(3 * 3600));
+    let effects = m.tick(clock.now());
+    assert_eq!(refreshes(&effects), ["R0"], "the token expired during the suspend: refresh at once");
+    let snap = m.snapshot(Instant::now());
+    assert!(
+        snap.token.as_ref().is_some_and(|t| t.deadline <= Instant::now()),
+        "the deadline moved to the wall clock's"
+    );
+    assert_eq!(snap.state, TokenState::Expired);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clocks_that_agree_leave_the_schedule_alone() {
+    let clock = Clock::new();
+    let mut m = machine(&clock, Duration::from_secs(2 * 3600), false);
+    clock.suspend(Duration::from_secs(1));
+    assert!(m.tick(clock.now()).is_empty());
+    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(4320)), "a second of drift is not a suspend");
 }

@@ -59,6 +59,8 @@ impl Answers {
         if let Some(answer) = self.snapshot.borrow().immediate_answer(Instant::now()) {
             return answer;
         }
+        // Full means the task has plenty to look at already.
+        let _ = self.inputs.try_send(Input::Waiting);
         self.on_runtime(wait_for_token(self.snapshot.clone(), self.expired_wait))
     }
 

@@ -1,7 +1,7 @@
 //! One connection on its own thread: reading frames under deadlines, polling a busy connection, and
 //! refusing peers that may not ask.
 //!
-//! Waiting for the next request may take up to [`IDLE_TIMEOUT`]; once a frame has begun, all of it must
+//! Waiting for the next request may take up to the idle timeout (`--idle-timeout`); once a frame has begun, all of it must
 //! arrive within [`FRAME_DEADLINE`], so a peer that drips bytes cannot hold a thread. A refused peer
 //! never holds one of the allowed peers' slots: it gets a small budget of its own.
 
@@ -25,14 +25,10 @@ const READ_BUFFER: usize = 2048;
 /// How long a busy connection polls for its next request before parking in `read` (see [`Pacer`]).
 const POLL_WINDOW: Duration = Duration::from_micros(50);
 
-/// An allowed connection with no request for this long is closed; the forwarder reconnects at once
-/// when a pooled connection turns out closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// The longest one frame may take to arrive once its first byte has, and an answer to be written.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Reads that allow [`IDLE_TIMEOUT`] before a frame and [`FRAME_DEADLINE`] for the whole frame. The
+/// Reads that allow the idle timeout before a frame and [`FRAME_DEADLINE`] for the whole frame. The
 /// deadline costs a system call only when a frame spans several reads, which a well-behaved client's
 /// never does.
 struct FrameReader<'a> {
@@ -64,12 +60,13 @@ impl Read for FrameReader<'_> {
 
 /// Serves an allowed peer until it closes, misbehaves, goes idle, or the agent shuts down.
 pub fn serve(stream: &UnixStream, uid: u32, ctx: &Context) {
-    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(FRAME_DEADLINE)).is_err()
+    // Zero would mean "no timeout" to the socket: the smallest timeout stands in for it.
+    let idle = ctx.idle_timeout.max(Duration::from_millis(1));
+    if stream.set_read_timeout(Some(idle)).is_err() || stream.set_write_timeout(Some(FRAME_DEADLINE)).is_err()
     {
         return;
     }
-    let source = FrameReader { stream, frame_began: None, idle: Some(IDLE_TIMEOUT) };
+    let source = FrameReader { stream, frame_began: None, idle: Some(idle) };
     let mut reader = BufReader::with_capacity(READ_BUFFER, source);
     let mut writer = stream;
     let mut buf = Vec::with_capacity(512);

@@ -9,7 +9,7 @@ use crate::lifecycle::{Input, Snapshot};
 use answers::Answers;
 use sidecred_proto::ErrorCode;
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,6 +44,8 @@ pub enum BindError {
     Dir { path: PathBuf, source: std::io::Error },
     #[error("cannot bind {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
+    #[error("the socket directory is not safe: {0}")]
+    UnsafeDir(#[from] crate::atomic::UnsafeDir),
 }
 
 pub struct Config {
@@ -54,14 +56,22 @@ pub struct Config {
     pub expired_wait: Duration,
     /// Upper bound on waiting for a refresh the client asked for.
     pub refresh_wait: Duration,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Binds the socket. A leftover socket file is replaced only when nothing answers on it.
 pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|source| BindError::Dir { path: dir.to_owned(), source })?;
+            // Others may traverse it (the socket's own mode decides who may connect), never write.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|source| BindError::Dir { path: dir.to_owned(), source })?;
         }
+        crate::atomic::check_private_dir(dir)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
@@ -87,6 +97,7 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
 
 struct Context {
     allowed_uids: Vec<u32>,
+    idle_timeout: Duration,
     answers: Answers,
     /// Connections each allowed uid holds now.
     held: Mutex<HashMap<u32, usize>>,
@@ -154,6 +165,7 @@ pub async fn serve(
 ) {
     let ctx = Arc::new(Context {
         allowed_uids: config.allowed_uids,
+        idle_timeout: config.idle_timeout,
         answers: Answers::new(snapshot, inputs, config.expired_wait, config.refresh_wait),
         held: Mutex::new(HashMap::new()),
         refusals: AtomicUsize::new(0),

@@ -52,6 +52,13 @@ impl Callback {
         }
     }
 
+    /// Whether a redirect's query carries `expected` as its state: anything else did not come from the
+    /// authorization server for this login (a forged or stale callback) and must not end it.
+    pub fn query_has_state(query: &str, expected: &Secret) -> bool {
+        oauth2::url::form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == "state" && Secret::new(v.into_owned()) == *expected)
+    }
+
     pub fn into_code(self, expected_state: &Secret) -> Result<Secret, LoginError> {
         match self {
             // Secret's equality is constant-time.
@@ -99,6 +106,16 @@ mod tests {
         let err = denied.into_code(&state).expect_err("denied").to_string();
         assert!(err.contains("access_denied") && err.contains("User said no"), "{err}");
         assert!(matches!(Callback::from_query("state=st").into_code(&state), Err(LoginError::Incomplete)));
+    }
+
+    #[test]
+    fn only_the_expected_state_belongs_to_the_login() {
+        let state = Secret::new("st");
+        assert!(Callback::query_has_state("code=c&state=st", &state));
+        assert!(Callback::query_has_state("error=access_denied&state=st", &state));
+        assert!(!Callback::query_has_state("code=c&state=forged", &state));
+        assert!(!Callback::query_has_state("code=c", &state));
+        assert!(!Callback::query_has_state("", &state));
     }
 
     #[test]

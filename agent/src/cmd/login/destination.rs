@@ -71,7 +71,7 @@ enum Existing {
 }
 
 fn read_existing(path: &Path) -> Result<Existing, LoginError> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match crate::atomic::read_regular(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Absent),
         Err(e) => {

@@ -3,6 +3,7 @@
 
 use super::callback::Callback;
 use super::error::LoginError;
+use sidecred_proto::Secret;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,9 +92,11 @@ impl Loopback {
         Ok(stream)
     }
 
-    /// Serves requests until one reaches `/callback`; returns what it carried and its connection, to
-    /// be answered once the login has finished. Other requests (a favicon) get a 404.
-    pub async fn wait_for_callback(&self) -> Result<(Callback, TcpStream), LoginError> {
+    /// Serves requests until one reaches `/callback` with this login's `state`; returns what it carried
+    /// and its connection, to be answered once the login has finished. A callback with another state (a
+    /// forged or stale one) is answered with an error page and the wait goes on; other requests (a
+    /// favicon) get a 404.
+    pub async fn wait_for_callback(&self, state: &Secret) -> Result<(Callback, TcpStream), LoginError> {
         let (tx, mut rx) = mpsc::channel::<(String, TcpStream)>(8);
         loop {
             tokio::select! {
@@ -111,8 +114,14 @@ impl Loopback {
                 }
                 Some((target, stream)) = rx.recv() => {
                     let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
-                    if path == "/callback" {
+                    if path == "/callback" && Callback::query_has_state(query, state) {
                         return Ok((Callback::from_query(query), stream));
+                    }
+                    if path == "/callback" {
+                        tracing::warn!("ignoring a callback that does not carry this login's state; still waiting");
+                        let page = Page::failure("this callback does not belong to the login in progress");
+                        tokio::spawn(page.send(stream));
+                        continue;
                     }
                     tokio::spawn(Page::not_found().send(stream));
                 }
@@ -215,7 +224,6 @@ fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sidecred_proto::Secret;
 
     #[test]
     fn pages_escape_html() {
@@ -235,6 +243,15 @@ mod tests {
             let mut answer = String::new();
             favicon.read_to_string(&mut answer).await.expect("read");
             assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+            // A callback with another state (forged, or a stale tab) is refused and the wait goes on.
+            let mut forged = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            forged
+                .write_all(b"GET /callback?code=evil&state=forged HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .expect("write");
+            let mut answer = String::new();
+            forged.read_to_string(&mut answer).await.expect("read");
+            assert!(answer.contains("does not belong to the login in progress"), "{answer}");
             // An idle connection must not block the real one.
             let _idle = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
             let mut cb = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
@@ -245,7 +262,7 @@ mod tests {
             cb.read_to_string(&mut answer).await.expect("read");
             answer
         });
-        let (callback, stream) = lb.wait_for_callback().await.expect("callback");
+        let (callback, stream) = lb.wait_for_callback(&Secret::new("s")).await.expect("callback");
         let code = callback.into_code(&Secret::new("s")).expect("code");
         assert_eq!(code.expose(), "c");
         Page::success("me@example.com").send(stream).await;

@@ -155,7 +155,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
             let loopback = Loopback::bind(args.port).await?;
             let attempt = Attempt::new(&args, &loopback.redirect_uri())?;
             loopback::announce_browser(&attempt.url, &attempt.redirect_uri, args.timeout, !args.no_open);
-            let waited = tokio::time::timeout_at(deadline, loopback.wait_for_callback()).await;
+            let waited = tokio::time::timeout_at(deadline, loopback.wait_for_callback(&attempt.state)).await;
             let (callback, stream) =
                 match waited {
                     Ok(result) => result?,

@@ -1,23 +1,28 @@
-//! A fake of the Anthropic API for the forwarder tests.
+//! A fake of the Anthropic API for the forwarder tests and the real clients of the compatibility tests.
 //!
-//! Speaks real HTTP/1.1 and HTTP/2, in cleartext or over TLS (hyper-util's auto server), records every request
-//! (method, path, query, headers, body SHA-256 and length), accepts only the Bearer tokens a validator
-//! approves (401 `authentication_error` otherwise, or on demand), and streams SSE with a configurable
-//! gap between events, noting when a client goes away in the middle of a stream.
+//! Speaks real HTTP/1.1 and HTTP/2, in cleartext or over TLS (hyper-util's auto server), records every
+//! request (method, path, query, headers, body), accepts only the Bearer tokens a validator approves
+//! (401 `authentication_error` otherwise, or on demand), answers errors the API's way on demand (429 and
+//! 529 with their retry headers), and serves the Messages API in the shapes the SDKs and Claude Code
+//! parse (`messages.rs`): whole messages, event streams with a configurable gap between the deltas (noting
+//! when a client goes away in the middle, `sse.rs`), tool calls, token counts and the model list.
+
+mod messages;
+mod sse;
+
+pub use messages::{count_tokens, Reply, MODELS, USE_TOOL};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::future::Future;
+use sse::SseBody;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -34,6 +39,7 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body_sha256: String,
     pub body_len: usize,
+    pub body: Bytes,
     /// What the fake answered.
     pub status: u16,
 }
@@ -49,6 +55,28 @@ impl Seen {
         let values: Vec<&str> = self.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
         (!values.is_empty()).then(|| values.join(","))
     }
+
+    /// The body as JSON, when it is.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// One line for a request log: what was asked, with which token and betas, and what was answered.
+    pub fn summary(&self) -> String {
+        let target = match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        };
+        let token = self.bearer().map_or_else(|| "none".to_owned(), sidecred_proto::fingerprint);
+        format!(
+            "{} {target} -> {} (token {token}, beta {:?}, retry {:?}, {} body bytes)",
+            self.method,
+            self.status,
+            self.header("anthropic-beta").unwrap_or_default(),
+            self.header("x-stainless-retry-count").unwrap_or_default(),
+            self.body_len,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,11 +90,15 @@ struct State {
     check: TokenCheck,
     seen: Vec<Seen>,
     reject_next: u32,
+    /// Statuses the next requests with a valid token get instead of an answer, in order.
+    fail_next: VecDeque<u16>,
     sse: SseConfig,
-    /// When each stream sent each event, by stream number.
+    /// When each stream sent each delta, by stream number.
     sent_at: Vec<Vec<Instant>>,
     /// How long to think before answering (after reading the whole request).
     delay: Duration,
+    /// The text of every answer that is not about a tool.
+    answer: String,
 }
 
 #[derive(Default)]
@@ -78,6 +110,8 @@ struct Counters {
     /// Requests whose client went away before the answer's headers were sent.
     requests_abandoned: AtomicU64,
     connections: AtomicU64,
+    /// Messages answered, for their ids.
+    messages: AtomicU64,
 }
 
 pub struct FakeUpstream {
@@ -113,9 +147,11 @@ impl FakeUpstream {
             check,
             seen: Vec::new(),
             reject_next: 0,
+            fail_next: VecDeque::new(),
             sse: SseConfig { events: 5, gap: Duration::from_millis(200) },
             sent_at: Vec::new(),
             delay: Duration::ZERO,
+            answer: "hello".to_owned(),
         }));
         let counters = Arc::new(Counters::default());
         let (st, ct) = (state.clone(), counters.clone());
@@ -162,6 +198,23 @@ impl FakeUpstream {
     /// The next `n` requests get 401 whatever their token (a revocation the agent does not know of yet).
     pub fn reject_next(&self, n: u32) {
         self.state.lock().unwrap().reject_next = n;
+    }
+
+    /// The next requests that carry a valid token get these statuses, one each, as the API's errors:
+    /// 429 and 529 with `retry-after` (1 s) and `retry-after-ms` (20 ms), as the API sends them.
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.state.lock().unwrap().fail_next.extend(statuses);
+    }
+
+    /// The text every answer that is not about a tool gives.
+    pub fn set_answer(&self, text: &str) {
+        self.state.lock().unwrap().answer = text.to_owned();
+    }
+
+    /// Every request so far, one line each: for assertion messages.
+    pub fn log(&self) -> String {
+        let seen = self.state.lock().unwrap().seen.clone();
+        seen.iter().map(|s| format!("  {}\n", s.summary())).collect()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -230,16 +283,19 @@ async fn handle(
         headers: parts.headers.clone(),
         body_sha256: sha256_hex(&body),
         body_len: body.len(),
+        body: body.clone(),
         status: 0,
     };
-    let (authorized, sse, delay) = {
+    let (authorized, failure, sse, delay, answer) = {
         let mut s = st.lock().unwrap();
         let valid = seen.bearer().is_some_and(|t| (s.check)(t));
         let forced = s.reject_next > 0;
         if forced {
             s.reject_next -= 1;
         }
-        (valid && !forced, s.sse, s.delay)
+        let authorized = valid && !forced;
+        let failure = if authorized { s.fail_next.pop_front() } else { None };
+        (authorized, failure, s.sse, s.delay, s.answer.clone())
     };
     if !delay.is_zero() {
         // hyper drops this future when the client's connection closes first: the guard counts that.
@@ -247,55 +303,67 @@ async fn handle(
         tokio::time::sleep(delay).await;
         guard.disarm();
     }
-    let resp = if !authorized {
-        error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid x-api-key")
+    let mut resp = if !authorized {
+        error(StatusCode::UNAUTHORIZED, "invalid x-api-key")
+    } else if let Some(status) = failure {
+        let status = StatusCode::from_u16(status).unwrap();
+        let mut resp = error(status, "injected by the test");
+        resp.headers_mut().insert("retry-after", "1".parse().unwrap());
+        resp.headers_mut().insert("retry-after-ms", "20".parse().unwrap());
+        resp
     } else {
-        match (&parts.method, parts.uri.path()) {
-            (&Method::POST, "/v1/messages") => {
-                let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                if doc["stream"] == true {
-                    let index = {
-                        let mut s = st.lock().unwrap();
-                        s.sent_at.push(Vec::new());
-                        s.sent_at.len() - 1
-                    };
-                    counters.streams_started.fetch_add(1, Ordering::SeqCst);
-                    let body = SseBody::new(sse, index, st.clone(), counters.clone());
-                    let mut resp = Response::new(Either::Right(body));
-                    resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
-                    resp.headers_mut().insert("cache-control", "no-cache".parse().unwrap());
-                    resp
-                } else {
-                    json_answer(
-                        StatusCode::OK,
-                        json!({
-                            "id": "msg_fake",
-                            "type": "message",
-                            "role": "assistant",
-                            "model": doc["model"],
-                            "content": [{"type": "text", "text": "hello"}],
-                            "stop_reason": "end_turn",
-                            "usage": {"input_tokens": 3, "output_tokens": 1},
-                            "echo": {"body_sha256": seen.body_sha256, "body_len": seen.body_len},
-                        }),
-                    )
-                }
-            }
-            (&Method::POST, "/v1/messages/count_tokens") => {
-                json_answer(StatusCode::OK, json!({"input_tokens": 3}))
-            }
-            (&Method::GET, "/v1/models") => json_answer(
-                StatusCode::OK,
-                json!({"data": [{"type": "model", "id": "claude-fake-1"}], "has_more": false}),
-            ),
-            _ => error(StatusCode::NOT_FOUND, "not_found_error", "no such endpoint on the fake"),
-        }
+        route(&parts, &body, &seen, sse, &answer, &st, &counters)
     };
     seen.status = resp.status().as_u16();
-    let mut resp = resp;
     resp.headers_mut().insert("request-id", "req_fake_upstream".parse().unwrap());
     st.lock().unwrap().seen.push(seen);
     Ok(resp)
+}
+
+/// The answer of an authorised request that is not failed on purpose.
+fn route(
+    parts: &http::request::Parts,
+    body: &Bytes,
+    seen: &Seen,
+    sse: SseConfig,
+    answer: &str,
+    st: &Arc<Mutex<State>>,
+    counters: &Arc<Counters>,
+) -> Answer {
+    let path = parts.uri.path();
+    match (&parts.method, path) {
+        (&Method::POST, "/v1/messages") => {
+            let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let reply = messages::reply_to(&doc, answer);
+            let id = format!("msg_fake_{}", counters.messages.fetch_add(1, Ordering::SeqCst));
+            if doc["stream"] == true {
+                let index = {
+                    let mut s = st.lock().unwrap();
+                    s.sent_at.push(Vec::new());
+                    s.sent_at.len() - 1
+                };
+                counters.streams_started.fetch_add(1, Ordering::SeqCst);
+                let events = messages::stream(&id, &doc["model"], &reply, sse.events);
+                let body = SseBody::new(events, sse.gap, index, st.clone(), counters.clone());
+                let mut resp = Response::new(Either::Right(body));
+                resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+                resp.headers_mut().insert("cache-control", "no-cache".parse().unwrap());
+                resp
+            } else {
+                let mut message = messages::message(&id, &doc["model"], &reply);
+                message["echo"] = json!({"body_sha256": seen.body_sha256, "body_len": seen.body_len});
+                json_answer(StatusCode::OK, message)
+            }
+        }
+        (&Method::POST, "/v1/messages/count_tokens") => {
+            json_answer(StatusCode::OK, json!({"input_tokens": count_tokens(body.len())}))
+        }
+        (&Method::GET, "/v1/models") => json_answer(StatusCode::OK, messages::model_list()),
+        (&Method::GET, _) if path.strip_prefix("/v1/models/").is_some_and(|id| MODELS.contains(&id)) => {
+            json_answer(StatusCode::OK, messages::model(&path["/v1/models/".len()..]))
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint on the fake"),
+    }
 }
 
 /// Counts a request as abandoned unless disarmed before it is dropped.
@@ -331,84 +399,6 @@ fn json_answer(status: StatusCode, body: Value) -> Answer {
     resp
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Answer {
-    json_answer(status, json!({"type": "error", "error": {"type": kind, "message": message}}))
-}
-
-/// `message_start`, then `events` deltas `gap` apart, then `message_stop` right after the last delta.
-pub struct SseBody {
-    config: SseConfig,
-    /// Next event: 0 is message_start, 1..=events the deltas, events+1 message_stop.
-    next: usize,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    index: usize,
-    st: Arc<Mutex<State>>,
-    counters: Arc<Counters>,
-}
-
-impl SseBody {
-    fn new(config: SseConfig, index: usize, st: Arc<Mutex<State>>, counters: Arc<Counters>) -> Self {
-        SseBody { config, next: 0, sleep: None, index, st, counters }
-    }
-
-    fn event(&self, n: usize) -> String {
-        if n == 0 {
-            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_fake\"}}\n\n"
-                .to_owned()
-        } else if n <= self.config.events {
-            format!(
-                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"chunk {n}\"}}}}\n\n"
-            )
-        } else {
-            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned()
-        }
-    }
-}
-
-impl Body for SseBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let last = this.config.events + 1;
-        if this.next > last {
-            return Poll::Ready(None);
-        }
-        // Deltas after the first wait `gap`; message_start, the first delta and message_stop do not.
-        if this.next >= 2 && this.next <= this.config.events {
-            let gap = this.config.gap;
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.sleep = None;
-        }
-        let n = this.next;
-        this.next += 1;
-        if (1..=this.config.events).contains(&n) {
-            if let Some(times) = this.st.lock().unwrap().sent_at.get_mut(this.index) {
-                times.push(Instant::now());
-            }
-        }
-        if n == last {
-            this.counters.streams_completed.fetch_add(1, Ordering::SeqCst);
-        }
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(this.event(n))))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.next > self.config.events + 1
-    }
-}
-
-impl Drop for SseBody {
-    fn drop(&mut self) {
-        if self.next <= self.config.events + 1 {
-            self.counters.streams_cancelled.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+fn error(status: StatusCode, message: &str) -> Answer {
+    json_answer(status, messages::error(messages::error_kind(status.as_u16()), message))
 }

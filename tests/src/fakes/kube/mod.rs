@@ -1,0 +1,388 @@
+//! A fake of the Kubernetes API calls sidecred makes, enforcing what its RBAC role grants:
+//! - one Secret: `get`, `patch` (JSON merge patch with `resourceVersion` concurrency) and `watch` (a
+//!   streaming watch limited to that name by `fieldSelector`, with ADDED / MODIFIED / BOOKMARK events and
+//!   `410 Gone` once the resource version it asks from has been compacted away);
+//! - Leases: `get` and `update` (PUT with `resourceVersion` concurrency; `spec` times must be MicroTime),
+//!   `create` only when allowed (a Role cannot limit `create` by name, so the manifests ship the Lease).
+//!
+//! It speaks the real JSON (objects with `metadata.resourceVersion`, base64 Secret `data`, `Status`
+//! errors), counts every request with its verb and status, and can be taken down (`set_down`: every
+//! request answers 503 and open watches end) to play an API server outage.
+
+mod lease;
+#[cfg(test)]
+mod tests;
+mod watch;
+
+use crate::fakes::server::FakeServer;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+pub use lease::LeaseSpec;
+
+/// A request as the API server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub verb: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    pub status: u16,
+    /// The Lease holder named in an update, for counting who renewed.
+    pub holder: Option<String>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+pub(crate) struct State {
+    namespace: String,
+    name: String,
+    token: String,
+    data: BTreeMap<String, Vec<u8>>,
+    /// One counter for every object, as etcd has.
+    resource_version: u64,
+    secret_rv: u64,
+    /// The Secret's versions since the last compaction, for watches that resume from one.
+    history: Vec<(u64, Value)>,
+    /// Watches asking for an older version than this get `410 Gone`.
+    oldest_rv: u64,
+    events: broadcast::Sender<(u64, Value)>,
+    bookmark_every: Duration,
+    leases: BTreeMap<String, lease::Stored>,
+    allow_lease_create: bool,
+    seen: Vec<Seen>,
+    /// Answer the next patch with 409 after changing the resourceVersion (a concurrent writer).
+    conflict_next_patch: bool,
+    down: bool,
+    /// Tells open watches that the server went down.
+    down_tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl State {
+    fn next_rv(&mut self) -> u64 {
+        self.resource_version += 1;
+        self.resource_version
+    }
+
+    fn secret_changed(&mut self) {
+        let rv = self.next_rv();
+        self.secret_rv = rv;
+        let object = secret_object(self);
+        self.history.push((rv, object.clone()));
+        let _ = self.events.send((rv, object));
+    }
+}
+
+pub struct FakeKube {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    _server: FakeServer,
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl FakeKube {
+    /// Serves one Secret `namespace/name` holding `key` = `value`; requests must carry `token`.
+    pub async fn start(namespace: &str, name: &str, token: &str, key: &str, value: &[u8]) -> FakeKube {
+        let (events, _) = broadcast::channel(1024);
+        let (down_tx, _) = tokio::sync::watch::channel(false);
+        let mut state = State {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            token: token.to_owned(),
+            data: BTreeMap::from([(key.to_owned(), value.to_vec())]),
+            resource_version: 1000,
+            secret_rv: 1000,
+            history: Vec::new(),
+            oldest_rv: 1000,
+            events,
+            bookmark_every: Duration::from_secs(1),
+            leases: BTreeMap::new(),
+            allow_lease_create: false,
+            seen: Vec::new(),
+            conflict_next_patch: false,
+            down: false,
+            down_tx,
+        };
+        let object = secret_object(&state);
+        state.history.push((1000, object));
+        let state = Arc::new(Mutex::new(state));
+        let st = state.clone();
+        let server = FakeServer::start(move |req| handle(req, st.clone())).await;
+        let addr = server.addr;
+        FakeKube { addr, state, _server: server }
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// A kubeconfig that points at this server, for `KUBECONFIG`.
+    pub fn write_kubeconfig(&self, path: &Path) {
+        let st = self.st();
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: agent\n  user:\n    token: {token}\ncontexts:\n- name: fake\n  context:\n    \
+             cluster: fake\n    user: agent\n    namespace: {ns}\ncurrent-context: fake\n",
+            addr = self.addr,
+            token = st.token,
+            ns = st.namespace,
+        );
+        std::fs::write(path, config).expect("write kubeconfig");
+    }
+
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.st().data.get(key).cloned()
+    }
+
+    /// Replaces the Secret's value, as `kubectl apply` after a new login would.
+    pub fn set_value(&self, key: &str, value: &[u8]) {
+        let mut st = self.st();
+        st.data.insert(key.to_owned(), value.to_vec());
+        st.secret_changed();
+    }
+
+    /// The Secret's `resourceVersion` now.
+    pub fn secret_resource_version(&self) -> u64 {
+        self.st().secret_rv
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.st().seen.clone()
+    }
+
+    pub fn conflict_next_patch(&self) {
+        self.st().conflict_next_patch = true;
+    }
+
+    /// Forgets the Secret's history: a watch resuming from an older version gets `410 Gone`.
+    pub fn compact(&self) {
+        let mut st = self.st();
+        st.oldest_rv = st.secret_rv;
+        let keep = st.secret_rv;
+        st.history.retain(|(rv, _)| *rv >= keep);
+    }
+
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.st().bookmark_every = every;
+    }
+
+    /// An outage: while down, every request answers 503 and open watches end.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.st();
+        st.down = down;
+        let _ = st.down_tx.send(down);
+    }
+
+    /// Lets the service account create Leases (a Role cannot limit `create` to one name).
+    pub fn allow_lease_create(&self) {
+        self.st().allow_lease_create = true;
+    }
+
+    /// Creates a Lease directly, as applying the manifests would.
+    pub fn put_lease(&self, name: &str, spec: LeaseSpec) {
+        let mut st = self.st();
+        let rv = st.next_rv();
+        st.leases.insert(name.to_owned(), lease::Stored { spec, rv });
+    }
+
+    pub fn lease(&self, name: &str) -> Option<LeaseSpec> {
+        self.st().leases.get(name).map(|l| l.spec.clone())
+    }
+}
+
+pub(crate) fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    respond(code, status_object(code, reason, message))
+}
+
+pub(crate) fn status_object(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    })
+}
+
+pub(crate) fn respond(code: StatusCode, body: Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = code;
+    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    resp
+}
+
+fn forbidden(verb: &str, path: &str) -> Response<Body> {
+    status(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!("{verb} {path} is forbidden: not allowed for this service account"),
+    )
+}
+
+fn secret_object(st: &State) -> Value {
+    let data: serde_json::Map<String, Value> =
+        st.data.iter().map(|(k, v)| (k.clone(), Value::String(b64(v)))).collect();
+    json!({
+        "kind": "Secret", "apiVersion": "v1",
+        "metadata": {
+            "name": st.name, "namespace": st.namespace,
+            "resourceVersion": st.secret_rv.to_string(),
+            "uid": "00000000-0000-0000-0000-000000000001",
+        },
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
+async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Response<Body>, hyper::Error> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let params: BTreeMap<String, String> = form_pairs(&query);
+    let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match *req.method() {
+        Method::GET if watching => "watch",
+        Method::GET => "get",
+        Method::PATCH => "patch",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        Method::POST => "create",
+        _ => "other",
+    }
+    .to_owned();
+    let path = req.uri().path().to_owned();
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = req.into_body().collect().await?.to_bytes();
+
+    let mut s = st.lock().unwrap();
+    let secret_path = format!("/api/v1/namespaces/{}/secrets/{}", s.namespace, s.name);
+    let secrets_path = format!("/api/v1/namespaces/{}/secrets", s.namespace);
+    let leases_path = format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", s.namespace);
+    let mut holder = None;
+    let resp = if s.down {
+        status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the API server is down (fake outage)")
+    } else if auth != Some(format!("Bearer {}", s.token)) {
+        status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    } else if path == secret_path && verb == "get" {
+        respond(StatusCode::OK, secret_object(&s))
+    } else if path == secret_path && verb == "patch" {
+        patch_secret(&mut s, content_type.as_deref(), &body)
+    } else if path == secrets_path && verb == "watch" {
+        // `resourceNames` allows a watch only when it names the one object.
+        if params.get("fieldSelector").map(String::as_str) != Some(&format!("metadata.name={}", s.name)) {
+            forbidden(&verb, &path)
+        } else {
+            watch::start(&mut s, &params)
+        }
+    } else if let Some(name) = path.strip_prefix(&format!("{leases_path}/")) {
+        match verb.as_str() {
+            "get" => lease::get(&s, name),
+            "update" => {
+                let (resp, who) = lease::update(&mut s, name, &body);
+                holder = who;
+                resp
+            }
+            _ => forbidden(&verb, &path),
+        }
+    } else if path == leases_path && verb == "create" && s.allow_lease_create {
+        let (resp, who) = lease::create(&mut s, &body);
+        holder = who;
+        resp
+    } else {
+        forbidden(&verb, &path)
+    };
+    let code = resp.status().as_u16();
+    s.seen.push(Seen { verb, path, content_type, status: code, holder });
+    Ok(resp)
+}
+
+fn form_pairs(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn patch_secret(s: &mut State, content_type: Option<&str>, body: &[u8]) -> Response<Body> {
+    if content_type != Some("application/merge-patch+json") {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "expected a JSON merge patch",
+        );
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
+    };
+    let wanted_rv = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+    if s.conflict_next_patch {
+        s.conflict_next_patch = false;
+        s.secret_changed();
+    }
+    if wanted_rv.is_some() && wanted_rv != Some(s.secret_rv.to_string()) {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified; please apply your changes to the latest version and try again",
+        );
+    }
+    let mut decoded = Vec::new();
+    if let Some(data) = patch.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            match v.as_str().and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()) {
+                Some(bytes) => decoded.push((k.clone(), bytes)),
+                None => return status(StatusCode::BAD_REQUEST, "BadRequest", "data values must be base64"),
+            }
+        }
+    }
+    for (k, bytes) in decoded {
+        s.data.insert(k, bytes);
+    }
+    s.secret_changed();
+    respond(StatusCode::OK, secret_object(s))
+}
