@@ -12,7 +12,7 @@ mod agent;
 mod body;
 mod cli;
 mod errors;
-mod headers;
+use sidecred_forwarder::headers;
 mod health;
 mod keys;
 mod proxy;
