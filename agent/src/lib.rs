@@ -8,6 +8,8 @@
 //! - `lib.rs`: this map, and the wiring: parse the command line, start logging and the runtime, run
 //!   the command. `main.rs` only calls [`main`]: the crate is a library so that the fuzz targets
 //!   reach the parsers.
+//! - `fuzzing.rs`: the properties the fuzz targets (`fuzz/` at the repository's root) check, one
+//!   function per target; a test replays the seed corpus through the same functions.
 //! - `lifecycle/`: the token lifecycle: its states as a type, the pure transitions between them, and
 //!   the async task that performs them (refreshing, backing off, persisting).
 //! - `socket/`: serving the token: the transport (bind, threads, pacing) apart from the answers (what
@@ -43,6 +45,9 @@ mod socket;
 mod store;
 mod watch;
 mod writeback;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -2,3 +2,6 @@
 //! root) reach them. The binary, `main.rs`, holds everything else and uses these from here.
 
 pub mod headers;
+
+#[doc(hidden)]
+pub mod fuzzing;
