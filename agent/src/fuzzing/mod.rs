@@ -19,16 +19,6 @@ fn assert_no_token(text: &str) {
     assert!(!text.contains(TOKEN_PREFIX), "a message carries a token: {text}");
 }
 
-/// Every string in a JSON value, at any depth.
-fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
-    match value {
-        serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
-        serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use sidecred_proto::fuzzing::replay_corpus;
