@@ -8,7 +8,7 @@ use sidecred_proto::{anthropic, Secret};
 use std::time::Duration;
 
 /// The longest `Retry-After` honoured; a larger value is treated as this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The longest token lifetime believed: a long-lived token lives a year. A larger `expires_in` is
 /// clamped to this, never refused: by the time we read it the refresh token may already have rotated,
@@ -163,7 +163,7 @@ impl OAuthClient {
     }
 }
 
-fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, TokenError> {
+pub(crate) fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, TokenError> {
     let raw: RawTokenResponse = serde_json::from_slice(bytes).map_err(|e| {
         TokenError::transient(format!("token endpoint {url} sent malformed JSON ({})", json_fault(&e)))
     })?;
@@ -245,7 +245,7 @@ pub fn classify_failure(status: u16, body: &[u8], retry_after: Option<Duration>,
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     let delay = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),

@@ -38,10 +38,11 @@ pub const TOKEN_PREFIX: &str = "sk-ant-";
 pub const MAX_QUOTED_TEXT: usize = 200;
 
 /// Whether free text from an endpoint's answer (an `error_description`, an error `message`) may be
-/// quoted in a log line or an error: short, and not carrying anything that looks like a token, since an
-/// answer we do not understand could echo what we sent.
+/// quoted in a log line or an error: short, on one line (a newline in it could forge a log line), and
+/// not carrying anything that looks like a token, since an answer we do not understand could echo what
+/// we sent.
 pub fn is_quotable(text: &str) -> bool {
-    text.len() <= MAX_QUOTED_TEXT && !text.contains(TOKEN_PREFIX)
+    text.len() <= MAX_QUOTED_TEXT && !text.contains(TOKEN_PREFIX) && !text.contains(char::is_control)
 }
 
 /// Whether an error code from an endpoint (`invalid_grant`, `authentication_error`) may be quoted: a
@@ -60,6 +61,9 @@ mod tests {
         assert!(!is_quotable("invalid bearer token sk-ant-oat01-x"));
         assert!(!is_quotable(&"x".repeat(MAX_QUOTED_TEXT + 1)));
         assert!(is_quotable(&"x".repeat(MAX_QUOTED_TEXT)));
+        // Found by the token_response fuzz target: a description could start a forged log line.
+        assert!(!is_quotable("bad request\n2026-11-23T20:00:00Z  INFO sidecred: forged"));
+        assert!(!is_quotable("a\rb") && !is_quotable("\u{1b}[31mred"));
     }
 
     #[test]

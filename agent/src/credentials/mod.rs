@@ -6,6 +6,7 @@ pub mod document;
 
 use serde_json::{Map, Value};
 use sidecred_proto::Secret;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +58,7 @@ pub enum Shape {
 }
 
 /// One OAuth credential set, plus the whole document it came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     pub access_token: Secret,
     pub refresh_token: Secret,
@@ -69,6 +70,32 @@ pub struct Credentials {
     shape: Shape,
     /// The full document, so unknown fields at any level are written back as they were read.
     doc: Map<String, Value>,
+}
+
+/// Fingerprints of the tokens and the size of the document, never its text: it holds the tokens in the
+/// clear, and other secrets beside them (`mcpOAuth`'s).
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("scopes", &self.scopes)
+            .field("subscription_type", &self.subscription_type)
+            .field("account", &self.account)
+            .field("shape", &self.shape)
+            .field("doc", &DocSize(&self.doc))
+            .finish()
+    }
+}
+
+/// A document in `Debug` output: how many keys it has, nothing of what they hold.
+pub(crate) struct DocSize<'a>(pub &'a Map<String, Value>);
+
+impl fmt::Debug for DocSize<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{{} keys}}", self.0.len())
+    }
 }
 
 /// What a refresh or login brought back, to be merged into the document.
@@ -239,8 +266,11 @@ impl Credentials {
                 next.doc.insert("access_token".into(), update.access_token.expose().into());
                 next.doc.insert("refresh_token".into(), refresh_token.expose().into());
                 next.doc.insert("expires_at".into(), format_rfc3339(update.expires_at_ms).into());
+                // The scopes go where the file keeps them, in its form; a file without them gets none.
                 if next.doc.contains_key("scopes") {
                     next.doc.insert("scopes".into(), scopes.clone().into());
+                } else if next.doc.contains_key("scope") {
+                    next.doc.insert("scope".into(), scopes.join(" ").into());
                 }
             }
         }
@@ -354,7 +384,7 @@ fn parse_rfc3339_ms(s: &str) -> Option<u64> {
 }
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in epoch milliseconds.
-const MAX_RFC3339_MS: u64 = 253_402_300_799_000;
+pub(crate) const MAX_RFC3339_MS: u64 = 253_402_300_799_000;
 
 fn format_rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS))).to_string()

@@ -146,3 +146,37 @@ fn errors_name_the_file_and_field_and_hide_values() {
         assert!(!err.contains("sk-secret"), "{err} leaks a value");
     }
 }
+
+#[test]
+fn a_flat_scope_string_is_updated_in_its_own_form() {
+    // Found by the credentials fuzz target: new scopes were kept in memory but never written to `scope`.
+    let flat = r#"{"access_token":"A","refresh_token":"R","expires_at":"2025-12-31T23:59:59Z",
+                   "scope":"user:inference user:profile"}"#;
+    let c = Credentials::parse(flat.as_bytes(), p()).expect("parse");
+    let next = c.with_update(TokenUpdate {
+        access_token: Secret::new("A2"),
+        refresh_token: None,
+        expires_at_ms: 1767225600000,
+        scopes: Some(vec!["user:inference".into(), "user:sessions".into()]),
+    });
+    let v = next.to_json();
+    assert_eq!(v["scope"], "user:inference user:sessions");
+    assert!(v.get("scopes").is_none(), "no second place for the scopes");
+    let reparsed = Credentials::parse(&next.to_bytes(), p()).expect("reparse");
+    assert_eq!(reparsed.scopes, ["user:inference", "user:sessions"]);
+}
+
+#[test]
+fn debug_shows_fingerprints_never_the_document() {
+    // Found by the credentials fuzz target: the derived `Debug` printed the whole document, tokens and
+    // `mcpOAuth` secrets in the clear.
+    let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("AAA") && !shown.contains("RRR"), "{shown}");
+    assert!(shown.contains(&c.access_token.fingerprint()), "{shown}");
+    let doc = document::Document::classify(br#"{"mcpOAuth":{"s":{"accessToken":"mcp-secret"}}}"#, p());
+    assert_eq!(format!("{doc:?}"), "NoLogin({1 keys})");
+    let damaged = document::Document::classify(br#"{"claudeAiOauth":7,"mcpOAuth":{"t":"mcp-secret"}}"#, p());
+    assert_eq!(format!("{damaged:?}"), "Damaged({2 keys})");
+    assert_eq!(format!("{:?}", damaged.remove_login()), "Kept({1 keys})");
+}
