@@ -234,7 +234,8 @@ pub fn choose(seed: Option<(&str, &Credentials)>, state: Option<&StateRead>) -> 
         (None, Some(_)) => Some(Origin::State),
         (Some((sha, seed)), Some(state)) => {
             let unchanged = state.seed_sha256.as_deref() == Some(sha);
-            let spent = is_retired(&state.retired, &seed.refresh_token.fingerprint());
+            let spent =
+                seed.refresh_token.as_ref().is_some_and(|r| is_retired(&state.retired, &r.fingerprint()));
             let same_pair = seed.refresh_token == state.credentials.refresh_token;
             if unchanged || spent || same_pair {
                 Some(Origin::State)
@@ -337,13 +338,13 @@ mod tests {
         store.persist(&next, loaded.seed_sha256.as_deref(), &retired).expect("persist");
         let again = store.load().expect("load");
         assert_eq!(again.origin, Origin::State);
-        assert_eq!(again.credentials.refresh_token.expose(), "R1");
+        assert_eq!(again.credentials.refresh_token, Some(Secret::new("R1")));
 
         // A new login in the seed wins.
         std::fs::write(&seed_path, creds("N0").to_bytes()).expect("seed");
         let after_login = store.load().expect("load");
         assert_eq!(after_login.origin, Origin::Seed);
-        assert_eq!(after_login.credentials.refresh_token.expose(), "N0");
+        assert_eq!(after_login.credentials.refresh_token, Some(Secret::new("N0")));
     }
 
     #[test]
