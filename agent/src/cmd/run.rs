@@ -226,11 +226,18 @@ fn static_token_from(var: &str, value: Result<String, std::env::VarError>) -> an
         anyhow::bail!("--static-token-env {var}: the variable is empty; set it to the token");
     }
     if token.contains(char::is_whitespace) {
-        anyhow::bail!("--static-token-env {var}: the variable must hold the token alone, without spaces or newlines in it");
+        anyhow::bail!(
+            "--static-token-env {var}: the variable must hold the token alone, without spaces or newlines in it"
+        );
     }
     let token = Secret::new(token);
     if !token.expose().starts_with(anthropic::ACCESS_TOKEN_PREFIX) {
-        warn!(token = %token, var, "the static token does not look like an OAuth access token ({}...); an API key is not accepted with the OAuth beta", anthropic::ACCESS_TOKEN_PREFIX);
+        let prefix = anthropic::ACCESS_TOKEN_PREFIX;
+        warn!(
+            token = %token,
+            var,
+            "the static token does not look like an OAuth access token ({prefix}...); the API takes no API key here"
+        );
     }
     Ok(token)
 }

@@ -56,16 +56,21 @@ pub enum Unrefreshable {
     Static { var: String },
 }
 
+const LONG_LIVED_SERVING: &str = "a login without a refresh token (a long-lived login): it is never \
+    refreshed and is served until it expires; log in again before then";
+
+const LONG_LIVED_EXPIRED: &str = "the token has expired and this login has no refresh token (a long-lived \
+    login); log in again (`sidecred-agent login --long-lived`, then update the credentials file or Secret) \
+    and the agent picks it up";
+
 impl Unrefreshable {
     /// What `status` says while the token is served.
     fn serving(&self) -> String {
         match self {
-            Unrefreshable::NoRefreshToken => "a login without a refresh token (a long-lived login): it is never \
-                                              refreshed and is served until it expires; log in again before then"
-                .to_owned(),
+            Unrefreshable::NoRefreshToken => LONG_LIVED_SERVING.to_owned(),
             Unrefreshable::Static { var } => format!(
-                "a static token from ${var}: never refreshed, its expiry unknown; when the API rejects it, put \
-                 a new token in ${var} and restart the agent"
+                "a static token from ${var}: never refreshed, its expiry unknown; when the API rejects \
+                 it, put a new token in ${var} and restart the agent"
             ),
         }
     }
@@ -75,9 +80,9 @@ impl Unrefreshable {
         match self {
             Unrefreshable::NoRefreshToken => None,
             Unrefreshable::Static { var } => Some(format!(
-                "STATIC TOKEN from ${var}: it is never refreshed and its expiry is unknown; once it expires or \
-                 is revoked every request fails until someone replaces it. Prefer a long-lived login \
-                 (`sidecred-agent login --long-lived`) in a credentials file"
+                "STATIC TOKEN from ${var}: it is never refreshed and its expiry is unknown; once it \
+                 expires or is revoked every request fails until someone replaces it. Prefer a long-lived \
+                 login (`sidecred-agent login --long-lived`) in a credentials file"
             )),
         }
     }
@@ -94,8 +99,8 @@ impl Unrefreshable {
             Unrefreshable::Static { var } => ProtoError::new(
                 ErrorCode::StaticTokenRejected,
                 format!(
-                    "the API rejected the static token from ${var}, and a static token cannot be refreshed: put \
-                     a new token in ${var} and restart the agent"
+                    "the API rejected the static token from ${var}, and a static token cannot be \
+                     refreshed: put a new token in ${var} and restart the agent"
                 ),
             ),
         }
@@ -104,13 +109,9 @@ impl Unrefreshable {
     /// The answer once the token has expired (only a login with a known expiry gets there).
     fn expired(&self) -> String {
         match self {
-            Unrefreshable::NoRefreshToken => "the token has expired and this login has no refresh token (a \
-                                              long-lived login); log in again (`sidecred-agent login \
-                                              --long-lived`, then update the credentials file or Secret) and \
-                                              the agent picks it up"
-                .to_owned(),
+            Unrefreshable::NoRefreshToken => LONG_LIVED_EXPIRED.to_owned(),
             Unrefreshable::Static { var } => {
-                format!("the static token from ${var} has expired; put a new token in ${var} and restart the agent")
+                format!("the static token from ${var} has expired; put a new token in ${var} and restart")
             }
         }
     }
