@@ -236,7 +236,11 @@ pub fn choose(seed: Option<(&str, &Credentials)>, state: Option<&StateRead>) -> 
             let unchanged = state.seed_sha256.as_deref() == Some(sha);
             let spent =
                 seed.refresh_token.as_ref().is_some_and(|r| is_retired(&state.retired, &r.fingerprint()));
-            let same_pair = seed.refresh_token == state.credentials.refresh_token;
+            // Logins without a refresh token (long-lived ones) are told apart by their access token.
+            let same_pair = match (&seed.refresh_token, &state.credentials.refresh_token) {
+                (Some(a), Some(b)) => a == b,
+                _ => seed.same_tokens(&state.credentials),
+            };
             if unchanged || spent || same_pair {
                 Some(Origin::State)
             } else {
@@ -301,6 +305,30 @@ mod tests {
             choose(Some(("s3", &creds("R5"))), Some(&state("s1", "R5", &["R0"]))),
             Some(Origin::State)
         );
+        // Long-lived logins (no refresh token): a new one in the seed wins, the same one does not.
+        let long_lived = |access: &str| {
+            let json =
+                format!(r#"{{"claudeAiOauth":{{"accessToken":"{access}","expiresAt":1800000000000}}}}"#);
+            Credentials::parse(json.as_bytes(), Path::new("x")).expect("parse")
+        };
+        let state_of = |c: Credentials| StateRead {
+            seed_sha256: Some("s1".into()),
+            retired: Vec::new(),
+            credentials: c,
+        };
+        assert_eq!(
+            choose(Some(("s2", &long_lived("L2"))), Some(&state_of(long_lived("L1")))),
+            Some(Origin::Seed)
+        );
+        assert_eq!(
+            choose(Some(("s2", &long_lived("L1"))), Some(&state_of(long_lived("L1")))),
+            Some(Origin::State)
+        );
+        assert_eq!(
+            choose(Some(("s2", &long_lived("L2"))), Some(&state("s1", "R5", &[]))),
+            Some(Origin::Seed)
+        );
+        assert_eq!(choose(Some(("s2", &seed)), Some(&state_of(long_lived("L1")))), Some(Origin::Seed));
         // Seed unusable: the state; neither: nothing.
         assert_eq!(choose(None, Some(&state("s1", "R5", &[]))), Some(Origin::State));
         assert_eq!(choose(None, None), None);
