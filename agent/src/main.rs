@@ -28,7 +28,7 @@
 //!   - `validate.rs`, `info.rs`: show the token to the API; `token_source.rs` gets them that token
 //!     (from the agent, or from the file, refreshed first when expired).
 //!   - `logout.rs`: takes the login out of the file.
-//!   - `login/`: the OAuth PKCE login, full or long-lived: `mod.rs` the flow and the two kinds,
+//!   - `login/`: the OAuth PKCE login, full or long-lived: `mod.rs` the flow, `kind.rs` the two kinds,
 //!     `callback.rs` what comes back, `paste.rs` and `loopback.rs` its two modes, `destination.rs` where
 //!     the result is saved, `error.rs` how it fails.
 //!   - `fields.rs`: the aligned `label: value` printer and times in words; `terminal.rs`: asking the

@@ -22,6 +22,7 @@
 mod callback;
 mod destination;
 mod error;
+mod kind;
 mod loopback;
 mod paste;
 
@@ -35,6 +36,8 @@ use callback::Callback;
 use clap::{Args, ValueEnum};
 use destination::Destination;
 use error::LoginError;
+pub use kind::LoginKind;
+use kind::SHORTEST_LONG_LIVED;
 use loopback::{Loopback, Page};
 use oauth2::basic::BasicClient;
 use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
@@ -105,42 +108,6 @@ fn parse_output(s: &str) -> Result<Output, String> {
     match s {
         "-" => Ok(Output::Stdout),
         _ => Err(format!("`{s}`: only `-` (stdout) is accepted; use --credentials PATH to write a file")),
-    }
-}
-
-/// The two kinds of login.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginKind {
-    Full,
-    LongLived,
-}
-
-/// A long-lived login whose token lives no longer than this was not granted as one: the endpoint
-/// ignored the `expires_in` it was sent.
-const SHORTEST_LONG_LIVED: Duration = Duration::from_secs(86_400);
-
-impl LoginKind {
-    fn of(args: &LoginArgs) -> LoginKind {
-        if args.long_lived {
-            LoginKind::LongLived
-        } else {
-            LoginKind::Full
-        }
-    }
-
-    fn scopes<'a>(&self, args: &'a LoginArgs) -> &'a str {
-        match self {
-            LoginKind::Full => &args.scopes,
-            LoginKind::LongLived => anthropic::LONG_LIVED_SCOPES,
-        }
-    }
-
-    /// The lifetime the code exchange asks for; `None` leaves it to the endpoint.
-    fn lifetime(&self) -> Option<Duration> {
-        match self {
-            LoginKind::Full => None,
-            LoginKind::LongLived => Some(Duration::from_secs(anthropic::LONG_LIVED_EXPIRES_IN_SECS)),
-        }
     }
 }
 
