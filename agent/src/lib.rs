@@ -24,14 +24,16 @@
 //! - `writeback.rs`: copying the live pair into a Kubernetes Secret after each refresh.
 //! - `cmd/`: the command line.
 //!   - `mod.rs`: the `Cli` and the `Command` enum; `args.rs`: the flag groups several commands share.
-//!   - `run.rs`: starts the agent: wires store, lifecycle, watcher and socket, and shuts them down.
+//!   - `run.rs`: starts the agent: wires store, lifecycle, watcher and socket (or, with
+//!     `--static-token-env`, a lifecycle serving one token from the environment), and shuts them down.
 //!   - `status.rs`: the agent's state, or the file's when no agent answers.
 //!   - `refresh.rs`: asks the agent to refresh now.
 //!   - `validate.rs`, `info.rs`: show the token to the API; `token_source.rs` gets them that token
 //!     (from the agent, or from the file, refreshed first when expired).
 //!   - `logout.rs`: takes the login out of the file.
-//!   - `login/`: the OAuth PKCE login: `mod.rs` the flow, `callback.rs` what comes back, `paste.rs` and
-//!     `loopback.rs` its two modes, `destination.rs` where the result is saved, `error.rs` how it fails.
+//!   - `login/`: the OAuth PKCE login, full or long-lived: `mod.rs` the flow, `kind.rs` the two kinds,
+//!     `callback.rs` what comes back, `paste.rs` and `loopback.rs` its two modes, `destination.rs` where
+//!     the result is saved, `error.rs` how it fails.
 //!   - `fields.rs`: the aligned `label: value` printer and times in words; `terminal.rs`: asking the
 //!     person at the terminal.
 

@@ -124,14 +124,17 @@ impl OAuthClient {
         self.token_request(body).await
     }
 
+    /// Exchanges an authorization code. `lifetime` asks for a token that lives that long (a long-lived
+    /// login); without it the endpoint picks (about 8 hours).
     pub async fn exchange_code(
         &self,
         code: &Secret,
         verifier: &Secret,
         redirect_uri: &str,
         state: &Secret,
+        lifetime: Option<Duration>,
     ) -> Result<TokenResponse, TokenError> {
-        let body = json!({
+        let mut body = json!({
             "grant_type": "authorization_code",
             "code": code.expose(),
             "redirect_uri": redirect_uri,
@@ -139,6 +142,9 @@ impl OAuthClient {
             "code_verifier": verifier.expose(),
             "state": state.expose(),
         });
+        if let Some(lifetime) = lifetime {
+            body["expires_in"] = lifetime.as_secs().into();
+        }
         self.token_request(body).await
     }
 

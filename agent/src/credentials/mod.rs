@@ -61,7 +61,9 @@ pub enum Shape {
 #[derive(Clone)]
 pub struct Credentials {
     pub access_token: Secret,
-    pub refresh_token: Secret,
+    /// `None` for a login that came without one (a long-lived, inference-only login) and for a static
+    /// token: such a token is served until it expires and never refreshed.
+    pub refresh_token: Option<Secret>,
     /// Expiry as Unix epoch milliseconds.
     pub expires_at_ms: u64,
     pub scopes: Vec<String>,
@@ -142,6 +144,21 @@ impl Credentials {
         Self::claude_code_in(Map::new(), update)
     }
 
+    /// A token handed over on its own (`run --static-token-env`): no refresh token, no file behind it,
+    /// and an expiry nobody told us, so it is taken as never reached.
+    pub fn static_token(access_token: Secret) -> Self {
+        Credentials {
+            access_token,
+            refresh_token: None,
+            expires_at_ms: u64::MAX,
+            scopes: Vec::new(),
+            subscription_type: None,
+            account: None,
+            shape: Shape::ClaudeCode,
+            doc: Map::new(),
+        }
+    }
+
     /// A login written into an existing document that holds no usable credentials (only `mcpOAuth`
     /// after a logout, or a damaged `claudeAiOauth` block): every other key, and every other field of
     /// an existing `claudeAiOauth` object, is kept.
@@ -151,7 +168,7 @@ impl Credentials {
         }
         let base = Credentials {
             access_token: Secret::default(),
-            refresh_token: Secret::default(),
+            refresh_token: None,
             expires_at_ms: 0,
             scopes: Vec::new(),
             subscription_type: None,
@@ -159,7 +176,7 @@ impl Credentials {
             shape: Shape::ClaudeCode,
             doc,
         };
-        base.with_update(update)
+        base.with_login(update)
     }
 
     fn parse_claude_code(doc: Map<String, Value>, path: &Path) -> Result<Self, CredentialsError> {
@@ -177,7 +194,7 @@ impl Credentials {
         };
         let access_token = required_string(oauth, "accessToken").map_err(|p| field_err("accessToken", p))?;
         let refresh_token =
-            required_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
+            optional_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
         let expires_at_ms = match oauth.get("expiresAt") {
             Some(v) => epoch_ms(v).ok_or_else(|| field_err("expiresAt", "must be epoch milliseconds"))?,
             None => return Err(field_err("expiresAt", "is missing")),
@@ -191,7 +208,7 @@ impl Credentials {
             .map(str::to_owned);
         Ok(Credentials {
             access_token: Secret::new(access_token),
-            refresh_token: Secret::new(refresh_token),
+            refresh_token: refresh_token.map(Secret::new),
             expires_at_ms,
             scopes,
             subscription_type,
@@ -209,7 +226,7 @@ impl Credentials {
         };
         let access_token = required_string(&doc, "access_token").map_err(|p| field_err("access_token", p))?;
         let refresh_token =
-            required_string(&doc, "refresh_token").map_err(|p| field_err("refresh_token", p))?;
+            optional_string(&doc, "refresh_token").map_err(|p| field_err("refresh_token", p))?;
         let expires_at_ms = match doc.get("expires_at") {
             Some(Value::String(s)) => parse_rfc3339_ms(s).ok_or_else(|| {
                 field_err("expires_at", "must be an RFC 3339 time such as 2025-12-31T23:59:59Z")
@@ -229,7 +246,7 @@ impl Credentials {
         let account = doc.get("email").and_then(Value::as_str).map(str::to_owned);
         Ok(Credentials {
             access_token: Secret::new(access_token),
-            refresh_token: Secret::new(refresh_token),
+            refresh_token: refresh_token.map(Secret::new),
             expires_at_ms,
             scopes,
             subscription_type,
@@ -244,10 +261,22 @@ impl Credentials {
         self.shape
     }
 
-    /// The same document with new tokens. Fields the update does not name are left exactly as read.
+    /// The same document after a refresh. A refresh token the answer leaves out stays as it was; fields
+    /// the update does not name are left exactly as read.
     pub fn with_update(&self, update: TokenUpdate) -> Self {
+        let refresh_token = update.refresh_token.clone().or_else(|| self.refresh_token.clone());
+        self.with_tokens(update, refresh_token)
+    }
+
+    /// The same document holding a new login: unlike a refresh, a login that brings no refresh token
+    /// leaves none, since the old one belongs to the login it replaces.
+    pub fn with_login(&self, update: TokenUpdate) -> Self {
+        let refresh_token = update.refresh_token.clone();
+        self.with_tokens(update, refresh_token)
+    }
+
+    fn with_tokens(&self, update: TokenUpdate, refresh_token: Option<Secret>) -> Self {
         let mut next = self.clone();
-        let refresh_token = update.refresh_token.unwrap_or_else(|| self.refresh_token.clone());
         let scopes = update.scopes.unwrap_or_else(|| self.scopes.clone());
         match self.shape {
             Shape::ClaudeCode => {
@@ -257,14 +286,20 @@ impl Credentials {
                 }
                 if let Value::Object(oauth) = block {
                     oauth.insert("accessToken".into(), update.access_token.expose().into());
-                    oauth.insert("refreshToken".into(), refresh_token.expose().into());
+                    match &refresh_token {
+                        Some(r) => oauth.insert("refreshToken".into(), r.expose().into()),
+                        None => oauth.shift_remove("refreshToken"),
+                    };
                     oauth.insert("expiresAt".into(), update.expires_at_ms.into());
                     oauth.insert("scopes".into(), scopes.clone().into());
                 }
             }
             Shape::Flat => {
                 next.doc.insert("access_token".into(), update.access_token.expose().into());
-                next.doc.insert("refresh_token".into(), refresh_token.expose().into());
+                match &refresh_token {
+                    Some(r) => next.doc.insert("refresh_token".into(), r.expose().into()),
+                    None => next.doc.shift_remove("refresh_token"),
+                };
                 next.doc.insert("expires_at".into(), format_rfc3339(update.expires_at_ms).into());
                 // The scopes go where the file keeps them, in its form; a file without them gets none.
                 if next.doc.contains_key("scopes") {
@@ -357,6 +392,14 @@ fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, &'stat
         Some(Value::String(_)) => Err("is empty"),
         Some(_) => Err("must be a string"),
         None => Err("is missing"),
+    }
+}
+
+/// A string that may be absent (or null); present, it must be a non-empty string.
+fn optional_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, &'static str> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => required_string(obj, key).map(Some),
     }
 }
 
