@@ -56,14 +56,30 @@ demo_dir=
 stop() {
   # A second Ctrl-C must not cut short the wait for what this script started.
   trap '' INT TERM
-  if ((${#pids[@]})); then kill -TERM "${pids[@]}" 2>/dev/null || true; fi
+  if ((${#pids[@]})); then
+    say "stopping: ${names[*]}"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+  fi
   wait 2>/dev/null || true
   if [[ -n $demo_dir ]]; then rm -rf "$demo_dir"; fi
   if ((${#pids[@]})); then say "stopped"; fi
 }
 trap stop EXIT
+trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# The processes run in sessions of their own, so that a Ctrl-C reaches this script alone, which stops them.
+# Were they to get it too, each would shut down and exit 0 by itself, and bash, seeing a child exit
+# normally while it waits, drops its SIGINT trap: the Ctrl-C would pass for a process ending on its own.
+detach=()
+if command -v setsid >/dev/null; then detach=(setsid); fi
+names=()
+# Starts "${@:2}" in the background; $1 names it in messages.
+start() {
+  names+=("$1")
+  "${detach[@]}" "${@:2}" &
+  pids+=($!)
+}
 
 # Waits until "$@" succeeds, while the process $1 names is alive; $2 says what is awaited.
 wait_for() {
@@ -72,7 +88,10 @@ wait_for() {
   for _ in $(seq 1 400); do
     "$@" 2>/dev/null && return 0
     kill -0 "$pid" 2>/dev/null || { say "$what: the process ended first"; exit 1; }
-    sleep 0.05
+    # In the background and waited for: a signal interrupts `wait` at once, and a foreground sleep that
+    # outlives a SIGINT sent to this script alone would make bash drop it.
+    sleep 0.05 &
+    wait $!
   done
   say "$what: not ready after 20 s"
   exit 1
@@ -127,16 +146,14 @@ if $demo; then
   demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/sidecred-demo.XXXXXX")
   creds=$demo_dir/.credentials.json
   export SIDECRED_SOCKET=$demo_dir/agent.sock
-  "$bin/sidecred-demo-backend" --credentials "$creds" >"$demo_dir/backend.txt" &
-  pids+=($!)
+  start stand-in "$bin/sidecred-demo-backend" --credentials "$creds" >"$demo_dir/backend.txt"
   wait_for "${pids[0]}" "the demo's stand-in" grep -q '^  credentials:' "$demo_dir/backend.txt"
   cat "$demo_dir/backend.txt" >&2
   endpoint() { sed -n "s/^  $1: *\([^ ]*\).*/\1/p" "$demo_dir/backend.txt"; }
   token_url=$(endpoint 'token endpoint') upstream=$(endpoint 'Messages API')
   # The stand-in's tokens live a minute; with 20 s of margin the first refresh comes 10 s after start
   # (the demo login expires in 30 s), then one every 40 s.
-  "$bin/sidecred-agent" run --credentials "$creds" --token-url "$token_url" --refresh-margin 20s &
-  pids+=($!)
+  start agent "$bin/sidecred-agent" run --credentials "$creds" --token-url "$token_url" --refresh-margin 20s
   forwarder_args=(--upstream "$upstream")
 else
   creds=${SIDECRED_CREDENTIALS:-${HOME:-}/.claude/.credentials.json}
@@ -150,14 +167,12 @@ else
     say "  or see sidecred work without an account:                        scripts/run-local.sh --demo"
     say "until then the API answers 503."
   fi
-  "$bin/sidecred-agent" run --credentials "$creds" &
-  pids+=($!)
+  start agent "$bin/sidecred-agent" run --credentials "$creds"
   forwarder_args=()
 fi
 agent=${pids[-1]}
 wait_for "$agent" "the agent's socket" test -S "$SIDECRED_SOCKET"
-"$bin/sidecred-forwarder" "${forwarder_args[@]}" "$@" &
-pids+=($!)
+start forwarder "$bin/sidecred-forwarder" "${forwarder_args[@]}" "$@"
 wait_for "${pids[-1]}" "the forwarder on $listen (if the port is taken, pass --listen 127.0.0.1:<port>)" listening
 
 if $demo; then
@@ -167,5 +182,7 @@ else
 fi
 status=0
 wait -n || status=$?
-say "a process ended (status $status); stopping the others"
+for i in "${!pids[@]}"; do
+  kill -0 "${pids[i]}" 2>/dev/null || say "the ${names[i]} (pid ${pids[i]}) ended with status $status; stopping the others"
+done
 exit "$status"

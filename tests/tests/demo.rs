@@ -25,12 +25,15 @@ const REFRESH: Duration = Duration::from_secs(90);
 /// Stopping includes the forwarder's drain of requests in flight (none here).
 const STOP: Duration = Duration::from_secs(40);
 
-/// `scripts/run-local.sh` running in its own process group; the group is killed when dropped, so a
-/// failing test leaves nothing behind either.
+/// `scripts/run-local.sh` running in its own process group, as from a terminal. When dropped before it
+/// exits (a failing test) it gets a SIGTERM, to stop what it started, then the group and every process
+/// it reported get a SIGKILL: a failing test leaves nothing behind either.
 struct RunLocal {
     child: Child,
     dir: tempfile::TempDir,
     status: Option<ExitStatus>,
+    /// What the demo's summary says it started, once read.
+    started: Vec<(String, Pid)>,
 }
 
 impl RunLocal {
@@ -59,7 +62,7 @@ impl RunLocal {
             .stderr(output("stderr"))
             .process_group(0);
         let child = cmd.spawn().expect("start bash scripts/run-local.sh");
-        RunLocal { child, dir, status: None }
+        RunLocal { child, dir, status: None, started: Vec::new() }
     }
 
     fn pgid(&self) -> Pid {
@@ -122,8 +125,16 @@ impl RunLocal {
 impl Drop for RunLocal {
     fn drop(&mut self) {
         if self.status.is_none() {
+            let _ = kill(self.pgid(), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = killpg(self.pgid(), Signal::SIGKILL);
             let _ = self.child.wait();
+        }
+        for (_, pid) in &self.started {
+            let _ = kill(*pid, Signal::SIGKILL);
         }
         if !std::thread::panicking() {
             assert_no_secrets("run-local.sh", &self.output());
@@ -140,13 +151,44 @@ fn is_gone(pid: Pid) -> bool {
     kill(pid, None) == Err(Errno::ESRCH)
 }
 
-/// The pids on the summary's `processes` line: `stand-in 1, agent 2, forwarder 3 (...)`.
-fn demo_pids(processes: &str) -> Vec<(String, Pid)> {
-    let list = processes.split(" (").next().unwrap_or_default();
-    list.split(", ")
-        .map(|entry| {
-            let (name, pid) = entry.rsplit_once(' ').expect("name pid");
-            (name.to_owned(), Pid::from_raw(pid.parse().expect("a pid")))
+impl RunLocal {
+    /// The processes on the summary's line `processes  stand-in 1, agent 2, forwarder 3 (...)`, checked
+    /// to be the binaries they are named for, and remembered so that a failing test kills them.
+    fn demo_pids(&mut self) -> Vec<(String, Pid)> {
+        let line = self.field("processes");
+        let list = line.split(" (").next().unwrap_or_default();
+        let pids: Vec<(String, Pid)> = list
+            .split(", ")
+            .map(|entry| {
+                let (name, pid) = entry.rsplit_once(' ').expect("name pid");
+                (name.to_owned(), Pid::from_raw(pid.parse().expect("a pid")))
+            })
+            .collect();
+        self.started = pids.clone();
+        let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["stand-in", "agent", "forwarder"]);
+        for ((_, pid), binary) in
+            pids.iter().zip(["sidecred-demo-backend", "sidecred-agent", "sidecred-forwarder"])
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            assert!(
+                String::from_utf8_lossy(&cmdline).contains(binary),
+                "pid {pid} is not {binary}: {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
+        pids
+    }
+}
+
+/// Every process whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.ok()?.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some(cmdline)
         })
         .collect()
 }
@@ -245,10 +287,12 @@ async fn assert_all_stopped(run: &RunLocal, pids: &[(String, Pid)], api: &str, s
         assert!(is_gone(*pid), "the {name} (pid {pid}) is still running; {}", run.output());
     }
     assert_eq!(killpg(run.pgid(), None), Err(Errno::ESRCH), "a process of the script's group is left");
+    let demo_dir = socket.parent().expect("the demo's directory");
+    let left = processes_mentioning(&demo_dir.to_string_lossy());
+    assert!(left.is_empty(), "processes on the demo's files are left: {left:?}");
     let port = api.trim_start_matches("http://");
     assert!(std::net::TcpStream::connect(port).is_err(), "something still listens on {port}");
     assert!(!socket.exists(), "the agent's socket {} is left", socket.display());
-    let demo_dir = socket.parent().expect("the demo's directory");
     assert!(!demo_dir.exists(), "the demo's directory {} is left", demo_dir.display());
 }
 
@@ -262,12 +306,7 @@ async fn the_demo_streams_across_a_refresh_and_ctrl_c_stops_everything_it_starte
     let api = run.field("API (the forwarder)");
     assert_eq!(api, format!("http://127.0.0.1:{port}"));
     let socket = PathBuf::from(run.field("agent socket"));
-    let pids = demo_pids(&run.field("processes"));
-    let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["stand-in", "agent", "forwarder"]);
-    for (name, pid) in &pids {
-        assert!(!is_gone(*pid), "the {name} runs");
-    }
+    let pids = run.demo_pids();
 
     let first = stream_through(&api).await;
     assert_demo_answer(&first, "first");
@@ -309,8 +348,7 @@ async fn a_sigterm_to_the_demo_script_alone_stops_everything_it_started() {
     let mut run = RunLocal::start(&["--demo", "--listen", &format!("127.0.0.1:{}", free_port())]);
     run.wait_for("Try it", true, READY).await;
     let (api, socket) = (run.field("API (the forwarder)"), PathBuf::from(run.field("agent socket")));
-    let pids = demo_pids(&run.field("processes"));
-    assert_eq!(pids.len(), 3);
+    let pids = run.demo_pids();
 
     kill(run.pgid(), Signal::SIGTERM).expect("SIGTERM the script");
     let status = run.wait_exit(STOP).await;
@@ -335,6 +373,8 @@ async fn without_a_login_run_local_names_the_file_and_what_to_do() {
     let status = run.wait_exit(STOP).await;
     assert_eq!(status.code(), Some(130), "{}", run.output());
     assert_eq!(killpg(run.pgid(), None), Err(Errno::ESRCH), "a process of the script's group is left");
+    let left = processes_mentioning(&expected.to_string_lossy());
+    assert!(left.is_empty(), "an agent on the credentials file is left: {left:?}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the forwarder still listens");
 }
 
@@ -343,7 +383,7 @@ async fn when_a_process_of_the_demo_dies_the_script_stops_the_others_and_fails()
     let mut run = RunLocal::start(&["--demo", "--listen", &format!("127.0.0.1:{}", free_port())]);
     run.wait_for("Try it", true, READY).await;
     let (api, socket) = (run.field("API (the forwarder)"), PathBuf::from(run.field("agent socket")));
-    let pids = demo_pids(&run.field("processes"));
+    let pids = run.demo_pids();
     let (_, forwarder) = pids.iter().find(|(name, _)| name == "forwarder").expect("the forwarder's pid");
 
     kill(*forwarder, Signal::SIGKILL).expect("SIGKILL the forwarder");
@@ -354,6 +394,7 @@ async fn when_a_process_of_the_demo_dies_the_script_stops_the_others_and_fails()
         "the script fails with the forwarder's status; {}",
         run.output()
     );
-    assert!(run.stderr().contains("a process ended (status 137); stopping the others"), "{}", run.output());
+    let said = format!("the forwarder (pid {forwarder}) ended with status 137; stopping the others");
+    assert!(run.stderr().contains(&said), "{}", run.output());
     assert_all_stopped(&run, &pids, &api, &socket).await;
 }
