@@ -1,8 +1,8 @@
 //! `scripts/run-local.sh`, the README's first command, run the way a user runs it. With `--demo` it
 //! starts the stand-in for Claude's endpoints, the agent and the forwarder: a streamed request goes
 //! through, the agent refreshes the demo login's short-lived token, the next streamed request carries the
-//! new token, and Ctrl-C (SIGINT to the terminal's process group) or a SIGTERM to the script stops
-//! every process it started. Without a login, the normal mode says what to do.
+//! new token, and Ctrl-C (SIGINT to the terminal's process group), a SIGTERM to the script or one of
+//! its processes dying stops every process it started. Without a login, the normal mode says what to do.
 //!
 //! The script runs the binaries these tests run (`SIDECRED_BIN_DIR`), so it builds nothing, in its own
 //! process group, with a private HOME, XDG_RUNTIME_DIR and TMPDIR and a free port.
@@ -43,8 +43,10 @@ impl RunLocal {
         std::fs::create_dir(&home).expect("mkdir home");
         let bin_dir = bin("sidecred-demo-backend").parent().expect("bin dir").to_owned();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/run-local.sh");
-        let mut cmd = Command::new("bash");
-        cmd.arg(script).args(args);
+        // SIGINT as a terminal leaves it: a test run started in the background of a script inherits it
+        // ignored, and bash cannot trap a signal ignored when it started.
+        let mut cmd = Command::new("env");
+        cmd.args(["--default-signal=INT", "bash"]).arg(script).args(args);
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
             if k.starts_with("SIDECRED_") || k.to_ascii_lowercase().ends_with("_proxy") {
