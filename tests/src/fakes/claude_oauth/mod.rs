@@ -107,7 +107,13 @@ pub struct FakeOAuth {
 }
 
 impl FakeOAuth {
+    /// On a free loopback port.
     pub async fn start() -> FakeOAuth {
+        FakeOAuth::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind the fake OAuth server")
+    }
+
+    /// On `addr` (the demo stand-in's, given by its user).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<FakeOAuth> {
         let state = Arc::new(Mutex::new(State {
             book: Book::default(),
             expires_in: 8 * 3600,
@@ -125,8 +131,8 @@ impl FakeOAuth {
             long_lived_refresh_token: true,
         }));
         let st = state.clone();
-        let server = FakeServer::start(move |req| endpoints::handle(req, st.clone())).await;
-        FakeOAuth { addr: server.addr, state, _server: Arc::new(server) }
+        let server = FakeServer::bind(addr, move |req| endpoints::handle(req, st.clone())).await?;
+        Ok(FakeOAuth { addr: server.addr, state, _server: Arc::new(server) })
     }
 
     fn st(&self) -> MutexGuard<'_, State> {
