@@ -1,7 +1,7 @@
 //! Requests to the OAuth token endpoint: the refresh grant and the authorization-code exchange. Claude's
 //! endpoint wants JSON bodies, so both are sent here with one HTTP client, shared by refresh and login.
 
-use crate::credentials::{json_fault, TokenUpdate};
+use crate::credentials::{is_storable_token, json_fault, TokenUpdate};
 use serde::Deserialize;
 use serde_json::json;
 use sidecred_proto::{anthropic, Secret};
@@ -173,13 +173,14 @@ pub(crate) fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, To
     let raw: RawTokenResponse = serde_json::from_slice(bytes).map_err(|e| {
         TokenError::transient(format!("token endpoint {url} sent malformed JSON ({})", json_fault(&e)))
     })?;
-    let access_token = raw.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+    // A blank token is no token: saved, it would make the file unreadable at the next start.
+    let access_token = raw.access_token.filter(|t| is_storable_token(t)).ok_or_else(|| {
         TokenError::transient(format!("token endpoint {url} answered without `access_token`"))
     })?;
     let expires_in = lifetime(raw.expires_in.as_ref(), url);
     Ok(TokenResponse {
         access_token: Secret::new(access_token),
-        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
+        refresh_token: raw.refresh_token.filter(|t| is_storable_token(t)).map(Secret::new),
         expires_in,
         scopes: raw.scope.map(|s| s.split_whitespace().map(str::to_owned).collect()),
         account_email: raw.account.and_then(|a| a.email_address),
@@ -343,6 +344,17 @@ mod tests {
         assert!(r.refresh_token.is_none());
         assert_eq!(r.expires_in, Duration::from_secs(28800));
         assert_eq!(r.scopes, Some(vec!["user:inference".to_owned(), "user:profile".to_owned()]));
+    }
+
+    #[test]
+    fn blank_tokens_are_no_tokens() {
+        // Found by the token_response fuzz target: a blank access token was accepted and saved, and the
+        // file then failed to parse at the next start, which lost the login.
+        let blank_access = br#"{"access_token":" ","refresh_token":"R","expires_in":60}"#;
+        assert!(matches!(parse_success(blank_access, URL), Err(TokenError::Transient { .. })));
+        let blank_refresh = br#"{"access_token":"A","refresh_token":"\t ","expires_in":60}"#;
+        let r = parse_success(blank_refresh, URL).expect("a blank refresh token is none");
+        assert!(r.refresh_token.is_none(), "so the old one is kept");
     }
 
     #[test]

@@ -386,9 +386,15 @@ pub fn to_pretty_bytes(value: &Value) -> Vec<u8> {
     out
 }
 
+/// Whether a token's text can be stored: the file refuses a blank one, so a token endpoint's answer
+/// must be judged the same way or a pair would be saved that cannot be read back.
+pub fn is_storable_token(text: &str) -> bool {
+    !text.trim().is_empty()
+}
+
 fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, &'static str> {
     match obj.get(key) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        Some(Value::String(s)) if is_storable_token(s) => Ok(s.clone()),
         Some(Value::String(_)) => Err("is empty"),
         Some(_) => Err("must be a string"),
         None => Err("is missing"),
