@@ -113,15 +113,20 @@ fn check_request(sent: &HeaderMap, authorization: HeaderValue) {
         }
     }
 
-    // A version the client named in `Connection` is its to drop; the default goes back in with the
-    // fix of issue 14's item 7 on the forwarder's branch, and then this holds for every request.
-    if !named.contains(&ANTHROPIC_VERSION) {
-        let want: Vec<_> = match sent.get_all(&ANTHROPIC_VERSION).iter().collect::<Vec<_>>() {
-            v if v.is_empty() => vec![HeaderValue::from_static(anthropic::ANTHROPIC_VERSION)],
-            v => v.into_iter().cloned().collect(),
-        };
-        assert!(out.get_all(&ANTHROPIC_VERSION).iter().eq(want.iter()), "the API version");
-    }
+    // The client's version, unless it named it in `Connection` (then it is gone) or sent none: then
+    // the default. Never no version at all.
+    let sent_versions: Vec<_> = sent.get_all(&ANTHROPIC_VERSION).iter().cloned().collect();
+    let want = if sent_versions.is_empty() || named.contains(&ANTHROPIC_VERSION) {
+        vec![HeaderValue::from_static(anthropic::ANTHROPIC_VERSION)]
+    } else {
+        sent_versions
+    };
+    assert!(out.get_all(&ANTHROPIC_VERSION).iter().eq(want.iter()), "the API version");
+    assert_eq!(
+        out.get(&X_REQUEST_ID),
+        Some(&id),
+        "the request's id reaches the upstream, whatever Connection says"
+    );
 
     let special = [X_API_KEY.clone(), h::EXPECT];
     for name in

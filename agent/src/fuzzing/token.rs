@@ -71,22 +71,32 @@ fn check_success(response: TokenResponse) {
     for arrived_ms in [0, 1_800_000_000_000, u64::MAX - 1] {
         let update = response.clone().into_update(arrived_ms);
         assert_eq!(update.expires_at_ms, arrived_ms.saturating_add(lifetime_ms));
+        // A login keeps the answer's pair as it came, with a refresh token or (long-lived) without.
+        let first = Credentials::new_claude_code(update.clone());
+        let back = Credentials::parse(&first.to_bytes(), Path::new("/fuzz/new.json"));
+        assert!(back.is_ok_and(|b| b.same_tokens(&first)), "a first login is written and read back");
         for file in FILES {
-            keeps_the_pair(file, update.clone());
-        }
-        // A login refuses an answer without a refresh token before it writes anything.
-        if update.refresh_token.is_some() {
-            let first = Credentials::new_claude_code(update.clone());
-            let back = Credentials::parse(&first.to_bytes(), Path::new("/fuzz/new.json"));
-            assert!(back.is_ok_and(|b| b.same_tokens(&first)), "a first login is written and read back");
+            keeps_the_pair(file, &update, false);
+            keeps_the_pair(file, &update, true);
         }
     }
 }
 
-fn keeps_the_pair(file: &str, update: TokenUpdate) {
+/// The answer merged into a file as a refresh (a refresh token left out keeps the old one) or as a new
+/// login (it replaces the whole pair) is what the written file holds.
+fn keeps_the_pair(file: &str, update: &TokenUpdate, login: bool) {
     let path = Path::new("/fuzz/.credentials.json");
     let Ok(before) = Credentials::parse(file.as_bytes(), path) else { unreachable!("a valid file") };
-    let after = before.with_update(update);
+    let after = if login { before.with_login(update.clone()) } else { before.with_update(update.clone()) };
+    let refresh = match (&update.refresh_token, login) {
+        (Some(new), _) => Some(new),
+        (None, false) => before.refresh_token.as_ref(),
+        (None, true) => None,
+    };
+    assert!(
+        after.refresh_token.as_ref() == refresh,
+        "the refresh token is the answer's, or kept by a refresh"
+    );
     let back = Credentials::parse(&after.to_bytes(), path).unwrap_or_else(|e| panic!("{e}"));
     assert!(back.same_tokens(&after), "the new pair is what the file holds");
 }
