@@ -22,6 +22,9 @@
 //! - `oauth.rs`: Claude's token endpoint: the refresh grant and the code exchange.
 //! - `api.rs`: the two API calls the commands make (model list, profile) and what a refusal means.
 //! - `writeback.rs`: copying the live pair into a Kubernetes Secret after each refresh.
+//! - Many agents on one login (`--lease`): `lease.rs` elects the one that refreshes (a Lease, with
+//!   fencing); `shared_secret.rs` reads and watches the Secret the others adopt each new pair from;
+//!   `cluster.rs` the Kubernetes client and the check for a controller that manages that Secret.
 //! - `cmd/`: the command line.
 //!   - `mod.rs`: the `Cli` and the `Command` enum; `args.rs`: the flag groups several commands share.
 //!   - `run.rs`: starts the agent: wires store, lifecycle, watcher and socket (or, with
@@ -39,10 +42,13 @@
 
 mod api;
 mod atomic;
+mod cluster;
 mod cmd;
 mod credentials;
+mod lease;
 mod lifecycle;
 mod oauth;
+mod shared_secret;
 mod socket;
 mod store;
 mod watch;

@@ -62,6 +62,20 @@ pub struct Store {
 pub struct SeedRead {
     pub sha256: String,
     pub credentials: Result<Credentials, CredentialsError>,
+    /// Set when the seed was read from the shared Secret through the Kubernetes API (`--lease`): its
+    /// `resourceVersion`. Such a seed only moves forward, so the pair it replaces is spent.
+    pub secret_rv: Option<String>,
+}
+
+impl SeedRead {
+    /// The credentials document held in a Secret, as read through the API at `resource_version`.
+    pub fn from_secret(bytes: &[u8], label: &Path, resource_version: String) -> SeedRead {
+        SeedRead {
+            sha256: sha256_hex(bytes),
+            credentials: Credentials::parse(bytes, label),
+            secret_rv: Some(resource_version),
+        }
+    }
 }
 
 /// The state file on disk.
@@ -175,8 +189,8 @@ impl Store {
         let seed = self.read_seed();
         let state = self.read_state()?;
         let (seed_sha256, seed_creds, seed_problem) = match seed {
-            Ok(SeedRead { sha256, credentials: Ok(c) }) => (Some(sha256), Some(c), None),
-            Ok(SeedRead { sha256, credentials: Err(e) }) => (Some(sha256), None, Some(e.to_string())),
+            Ok(SeedRead { sha256, credentials: Ok(c), .. }) => (Some(sha256), Some(c), None),
+            Ok(SeedRead { sha256, credentials: Err(e), .. }) => (Some(sha256), None, Some(e.to_string())),
             Err(e) => (None, None, Some(e.to_string())),
         };
         let retired = state.as_ref().map(|s| s.retired.clone()).unwrap_or_default();
@@ -222,7 +236,11 @@ impl Store {
 pub fn read_seed_file(path: &Path) -> Result<SeedRead, CredentialsError> {
     let bytes =
         read_regular(path).map_err(|source| CredentialsError::Read { path: path.to_owned(), source })?;
-    Ok(SeedRead { sha256: sha256_hex(&bytes), credentials: Credentials::parse(&bytes, path) })
+    Ok(SeedRead {
+        sha256: sha256_hex(&bytes),
+        credentials: Credentials::parse(&bytes, path),
+        secret_rv: None,
+    })
 }
 
 /// Which source wins. The seed wins when there is no state, or when it changed since the state was

@@ -30,7 +30,7 @@ impl std::str::FromStr for SecretRef {
     fn from_str(s: &str) -> Result<Self, String> {
         let (namespace, name) = s
             .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME (e.g. default/sidecred-credentials)"))?;
+            .ok_or_else(|| format!("`{s}` is not NAMESPACE/NAME (e.g. default/sidecred)"))?;
         let valid = |part: &str| {
             !part.is_empty()
                 && part.len() <= 253
@@ -62,6 +62,8 @@ struct Offer {
 #[derive(Clone)]
 pub struct WriteBack {
     tx: watch::Sender<Option<Offer>>,
+    /// The fingerprint of the refresh token the Secret is known to hold, after each write or check.
+    written: watch::Receiver<Option<String>>,
 }
 
 impl WriteBack {
@@ -69,8 +71,25 @@ impl WriteBack {
     /// progress replace each other.
     pub fn spawn(secret: SecretRef, key: String) -> WriteBack {
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(writer(secret, key, rx));
-        WriteBack { tx }
+        let (written_tx, written) = watch::channel(None);
+        tokio::spawn(writer(secret, key, rx, written_tx));
+        WriteBack { tx, written }
+    }
+
+    /// Offers the pair and waits, at most `limit`, until the Secret holds it. The lease holder serves a
+    /// new pair only once the other agents can adopt it: if it died right after, the pair lives on in the
+    /// Secret. `false` when the wait ran out (the writer keeps trying).
+    pub async fn offer_and_confirm(
+        &self,
+        credentials: &Credentials,
+        known: &[String],
+        limit: Duration,
+    ) -> bool {
+        let Some(fp) = credentials.refresh_token.as_ref().map(|r| r.fingerprint()) else { return true };
+        let mut written = self.written.clone();
+        self.offer(credentials, known);
+        let confirmed = async { written.wait_for(|held| held.as_deref() == Some(fp.as_str())).await.is_ok() };
+        tokio::time::timeout(limit, confirmed).await.unwrap_or(false)
     }
 
     /// `known` are the fingerprints of the refresh tokens this pair replaced. A login without a refresh
@@ -89,7 +108,7 @@ impl WriteBack {
 /// Why the live pair did not reach the Kubernetes Secret (the file writes have `atomic::WriteError`).
 #[derive(Debug, thiserror::Error)]
 enum SecretWriteError {
-    #[error("cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG): {0}")]
+    #[error("{0}")]
     Config(String),
     #[error("the Kubernetes API refused to {verb} secret {secret}: {reason} (the RBAC role needs `get` and `patch` on this Secret)")]
     Forbidden { verb: &'static str, secret: SecretRef, reason: String },
@@ -112,7 +131,12 @@ enum Outcome {
 const CONFLICT_PAUSE_MIN: Duration = Duration::from_millis(100);
 const CONFLICT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
-async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<Offer>>) {
+async fn writer(
+    secret: SecretRef,
+    key: String,
+    mut rx: watch::Receiver<Option<Offer>>,
+    written: watch::Sender<Option<String>>,
+) {
     let mut api: Option<Api<KubeSecret>> = None;
     let mut delay = Duration::from_secs(1);
     let mut conflict_pause = CONFLICT_PAUSE_MIN;
@@ -136,12 +160,14 @@ async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<O
             match result {
                 Ok(Outcome::Written) => {
                     info!(secret = %secret, refresh_token = %offer.refresh_fp, "wrote the live pair back to the Secret");
+                    written.send_replace(Some(offer.refresh_fp.clone()));
                     delay = Duration::from_secs(1);
                     conflict_pause = CONFLICT_PAUSE_MIN;
                     break;
                 }
                 Ok(Outcome::AlreadyCurrent) => {
                     debug!(secret = %secret, "the Secret already holds the live pair");
+                    written.send_replace(Some(offer.refresh_fp.clone()));
                     break;
                 }
                 Ok(Outcome::NewerLogin) => {
@@ -173,8 +199,7 @@ async fn writer(secret: SecretRef, key: String, mut rx: watch::Receiver<Option<O
 }
 
 async fn connect(secret: &SecretRef) -> Result<Api<KubeSecret>, SecretWriteError> {
-    let config = kube::Config::infer().await.map_err(|e| SecretWriteError::Config(e.to_string()))?;
-    let client = kube::Client::try_from(config).map_err(|e| SecretWriteError::Config(e.to_string()))?;
+    let client = crate::cluster::client().await.map_err(SecretWriteError::Config)?;
     Ok(Api::namespaced(client, &secret.namespace))
 }
 

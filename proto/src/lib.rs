@@ -24,7 +24,7 @@ mod io;
 
 pub use frame::{decode_frame, encode_frame, frame_len, FrameError, MAX_FRAME_LEN};
 pub use message::{
-    ErrorCode, ProtoError, Request, RequestFrame, Response, ResponseFrame, StatusReport, TokenGrant,
+    ErrorCode, ProtoError, Request, RequestFrame, Response, ResponseFrame, Role, StatusReport, TokenGrant,
     TokenState,
 };
 pub use secret::{fingerprint, Secret};

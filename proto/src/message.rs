@@ -150,6 +150,41 @@ pub struct StatusReport {
     pub agent_version: String,
     #[serde(default)]
     pub uptime_s: u64,
+    /// Who refreshes this login: `single` (this agent alone), or with `--lease` the elected `holder` or
+    /// a `follower` that adopts each new pair from the shared Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The Lease (`NAMESPACE/NAME`) the agents sharing this login are elected by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// The lease holder's identity as last read, this agent's own when it holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_holder: Option<String>,
+    /// The `resourceVersion` of the shared Secret the live pair was last read from or checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
+}
+
+/// Who refreshes a login shared by several agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// No lease: this agent is the only one that refreshes this login.
+    Single,
+    /// This agent holds the lease: it refreshes and writes each new pair to the shared Secret.
+    Holder,
+    /// Another agent holds the lease (or none can be reached): this one never refreshes.
+    Follower,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Single => "single",
+            Role::Holder => "holder",
+            Role::Follower => "follower",
+        }
+    }
 }
 
 /// Why a request failed. The code is for programs, the message for people.

@@ -2,8 +2,10 @@
 //! and shuts them down in the order that loses nothing.
 
 use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
+use crate::lease;
 use crate::lifecycle::{Lifecycle, Policy, Snapshot};
 use crate::oauth::{OAuthClient, OAuthConfig};
+use crate::shared_secret::SharedSecret;
 use crate::socket;
 use crate::store::Loaded;
 use crate::store::{Origin, Store};
@@ -63,6 +65,18 @@ pub struct RunArgs {
     /// The key of the Secret that holds the credentials file.
     #[arg(long, env = "SIDECRED_WRITE_BACK_KEY", default_value = ".credentials.json")]
     pub write_back_key: String,
+    /// Share this login with other agents (pods, replicas): only the holder of this Lease
+    /// (NAMESPACE/NAME, shipped with the manifests) refreshes; the others adopt each new pair from the
+    /// --write-back-secret through the API. Needs RBAC get and update on the Lease, get, watch and
+    /// patch on the Secret.
+    #[arg(long, env = "SIDECRED_LEASE", value_name = "NAMESPACE/NAME", requires = "write_back_secret")]
+    pub lease: Option<SecretRef>,
+    /// This agent's name in the election (default: $POD_NAME, else the hostname). Unique per pod.
+    #[arg(long, env = "SIDECRED_LEASE_HOLDER", value_name = "ID")]
+    pub lease_holder: Option<String>,
+    /// How long a holder that stops renewing keeps the lease before another agent takes it over.
+    #[arg(long, env = "SIDECRED_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
     /// Serve the token in this environment variable (CLAUDE_CODE_OAUTH_TOKEN when the flag is given
     /// without a name) instead of a credentials file: it is never refreshed or saved, and its expiry is
     /// unknown. Only this flag turns it on: a variable set for Claude Code alone changes nothing.
@@ -77,6 +91,31 @@ pub struct RunArgs {
     pub static_token_env: Option<String>,
 }
 
+fn parse_lease_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!("`{s}`: a lease lasts from 1s to 1h"));
+    }
+    Ok(d)
+}
+
+/// The holder identity: the flag, else the pod's name from the downward API, else the hostname.
+fn lease_identity(flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(id) = flag.map(str::trim).filter(|id| !id.is_empty()) {
+        return Ok(id.to_owned());
+    }
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        if !pod.trim().is_empty() {
+            return Ok(pod.trim().to_owned());
+        }
+    }
+    let host = nix::unistd::gethostname()
+        .context("--lease-holder is not set, nor POD_NAME, and the hostname is unreadable")?;
+    let host = host.to_string_lossy().trim().to_owned();
+    anyhow::ensure!(!host.is_empty(), "--lease-holder is not set, nor POD_NAME, and the hostname is empty");
+    Ok(host)
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let mode =
@@ -87,6 +126,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(mode)
 }
 
+/// How long the lease holder waits for the shared Secret to hold a new pair before serving it anyway.
+const CONFIRM_WRITE: Duration = Duration::from_secs(10);
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let own_uid = nix::unistd::getuid().as_raw();
     let allowed_uids = if args.allow_uids.is_empty() { vec![own_uid] } else { args.allow_uids.clone() };
@@ -96,6 +138,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(margin) = args.refresh_margin {
         policy.margin_min = margin;
         policy.margin_fraction = 0.0;
+    } else if args.lease.is_some() {
+        // Followers serve the pair they have until it expires: refreshing at half its lifetime leaves
+        // them the other half, and a new holder time to take over should this one die.
+        policy.margin_fraction = 0.5;
     }
     let oauth = OAuthClient::new(OAuthConfig::from(&args.endpoint))
         .context("cannot build the HTTP client for the token endpoint")?;
@@ -127,7 +173,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 lifecycle =
                     lifecycle.with_write_back(WriteBack::spawn(secret.clone(), args.write_back_key.clone()));
             }
-            (lifecycle, snapshots, Some(initial_sha))
+            if let Some(lease) = &args.lease {
+                lifecycle = lifecycle.with_lease(lease.to_string(), CONFIRM_WRITE);
+            }
+            // With a lease, new pairs come from the Secret through the API, not from the (lagging) file.
+            let watch_seed = args.lease.is_none().then_some(initial_sha);
+            (lifecycle, snapshots, watch_seed)
         }
     };
     warn_loudly(&snapshots);
@@ -137,6 +188,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     if let Some(initial_sha) = seed {
         crate::watch::spawn(args.credentials.path.clone(), initial_sha, inputs_tx.clone());
+    }
+    let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
+    let mut election = None;
+    if let (Some(lease), Some(secret)) = (&args.lease, &args.write_back_secret) {
+        let client = crate::cluster::client().await.map_err(anyhow::Error::msg)?;
+        let shared = SharedSecret::new(client.clone(), secret.clone(), args.write_back_key.clone());
+        shared.clone().spawn_watch(inputs_tx.clone());
+        let config = lease::Config {
+            lease: lease.clone(),
+            identity: lease_identity(args.lease_holder.as_deref())?,
+            duration: args.lease_duration,
+        };
+        let task = lease::Election::new(config, client, shared).run(inputs_tx.clone(), lease_stop_rx);
+        election = Some(tokio::spawn(task));
     }
     let mut lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let mut socket_task =
@@ -174,6 +239,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if joined.is_err() {
                 error!("the lifecycle task failed while shutting down");
                 return Ok(ExitCode::FAILURE);
+            }
+            // No refresh can start any more: hand the lease to the next agent.
+            let _ = lease_stop_tx.send(true);
+            if let Some(election) = election {
+                let _ = election.await;
             }
         }
         _ = sigterm.recv() => warn!("second SIGTERM: exiting without waiting for the refresh in flight"),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use sidecred_proto::client::{Client, ClientError};
-use sidecred_proto::StatusReport;
+use sidecred_proto::{Role, StatusReport};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -74,6 +74,8 @@ fn render_agent_status(r: &StatusReport) -> String {
         ("token", r.token_fingerprint.clone()),
         ("expires in", r.expires_in_s.map(human_secs)),
         ("next refresh", r.next_refresh_in_s.map(|s| format!("in {}", human_secs(s)))),
+        ("role", r.role.map(|role| describe_role(role, r))),
+        ("secret version", r.secret_resource_version.clone()),
         ("refreshes", Some(r.refresh_count.to_string())),
         ("last refresh", r.last_refresh_at_ms.map(human_ago)),
         ("last error", last_error),
@@ -82,6 +84,20 @@ fn render_agent_status(r: &StatusReport) -> String {
         ("saves to", r.persist_path.clone()),
         ("agent", Some(format!("{} (up {})", r.agent_version, human_secs(r.uptime_s as i64)))),
     ])
+}
+
+/// `single`, or with a lease who holds it: "holder of ns/name", "follower (pod-b holds ns/name)".
+fn describe_role(role: Role, r: &StatusReport) -> String {
+    let lease = r.lease.as_deref().unwrap_or("?");
+    match (role, r.lease_holder.as_deref()) {
+        (Role::Single, _) => "single (no lease: this agent alone refreshes the login)".to_owned(),
+        (Role::Holder, Some(me)) => format!("holder of the lease {lease} (as {me}): this agent refreshes"),
+        (Role::Holder, None) => format!("holder of the lease {lease}: this agent refreshes"),
+        (Role::Follower, Some(holder)) => {
+            format!("follower ({holder} holds the lease {lease} and refreshes)")
+        }
+        (Role::Follower, None) => format!("follower (nobody is known to hold the lease {lease})"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

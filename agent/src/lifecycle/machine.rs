@@ -2,6 +2,7 @@
 //! changes the state, and returns the [`Effect`]s for the task in `task.rs` to perform. Nothing here
 //! sleeps, reads a clock or touches the network, so every transition is unit-tested with chosen times.
 
+use super::authority::{Authority, LeaseView};
 use super::policy::Policy;
 use super::snapshot::{Served, Snapshot, REAUTH_HINT};
 use super::state::{served, Live, Phase, Refresh, Save, Unrefreshable};
@@ -75,6 +76,10 @@ pub struct Machine {
     persist_path: String,
     /// A number in [0, 1] for the backoff's jitter; fixed in tests.
     jitter: fn() -> f64,
+    /// Whether this agent may refresh: always alone, only as the lease holder when sharing a login.
+    authority: Authority,
+    /// The shared Secret's `resourceVersion` last read (with `--lease`).
+    secret_rv: Option<String>,
 }
 
 /// Where the store reads and writes, for logs and the status report.
@@ -102,6 +107,8 @@ impl Machine {
             seed_path: paths.seed,
             persist_path: paths.persist,
             jitter: rand::random::<f64>,
+            authority: Authority::Single,
+            secret_rv: None,
         };
         match start {
             Ok(loaded) => {
@@ -129,6 +136,12 @@ impl Machine {
         machine
     }
 
+    /// Refreshes only while holding the lease `lease` (`NAMESPACE/NAME`), which it does not yet.
+    pub fn with_lease(mut self, lease: String) -> Self {
+        self.authority = Authority::Lease(LeaseView::unknown(lease));
+        self
+    }
+
     #[cfg(test)]
     pub fn with_jitter(mut self, jitter: fn() -> f64) -> Self {
         self.jitter = jitter;
@@ -150,7 +163,9 @@ impl Machine {
         let expiry = live.deadline.checked_sub(super::EXPIRY_GUARD).unwrap_or(live.deadline);
         [
             match refresh {
-                Refresh::Scheduled { at, .. } => Some(*at),
+                // Without the lease a due refresh waits for it: the lease's news wakes the task, not a
+                // timer that would fire again and again.
+                Refresh::Scheduled { at, .. } if self.authority.may_refresh(now).is_ok() => Some(*at),
                 _ => None,
             },
             match save {
@@ -174,7 +189,7 @@ impl Machine {
         }
         if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, .. } = &self.phase {
             if *at <= now.at {
-                effects.extend(self.start_refresh("the token is due for refresh"));
+                effects.extend(self.start_refresh("the token is due for refresh", now.at));
             }
         }
         effects
@@ -216,8 +231,27 @@ impl Machine {
                     .unwrap_or_else(|| unavailable(&why.cannot_refresh()));
                 (Answer::Now(Err(err)), Vec::new())
             }
-            Phase::Serving { .. } => (Answer::AfterRefresh, self.start_refresh("a refresh was requested")),
+            Phase::Serving { .. } => {
+                if let Err(why) = self.authority.may_refresh(now.at) {
+                    return (Answer::Now(Err(unavailable(&why))), Vec::new());
+                }
+                (Answer::AfterRefresh, self.start_refresh("a refresh was requested", now.at))
+            }
         }
+    }
+
+    /// The lease task learned who holds the lease. Becoming the holder starts a refresh that fell due
+    /// meanwhile.
+    pub fn lease_changed(&mut self, view: LeaseView, now: Now) -> Vec<Effect> {
+        let before = self.authority.role(now.at);
+        if let Authority::Lease(current) = &mut self.authority {
+            *current = view;
+        }
+        let after = self.authority.role(now.at);
+        if before != after {
+            info!(role = after.as_str(), holder = ?self.authority.lease().and_then(|l| l.holder.clone()), "lease role changed");
+        }
+        self.tick(now)
     }
 
     /// The upstream rejected `token`. Refreshes only if it is still the live one, so many reports of one
@@ -260,7 +294,15 @@ impl Machine {
             }
             _ => {}
         }
-        (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token"))
+        if let Err(why) = self.authority.may_refresh(now.at) {
+            // The holder refreshes; its new pair reaches this agent through the Secret.
+            warn!(token = %token, "the upstream rejected the current token; {why}");
+            return (
+                Answer::Now(Err(unavailable(&format!("the upstream rejected the token; {why}")))),
+                Vec::new(),
+            );
+        }
+        (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token", now.at))
     }
 
     /// The seed file changed on disk.
@@ -392,7 +434,10 @@ impl Machine {
         })
     }
 
-    fn start_refresh(&mut self, why: &str) -> Vec<Effect> {
+    fn start_refresh(&mut self, why: &str, now: Instant) -> Vec<Effect> {
+        if self.authority.may_refresh(now).is_err() {
+            return Vec::new();
+        }
         let Phase::Serving { live, refresh, .. } = &mut self.phase else { return Vec::new() };
         let Refresh::Scheduled { at, failures } = *refresh else { return Vec::new() };
         // A login without a refresh token is never scheduled (see `adopt`).
@@ -403,6 +448,9 @@ impl Machine {
     }
 
     fn apply_seed(&mut self, seed: SeedRead, now: Now) {
+        if let Some(rv) = &seed.secret_rv {
+            self.secret_rv = Some(rv.clone());
+        }
         if self.seed_sha256.as_deref() == Some(seed.sha256.as_str()) {
             return;
         }
@@ -434,6 +482,17 @@ impl Machine {
             refresh_token = ?credentials.refresh_token,
             "adopting new credentials from the seed"
         );
+        // The shared Secret only moves forward: the pair it replaces was spent by the lease holder, and
+        // must never be taken back (from a lagging volume, or a state file) and refreshed.
+        if seed.secret_rv.is_some() {
+            let replaced =
+                self.live_pair().and_then(|(c, _)| c.refresh_token.as_ref().map(|r| r.fingerprint()));
+            if let Some(fp) = replaced
+                .filter(|fp| Some(fp) != credentials.refresh_token.as_ref().map(|r| r.fingerprint()).as_ref())
+            {
+                retire(&mut self.retired, fp);
+            }
+        }
         self.adopt(credentials, now);
         // In a state directory, record that the live pair now grows from this seed.
         if self.saves_to_state {
@@ -485,8 +544,21 @@ impl Machine {
             account: self.account.clone(),
             seed_path: self.seed_path.clone(),
             persist_path: self.persist_path.clone(),
+            role: self.authority.role(now),
+            lease: self.authority.lease().map(|l| l.lease.clone()),
+            lease_holder: self.authority.lease().and_then(|l| l.holder.clone()),
+            secret_resource_version: self.secret_rv.clone(),
         };
         self.phase.describe(now, &mut snap);
+        if let Some(problem) = self.authority.lease().and_then(|l| l.problem.as_ref()) {
+            // Serving goes on while the token is valid; nobody refreshes until the API is back.
+            if matches!(snap.state, TokenState::Valid | TokenState::Refreshing) {
+                snap.state = TokenState::Degraded;
+                snap.message = Some(format!(
+                    "{problem}; serving the current token while it is valid, no refresh until the lease is held again"
+                ));
+            }
+        }
         snap
     }
 }

@@ -12,6 +12,7 @@
 //! Everyone else sends the task an [`Input`] or reads the latest [`Snapshot`] from a watch channel,
 //! which is how a token request is answered from memory.
 
+mod authority;
 mod machine;
 mod policy;
 mod snapshot;
@@ -20,6 +21,7 @@ mod task;
 #[cfg(test)]
 mod tests;
 
+pub use authority::LeaseView;
 pub use policy::{Policy, EXPIRY_GUARD};
 pub use snapshot::Snapshot;
 pub use task::Lifecycle;
@@ -41,4 +43,6 @@ pub enum Input {
     /// A client waits for a token that is not there yet: look at the clocks now rather than at the next
     /// timer (after a suspend, the timer is late).
     Waiting,
+    /// The lease task's latest view of the election (`--lease`).
+    Lease(LeaseView),
 }

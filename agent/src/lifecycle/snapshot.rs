@@ -56,6 +56,10 @@ pub struct Snapshot {
     pub account: Option<String>,
     pub seed_path: String,
     pub persist_path: String,
+    pub role: sidecred_proto::Role,
+    pub lease: Option<String>,
+    pub lease_holder: Option<String>,
+    pub secret_resource_version: Option<String>,
 }
 
 pub(super) const REAUTH_HINT: &str = "the refresh token was rejected; log in again (`sidecred-agent login`, \
@@ -124,6 +128,10 @@ impl Snapshot {
             persist_path: Some(self.persist_path.clone()).filter(|p| !p.is_empty()),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: 0,
+            role: Some(self.role),
+            lease: self.lease.clone(),
+            lease_holder: self.lease_holder.clone(),
+            secret_resource_version: self.secret_resource_version.clone(),
         }
     }
 }

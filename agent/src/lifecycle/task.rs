@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 type Waiter = super::Reply;
 
@@ -31,6 +31,8 @@ pub struct Lifecycle {
     write_back: Option<WriteBack>,
     inflight: Option<RefreshFuture>,
     waiters: Vec<Waiter>,
+    /// With a lease, a new pair is served only once the shared Secret holds it (waiting at most this).
+    confirm_write_back: Option<Duration>,
 }
 
 impl Lifecycle {
@@ -80,6 +82,7 @@ impl Lifecycle {
             write_back: None,
             inflight: None,
             waiters: Vec::new(),
+            confirm_write_back: None,
         };
         (lifecycle, rx)
     }
@@ -91,6 +94,16 @@ impl Lifecycle {
             write_back.offer(credentials, retired);
         }
         self.write_back = Some(write_back);
+        self
+    }
+
+    /// Shares the login with other agents through the Lease `lease` (`NAMESPACE/NAME`): refreshes only
+    /// while holding it, and serves each new pair only after the Secret holds it (waiting at most
+    /// `confirm`; past that the pair is served anyway, and the writer keeps trying).
+    pub fn with_lease(mut self, lease: String, confirm: Duration) -> Self {
+        self.machine = self.machine.with_lease(lease);
+        self.confirm_write_back = Some(confirm);
+        self.publish();
         self
     }
 
@@ -156,6 +169,10 @@ impl Lifecycle {
                 let effects = self.machine.tick(now);
                 return self.perform(effects).await;
             }
+            Input::Lease(view) => {
+                let effects = self.machine.lease_changed(view, now);
+                return self.perform(effects).await;
+            }
         };
         match reply {
             Answer::Now(answer) => {
@@ -181,8 +198,16 @@ impl Lifecycle {
                     self.machine.saved(&job, result, Now::read());
                 }
                 Effect::WriteBack { credentials, retired } => {
-                    if let Some(wb) = &self.write_back {
-                        wb.offer(&credentials, &retired);
+                    match (&self.write_back, self.confirm_write_back) {
+                        (Some(wb), Some(limit)) => {
+                            // Until the Secret holds the pair, readers keep the snapshot from before the
+                            // refresh: the old access token, which is still valid (holders refresh early).
+                            if !wb.offer_and_confirm(&credentials, &retired, limit).await {
+                                warn!(wait = ?limit, "the shared Secret does not hold the new pair yet; serving it anyway (the write is retried)");
+                            }
+                        }
+                        (Some(wb), None) => wb.offer(&credentials, &retired),
+                        (None, _) => {}
                     }
                 }
                 Effect::AnswerWaiters(outcome) => {
