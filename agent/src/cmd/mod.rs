@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: refresh the token before it expires and serve it on the socket.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Show the state of the running agent, or of the credentials file when no agent answers (exit 0
     /// when a valid token is there; usable as an exec probe).
     Status(status::StatusArgs),
@@ -70,7 +70,7 @@ impl Command {
 
     pub async fn execute(self) -> anyhow::Result<ExitCode> {
         match self {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Status(args) => status::status(args).await,
             Command::Refresh(args) => refresh::refresh(args).await,
             Command::Login(args) => login::login(args).await,
