@@ -9,6 +9,7 @@ pub mod fakes;
 pub mod forwarder_harness;
 pub mod harness;
 pub mod oneshot;
+pub mod pods;
 pub mod raw_http;
 pub mod terminal;
 pub mod tls;

@@ -81,6 +81,9 @@ fn json_response(status: StatusCode, body: Value) -> Answer {
 /// A refusal in the OAuth shape, recorded with its reason.
 fn oauth_error(s: &mut State, status: StatusCode, error: &str, why: &str) -> Answer {
     s.rejections.push(why.to_owned());
+    if error == "invalid_grant" {
+        s.counters.invalid_grants += 1;
+    }
     json_response(status, json!({"error": error, "error_description": why}))
 }
 

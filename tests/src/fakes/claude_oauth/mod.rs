@@ -73,6 +73,8 @@ struct Counters {
     exchanges: u64,
     /// Every other request to the token endpoint: refreshes, and whatever is malformed.
     refresh_requests: u64,
+    /// `invalid_grant` answers, to refreshes and code exchanges alike.
+    invalid_grants: u64,
     models: u64,
     profile: u64,
 }
@@ -263,6 +265,9 @@ impl FakeOAuth {
     }
     /// Why requests were refused, in order: malformed requests as much as dead grants. Injected
     /// faults are not refusals and are not listed.
+    pub fn invalid_grants(&self) -> u64 {
+        self.st().counters.invalid_grants
+    }
     pub fn rejections(&self) -> Vec<String> {
         self.st().rejections.clone()
     }

@@ -202,6 +202,12 @@ impl FakeKube {
     pub fn lease(&self, name: &str) -> Option<LeaseSpec> {
         self.st().leases.get(name).map(|l| l.spec.clone())
     }
+
+    /// Reads the Lease `name` from anywhere (a task that outlives a borrow of the fake).
+    pub fn lease_reader(&self, name: &str) -> impl Fn() -> Option<LeaseSpec> + Send + 'static {
+        let (state, name) = (self.state.clone(), name.to_owned());
+        move || state.lock().unwrap().leases.get(&name).map(|l| l.spec.clone())
+    }
 }
 
 pub(crate) fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
