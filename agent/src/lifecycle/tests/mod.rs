@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::time::{advance, Instant};
 
+mod lease;
 mod never;
 
 const WALL0: u64 = 1_800_000_000_000;
