@@ -34,6 +34,17 @@ def env_value(container, name, default):
     return default
 
 
+def setting(container, flag, env, default):
+    """A binary's setting as clap resolves it: the flag, else the environment variable, else the default."""
+    args = container.get("command", [])[1:] + container.get("args", [])
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return env_value(container, env, default)
+
+
 def check_replicas(where, workload, login):
     """One agent per login, unless the agents elect their refresher through a Lease."""
     if login.lease:
@@ -84,8 +95,8 @@ def check_shutdown_budget(where, pod, agent, forwarder):
     """The forwarder drains, then the agent (stopped after it) finishes a refresh in flight; the grace period
     covers both with a margin (budget.py)."""
     try:
-        drain = seconds(env_value(forwarder, "SIDECRED_DRAIN_TIMEOUT", FORWARDER_DRAIN_TIMEOUT))
-        refresh = seconds(env_value(agent, "SIDECRED_REQUEST_TIMEOUT", AGENT_REQUEST_TIMEOUT))
+        drain = seconds(setting(forwarder, "--drain-timeout", "SIDECRED_DRAIN_TIMEOUT", FORWARDER_DRAIN_TIMEOUT))
+        refresh = seconds(setting(agent, "--request-timeout", "SIDECRED_REQUEST_TIMEOUT", AGENT_REQUEST_TIMEOUT))
     except ValueError as e:
         fail(where, str(e))
         return
