@@ -140,6 +140,7 @@ async fn writer(
     let mut api: Option<Api<KubeSecret>> = None;
     let mut delay = Duration::from_secs(1);
     let mut conflict_pause = CONFLICT_PAUSE_MIN;
+    let mut checked_manager = false;
     loop {
         if rx.changed().await.is_err() {
             return;
@@ -147,10 +148,10 @@ async fn writer(
         loop {
             let Some(offer) = rx.borrow_and_update().clone() else { break };
             let result = match &api {
-                Some(api) => write(api, &secret, &key, &offer).await,
+                Some(api) => write(api, &secret, &key, &offer, &mut checked_manager).await,
                 None => match connect(&secret).await {
                     Ok(a) => {
-                        let r = write(&a, &secret, &key, &offer).await;
+                        let r = write(&a, &secret, &key, &offer, &mut checked_manager).await;
                         api = Some(a);
                         r
                     }
@@ -208,8 +209,13 @@ async fn write(
     secret: &SecretRef,
     key: &str,
     offer: &Offer,
+    checked_manager: &mut bool,
 ) -> Result<Outcome, SecretWriteError> {
     let current = api.get(&secret.name).await.map_err(|e| classify(e, "get", secret))?;
+    if !*checked_manager {
+        crate::cluster::warn_if_managed(&current, &secret.to_string());
+        *checked_manager = true;
+    }
     let held =
         current.data.as_ref().and_then(|d| d.get(key)).and_then(|b| {
             Credentials::parse(&b.0, &PathBuf::from(format!("secret {secret} key {key}"))).ok()

@@ -218,13 +218,20 @@ pub struct Token {
     pub access_token: Secret,
     /// Its remaining lifetime when the agent served it, for `/health`.
     pub expires_in_ms: u64,
+    /// Why the agent says it is degraded while the token is valid, for `/health`.
+    pub degraded: Option<String>,
     authorization: Result<HeaderValue, HeaderError>,
 }
 
 impl Token {
     pub fn new(grant: TokenGrant) -> Self {
         let authorization = headers::authorization(&grant.access_token);
-        Token { access_token: grant.access_token, expires_in_ms: grant.expires_in_ms, authorization }
+        Token {
+            access_token: grant.access_token,
+            expires_in_ms: grant.expires_in_ms,
+            degraded: grant.degraded,
+            authorization,
+        }
     }
 
     /// The header value (a reference-counted copy), or why the token cannot be one.

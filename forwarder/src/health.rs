@@ -48,11 +48,20 @@ pub async fn health(tokens: &TokenSource, rejected: &RejectedToken) -> Response<
                 })
                 .to_string(),
             ),
-            None => json_response(
-                StatusCode::OK,
-                json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000})
-                    .to_string(),
-            ),
+            // Degraded, not failed: the token is valid and requests are served; the agent says what it
+            // cannot do meanwhile (refresh, reach the Kubernetes API).
+            None => match &grant.degraded {
+                Some(why) => json_response(
+                    StatusCode::OK,
+                    json!({"status": "degraded", "authenticated": true, "expires_in": grant.expires_in_ms / 1000, "reason": why})
+                        .to_string(),
+                ),
+                None => json_response(
+                    StatusCode::OK,
+                    json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000})
+                        .to_string(),
+                ),
+            },
         },
         Err(e) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -62,6 +62,10 @@ pub struct TokenGrant {
     /// Milliseconds of validity left when the agent answered. Clients that compare against their own
     /// clock should use this, not `expires_at_ms`.
     pub expires_in_ms: u64,
+    /// Set when the token is valid but the agent cannot look after it as it should (the token endpoint
+    /// failing, the Kubernetes API unreachable with `--lease`): why, for the forwarder's `/health`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// Where the agent's token lifecycle stands.
@@ -267,6 +271,7 @@ mod tests {
                 access_token: Secret::new("a"),
                 expires_at_ms: 5,
                 expires_in_ms: 3,
+                degraded: Some("the API server is down".into()),
             }),
             Response::Status(Box::new(StatusReport {
                 state: Some(TokenState::ReauthRequired),

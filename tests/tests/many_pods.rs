@@ -6,6 +6,7 @@
 
 use rand::Rng;
 use sidecred_proto::{Role, TokenState};
+use sidecred_tests::forwarder_harness::http_client;
 use sidecred_tests::harness::{now_ms, wait_until};
 use sidecred_tests::pods::*;
 use std::collections::BTreeSet;
@@ -204,6 +205,14 @@ async fn three_pods_share_one_login_through_kills_an_outage_and_a_pause() {
             assert!(Instant::now() < deadline, "{} is not degraded during the outage: {status:?}", pod.name);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    // The forwarders' /health says so too, and still 200: the token is valid and requests are served.
+    for pod in &pods {
+        let resp = http_client().get(format!("http://{}/health", pod.url())).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", pod.name);
+        let health: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(health["status"], "degraded", "{}: {health}", pod.name);
+        assert!(health["reason"].as_str().is_some_and(|r| r.contains("lease")), "{}: {health}", pod.name);
     }
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
     assert_eq!(cluster.fake.refresh_requests(), requests, "a refresh without the lease");

@@ -97,6 +97,19 @@ async fn every_refresh_is_written_back_and_a_new_pod_starts_from_the_live_pair()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_managed_by_another_controller_is_warned_about() {
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+    let kube = start_kube(&sb, NAME, &creds(&pair)).await;
+    kube.set_label("reconcile.external-secrets.io/created-by", "abc");
+    let agent = sb.start_agent("agent", agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"))).await;
+    agent.wait_for_log("managed by External Secrets", Duration::from_secs(10)).await;
+    assert!(
+        agent.log().contains("Secrets managed by another controller"),
+        "the warning points at the recipe"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_login_in_the_secret_is_never_overwritten() {
     let Seeded { fake, pair: first, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     let kube = start_kube(&sb, NAME, &creds(&first)).await;

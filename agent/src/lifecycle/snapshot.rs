@@ -29,6 +29,7 @@ impl Served {
             expires_at_ms: self.expires_at_ms,
             expires_in_ms: u64::try_from(self.deadline.saturating_duration_since(now).as_millis())
                 .unwrap_or(u64::MAX),
+            degraded: None,
         }
     }
 }
@@ -93,7 +94,13 @@ impl Snapshot {
     /// What a token request gets at once: a token, a final error, or nothing yet (a refresh is due).
     pub fn immediate_answer(&self, now: Instant) -> Option<Result<TokenGrant, ProtoError>> {
         match self.servable(now) {
-            Some(token) => Some(Ok(token.grant(now))),
+            Some(token) => {
+                let mut grant = token.grant(now);
+                if self.state == TokenState::Degraded {
+                    grant.degraded = self.message.clone();
+                }
+                Some(Ok(grant))
+            }
             None => self.terminal_error().map(Err),
         }
     }

@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         access_token: Secret::new("bench-access-token"),
         expires_at_ms: 0,
         expires_in_ms: 0,
+        degraded: None,
     }));
     for stream in listener.incoming() {
         let mut stream = stream.context("accept")?;

@@ -8,8 +8,12 @@ use tokio::net::UnixListener;
 
 #[test]
 fn a_tokens_debug_shows_neither_the_token_nor_its_header() {
-    let grant =
-        TokenGrant { access_token: Secret::new("sk-ant-oat01-sctest"), expires_at_ms: 1, expires_in_ms: 1 };
+    let grant = TokenGrant {
+        access_token: Secret::new("sk-ant-oat01-sctest"),
+        expires_at_ms: 1,
+        expires_in_ms: 1,
+        degraded: None,
+    };
     let token = Token::new(grant);
     let shown = format!("{token:?}");
     assert!(!shown.contains("sctest"), "{shown}");
@@ -48,7 +52,12 @@ fn serve(
 }
 
 fn grant(t: &str) -> Response {
-    Response::Token(TokenGrant { access_token: Secret::new(t), expires_at_ms: 0, expires_in_ms: 60_000 })
+    Response::Token(TokenGrant {
+        access_token: Secret::new(t),
+        expires_at_ms: 0,
+        expires_in_ms: 60_000,
+        degraded: None,
+    })
 }
 
 fn own_uid() -> u32 {

@@ -71,6 +71,7 @@ async fn accept(listener: UnixListener, behaviour: Behaviour, counts: Arc<Counts
                     access_token: Secret::new(FAKE_AGENT_TOKEN),
                     expires_at_ms: crate::harness::now_ms() + 3_600_000,
                     expires_in_ms: 3_600_000,
+                    degraded: None,
                 };
                 if write_frame(&mut w, &ResponseFrame::from(Response::Token(grant))).await.is_err() {
                     return;

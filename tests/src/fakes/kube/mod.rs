@@ -65,6 +65,8 @@ pub(crate) struct State {
     /// Answer the next patch with 409 after changing the resourceVersion (a concurrent writer).
     conflict_next_patch: bool,
     down: bool,
+    /// The Secret's labels (a controller that manages it marks it so).
+    labels: BTreeMap<String, String>,
     /// Tells open watches that the server went down.
     down_tx: tokio::sync::watch::Sender<bool>,
 }
@@ -115,6 +117,7 @@ impl FakeKube {
             seen: Vec::new(),
             conflict_next_patch: false,
             down: false,
+            labels: BTreeMap::new(),
             down_tx,
         };
         let object = secret_object(&state);
@@ -162,6 +165,13 @@ impl FakeKube {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.st().seen.clone()
+    }
+
+    /// Labels the Secret, as External Secrets does the Secrets it renders.
+    pub fn set_label(&self, key: &str, value: &str) {
+        let mut st = self.st();
+        st.labels.insert(key.to_owned(), value.to_owned());
+        st.secret_changed();
     }
 
     pub fn conflict_next_patch(&self) {
@@ -245,6 +255,7 @@ fn secret_object(st: &State) -> Value {
             "name": st.name, "namespace": st.namespace,
             "resourceVersion": st.secret_rv.to_string(),
             "uid": "00000000-0000-0000-0000-000000000001",
+            "labels": st.labels,
         },
         "type": "Opaque",
         "data": data,
