@@ -22,6 +22,7 @@ mod deadline;
 use crate::body::ResponseBody;
 use crate::proxy::Proxy;
 use bytes::Bytes;
+use deadline::{judge, Verdict};
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -41,10 +42,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
 
-use deadline::{judge, Verdict};
-
 /// How long an HTTP/1 connection stays open once the drain starts, answering with `Connection: close`.
-pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
 /// After a connection that never asked anything is told to shut down, how long it has to go before it
 /// is simply dropped (an HTTP/2 peer that answers no ping would otherwise hold it).
