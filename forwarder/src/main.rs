@@ -124,7 +124,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         retry_body_limit: cli.retry_body_limit,
         drain_timeout: cli.drain_timeout,
         rejected: Arc::default(),
-        limits: conn::Limits { first_request: cli.first_request_timeout, idle: cli.idle_timeout },
+        limits: conn::Limits {
+            first_request: cli.first_request_timeout,
+            idle: cli.idle_timeout,
+            drain_linger: cli.drain_linger,
+        },
         max_connections,
         crowded,
         http2_keepalive_interval: cli.http2_keepalive_interval,
