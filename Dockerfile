@@ -4,6 +4,7 @@
 #   /usr/local/bin/sidecred-forwarder      (the default command: the HTTP proxy on :8000)
 #
 #   docker build -t ghcr.io/sidecred/sidecred:0.1.0 .
+#   docker build --target demo-backend .     (the demo's stand-in, see below)
 
 ARG RUST_VERSION=1.95
 
@@ -21,6 +22,28 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # In Kubernetes both paths are volumes whose ownership comes from fsGroup.
 RUN install -d -m 1777 /out/run/sidecred /out/var/lib/sidecred
 
+# The demo's stand-in for Claude's endpoints (tests/src/bin/sidecred-demo-backend.rs), for
+# deploy/compose/compose.demo.yaml: `docker build --target demo-backend .`. An image of its own, so the one
+# below never carries it. Its login goes to /var/lib/sidecred-demo, sticky and world-writable for the same
+# reason as the mount points below.
+FROM build AS demo-build
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin sidecred-demo-backend \
+    && install -D -m 0755 -t /demo/usr/local/bin target/release/sidecred-demo-backend \
+    && install -d -m 1777 /demo/var/lib/sidecred-demo
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS demo-backend
+LABEL org.opencontainers.image.title="sidecred-demo-backend" \
+      org.opencontainers.image.description="A local stand-in for Claude's endpoints, for sidecred's demo (not Claude)" \
+      org.opencontainers.image.source="https://github.com/sidecred/sidecred" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=demo-build /demo/ /
+USER 65532:65532
+# compose.demo.yaml gives the addresses and the login file.
+CMD ["/usr/local/bin/sidecred-demo-backend", "--help"]
+
+# The image (the default target: the last stage).
 # Debian 12 with glibc and libgcc, no shell, no package manager, uid 65532 ("nonroot").
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="sidecred" \

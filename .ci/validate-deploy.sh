@@ -7,7 +7,9 @@
 #   3. checks the rendered objects against the project's rules (security context, the 0400 Secret mount,
 #      one replica with Recreate, least-privilege RBAC, egress ports, selectors that match),
 #   4. lints every YAML file (yamllint, .yamllint) and the Dockerfile (hadolint),
-#   5. checks deploy/compose/compose.yaml with `docker-compose config -q` and the same security rules.
+#   5. checks deploy/compose/compose.yaml, alone and with the demo's override (compose.demo.yaml), with
+#      `docker-compose config -q` and the same security rules; the demo also must not reach Claude or a
+#      real login. (Only the configuration: nothing here runs a container.)
 #
 # Installs what is missing with each client's default configuration: Debian packages (docker-compose,
 # yamllint, python3-venv) with apt-get, the rest with pip into a virtualenv under
@@ -30,6 +32,7 @@ K8S_VERSIONS=${VALIDATE_DEPLOY_K8S_VERSIONS:-1.31.0 1.37.0}
 TOOLS=${VALIDATE_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecred/deploy-tools}
 VENV=$TOOLS/venv
 COMPOSE_FILE=deploy/compose/compose.yaml
+COMPOSE_DEMO=deploy/compose/compose.demo.yaml
 
 step() { printf '\n== %s\n' "$*"; }
 die() { printf 'validate-deploy: %s\n' "$*" >&2; exit 1; }
@@ -275,16 +278,33 @@ lint() {
     esac
 }
 
-check_compose() {
-    step "docker-compose config -q ($COMPOSE_FILE)"
-    docker-compose -f "$COMPOSE_FILE" config -q
-    docker-compose -f "$COMPOSE_FILE" config >"$RENDERED/compose.yaml"
-    "$VENV/bin/python" - "$RENDERED/compose.yaml" <<'PY'
+# Checks the configuration that `docker-compose -f FILE...` merges; $1 names it (`demo` adds the demo's rules).
+check_compose_config() {
+    local label=$1 file args=()
+    shift
+    for file in "$@"; do args+=(-f "$file"); done
+    step "docker-compose ${args[*]} config -q"
+    docker-compose "${args[@]}" config -q
+    docker-compose "${args[@]}" config >"$RENDERED/compose-$label.yaml"
+    "$VENV/bin/python" - "$RENDERED/compose-$label.yaml" "$label" <<'PY'
 import sys
 import yaml
 
 services = yaml.safe_load(open(sys.argv[1]))["services"]
+demo = sys.argv[2] == "demo"
 problems = []
+
+
+def mounts(s):
+    """(source, target, read_only) of each volume of service s, in either of Compose's two forms."""
+    for v in s.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            yield parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")
+        else:
+            yield v.get("source"), v.get("target"), bool(v.get("read_only"))
+
+
 for name, s in services.items():
     if s.get("read_only") is not True:
         problems.append(f"service {name}: read_only must be true")
@@ -294,15 +314,37 @@ for name, s in services.items():
         problems.append(f"service {name}: restart must be unless-stopped")
     if "healthcheck" not in s:
         problems.append(f"service {name}: needs a healthcheck")
-    for v in s.get("volumes", []):
-        v = v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}:{'ro' if v.get('read_only') else 'rw'}"
-        if "/etc/sidecred/credentials" in v and not v.endswith(":ro"):
+    for source, target, read_only in mounts(s):
+        if target == "/etc/sidecred/credentials" and not read_only:
             problems.append(f"service {name}: the credentials directory must be mounted :ro")
+
+# The demo runs against its stand-in only: a token endpoint, an upstream or a login from anywhere else would
+# spend a real account's refresh token or send requests to Claude.
+if demo:
+    stand_in = services.get("demo-backend")
+    if stand_in is None:
+        problems.append("demo: no demo-backend service")
+    else:
+        env = lambda name: (services.get(name, {}).get("environment") or {})
+        for service, key in (("agent", "SIDECRED_TOKEN_URL"), ("forwarder", "SIDECRED_UPSTREAM")):
+            if not str(env(service).get(key, "")).startswith("http://demo-backend:"):
+                problems.append(f"demo: {service}'s {key} must point at demo-backend, got {env(service).get(key)!r}")
+        logins = {source for source, _, _ in mounts(stand_in)}
+        agent_mounts = {target: source for source, target, _ in mounts(services.get("agent", {}))}
+        if agent_mounts.get("/etc/sidecred/credentials") not in logins:
+            problems.append("demo: the agent's credentials must be the login demo-backend writes, not a real one")
+        if agent_mounts.get("/var/lib/sidecred") == "state":
+            problems.append("demo: the agent must not keep its state in the real setup's `state` volume")
 for p in problems:
     print(f"FAIL {p}", file=sys.stderr)
 sys.exit(1 if problems else 0)
 PY
-    echo "compose file is valid and follows the rules"
+    echo "the $label configuration is valid and follows the rules"
+}
+
+check_compose() {
+    check_compose_config compose "$COMPOSE_FILE"
+    check_compose_config demo "$COMPOSE_FILE" "$COMPOSE_DEMO"
 }
 
 started=$SECONDS

@@ -1,14 +1,14 @@
 //! Requests to the OAuth token endpoint: the refresh grant and the authorization-code exchange. Claude's
 //! endpoint wants JSON bodies, so both are sent here with one HTTP client, shared by refresh and login.
 
-use crate::credentials::{json_fault, TokenUpdate};
+use crate::credentials::{is_storable_token, json_fault, TokenUpdate};
 use serde::Deserialize;
 use serde_json::json;
 use sidecred_proto::{anthropic, Secret};
 use std::time::Duration;
 
 /// The longest `Retry-After` honoured; a larger value is treated as this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The longest token lifetime believed: a long-lived token lives a year. A larger `expires_in` is
 /// clamped to this, never refused: by the time we read it the refresh token may already have rotated,
@@ -124,14 +124,17 @@ impl OAuthClient {
         self.token_request(body).await
     }
 
+    /// Exchanges an authorization code. `lifetime` asks for a token that lives that long (a long-lived
+    /// login); without it the endpoint picks (about 8 hours).
     pub async fn exchange_code(
         &self,
         code: &Secret,
         verifier: &Secret,
         redirect_uri: &str,
         state: &Secret,
+        lifetime: Option<Duration>,
     ) -> Result<TokenResponse, TokenError> {
-        let body = json!({
+        let mut body = json!({
             "grant_type": "authorization_code",
             "code": code.expose(),
             "redirect_uri": redirect_uri,
@@ -139,6 +142,9 @@ impl OAuthClient {
             "code_verifier": verifier.expose(),
             "state": state.expose(),
         });
+        if let Some(lifetime) = lifetime {
+            body["expires_in"] = lifetime.as_secs().into();
+        }
         self.token_request(body).await
     }
 
@@ -163,17 +169,18 @@ impl OAuthClient {
     }
 }
 
-fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, TokenError> {
+pub(crate) fn parse_success(bytes: &[u8], url: &str) -> Result<TokenResponse, TokenError> {
     let raw: RawTokenResponse = serde_json::from_slice(bytes).map_err(|e| {
         TokenError::transient(format!("token endpoint {url} sent malformed JSON ({})", json_fault(&e)))
     })?;
-    let access_token = raw.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+    // A blank token is no token: saved, it would make the file unreadable at the next start.
+    let access_token = raw.access_token.filter(|t| is_storable_token(t)).ok_or_else(|| {
         TokenError::transient(format!("token endpoint {url} answered without `access_token`"))
     })?;
     let expires_in = lifetime(raw.expires_in.as_ref(), url);
     Ok(TokenResponse {
         access_token: Secret::new(access_token),
-        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
+        refresh_token: raw.refresh_token.filter(|t| is_storable_token(t)).map(Secret::new),
         expires_in,
         scopes: raw.scope.map(|s| s.split_whitespace().map(str::to_owned).collect()),
         account_email: raw.account.and_then(|a| a.email_address),
@@ -245,7 +252,7 @@ pub fn classify_failure(status: u16, body: &[u8], retry_after: Option<Duration>,
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     let delay = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
@@ -337,6 +344,17 @@ mod tests {
         assert!(r.refresh_token.is_none());
         assert_eq!(r.expires_in, Duration::from_secs(28800));
         assert_eq!(r.scopes, Some(vec!["user:inference".to_owned(), "user:profile".to_owned()]));
+    }
+
+    #[test]
+    fn blank_tokens_are_no_tokens() {
+        // Found by the token_response fuzz target: a blank access token was accepted and saved, and the
+        // file then failed to parse at the next start, which lost the login.
+        let blank_access = br#"{"access_token":" ","refresh_token":"R","expires_in":60}"#;
+        assert!(matches!(parse_success(blank_access, URL), Err(TokenError::Transient { .. })));
+        let blank_refresh = br#"{"access_token":"A","refresh_token":"\t ","expires_in":60}"#;
+        let r = parse_success(blank_refresh, URL).expect("a blank refresh token is none");
+        assert!(r.refresh_token.is_none(), "so the old one is kept");
     }
 
     #[test]

@@ -234,8 +234,13 @@ pub fn choose(seed: Option<(&str, &Credentials)>, state: Option<&StateRead>) -> 
         (None, Some(_)) => Some(Origin::State),
         (Some((sha, seed)), Some(state)) => {
             let unchanged = state.seed_sha256.as_deref() == Some(sha);
-            let spent = is_retired(&state.retired, &seed.refresh_token.fingerprint());
-            let same_pair = seed.refresh_token == state.credentials.refresh_token;
+            let spent =
+                seed.refresh_token.as_ref().is_some_and(|r| is_retired(&state.retired, &r.fingerprint()));
+            // Logins without a refresh token (long-lived ones) are told apart by their access token.
+            let same_pair = match (&seed.refresh_token, &state.credentials.refresh_token) {
+                (Some(a), Some(b)) => a == b,
+                _ => seed.same_tokens(&state.credentials),
+            };
             if unchanged || spent || same_pair {
                 Some(Origin::State)
             } else {
@@ -300,6 +305,30 @@ mod tests {
             choose(Some(("s3", &creds("R5"))), Some(&state("s1", "R5", &["R0"]))),
             Some(Origin::State)
         );
+        // Long-lived logins (no refresh token): a new one in the seed wins, the same one does not.
+        let long_lived = |access: &str| {
+            let json =
+                format!(r#"{{"claudeAiOauth":{{"accessToken":"{access}","expiresAt":1800000000000}}}}"#);
+            Credentials::parse(json.as_bytes(), Path::new("x")).expect("parse")
+        };
+        let state_of = |c: Credentials| StateRead {
+            seed_sha256: Some("s1".into()),
+            retired: Vec::new(),
+            credentials: c,
+        };
+        assert_eq!(
+            choose(Some(("s2", &long_lived("L2"))), Some(&state_of(long_lived("L1")))),
+            Some(Origin::Seed)
+        );
+        assert_eq!(
+            choose(Some(("s2", &long_lived("L1"))), Some(&state_of(long_lived("L1")))),
+            Some(Origin::State)
+        );
+        assert_eq!(
+            choose(Some(("s2", &long_lived("L2"))), Some(&state("s1", "R5", &[]))),
+            Some(Origin::Seed)
+        );
+        assert_eq!(choose(Some(("s2", &seed)), Some(&state_of(long_lived("L1")))), Some(Origin::Seed));
         // Seed unusable: the state; neither: nothing.
         assert_eq!(choose(None, Some(&state("s1", "R5", &[]))), Some(Origin::State));
         assert_eq!(choose(None, None), None);
@@ -337,13 +366,13 @@ mod tests {
         store.persist(&next, loaded.seed_sha256.as_deref(), &retired).expect("persist");
         let again = store.load().expect("load");
         assert_eq!(again.origin, Origin::State);
-        assert_eq!(again.credentials.refresh_token.expose(), "R1");
+        assert_eq!(again.credentials.refresh_token, Some(Secret::new("R1")));
 
         // A new login in the seed wins.
         std::fs::write(&seed_path, creds("N0").to_bytes()).expect("seed");
         let after_login = store.load().expect("load");
         assert_eq!(after_login.origin, Origin::Seed);
-        assert_eq!(after_login.credentials.refresh_token.expose(), "N0");
+        assert_eq!(after_login.credentials.refresh_token, Some(Secret::new("N0")));
     }
 
     #[test]

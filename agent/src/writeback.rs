@@ -73,11 +73,13 @@ impl WriteBack {
         WriteBack { tx }
     }
 
-    /// `known` are the fingerprints of the refresh tokens this pair replaced.
+    /// `known` are the fingerprints of the refresh tokens this pair replaced. A login without a refresh
+    /// token is never refreshed, so the Secret already holds it: there is nothing to offer.
     pub fn offer(&self, credentials: &Credentials, known: &[String]) {
+        let Some(refresh_token) = &credentials.refresh_token else { return };
         let offer = Offer {
             bytes: Arc::new(credentials.to_bytes()),
-            refresh_fp: credentials.refresh_token.fingerprint(),
+            refresh_fp: refresh_token.fingerprint(),
             known_fps: known.to_vec(),
         };
         self.tx.send_replace(Some(offer));
@@ -188,7 +190,11 @@ async fn write(
             Credentials::parse(&b.0, &PathBuf::from(format!("secret {secret} key {key}"))).ok()
         });
     if let Some(held) = &held {
-        let held_fp = held.refresh_token.fingerprint();
+        // A Secret holding a login without a refresh token holds no pair of ours: someone put a
+        // (long-lived) login there, which is never overwritten.
+        let Some(held_fp) = held.refresh_token.as_ref().map(|r| r.fingerprint()) else {
+            return Ok(Outcome::NewerLogin);
+        };
         if held_fp == offer.refresh_fp {
             return Ok(Outcome::AlreadyCurrent);
         }

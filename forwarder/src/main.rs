@@ -14,7 +14,7 @@ mod body;
 mod cli;
 mod conn;
 mod errors;
-mod headers;
+use sidecred_forwarder::headers;
 mod health;
 mod keys;
 mod limits;

@@ -185,6 +185,9 @@ impl Proxy {
         let fresh = match self.tokens.report_rejected(&token.access_token).await {
             Ok(fresh) => fresh,
             Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
+            Err(AgentError::Refused(p)) if p.code == ErrorCode::StaticTokenRejected => {
+                return Err(static_token_rejected(&p.message))
+            }
             Err(AgentError::Refused(p)) => {
                 // Most often the agent's cooldown: it refreshed moments ago, and that token is refused too.
                 warn!(token = %token.access_token, code = %p.code, error = %p.message, "the upstream rejected the token and the agent offers no other; passing the 401 on");
@@ -294,6 +297,9 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 fn agent_failure(e: &AgentError) -> ErrorReply {
     match e {
         AgentError::ReauthRequired(m) => reauth(m),
+        AgentError::Refused(p) if p.code == ErrorCode::StaticTokenRejected => {
+            static_token_rejected(&p.message)
+        }
         AgentError::Refused(p) => {
             warn!(code = %p.code, error = %p.message, "the agent has no token to serve");
             let e = ErrorReply::agent_unavailable(format_args!(
@@ -325,6 +331,15 @@ fn reauth(agent_message: &str) -> ErrorReply {
     ErrorReply::unauthorized(format!(
         "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
          (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
+    ))
+}
+
+fn static_token_rejected(agent_message: &str) -> ErrorReply {
+    warn!("the upstream rejected the agent's static token, which cannot be refreshed");
+    ErrorReply::unauthorized(format!(
+        "the static token behind this forwarder was rejected, and a static token cannot be refreshed; an \
+         operator must replace it (sidecred-agent run --static-token-env) or run the agent on a login. Agent \
+         says: {agent_message}"
     ))
 }
 
@@ -391,6 +406,19 @@ mod tests {
         assert_eq!(declared_length(&h), Some(42));
         h.insert(CONTENT_LENGTH, "nope".parse().unwrap());
         assert_eq!(declared_length(&h), None);
+    }
+
+    #[test]
+    fn a_rejected_static_token_is_a_401_that_says_it_cannot_be_refreshed() {
+        let refused = AgentError::Refused(sidecred_proto::ProtoError::new(
+            ErrorCode::StaticTokenRejected,
+            "replace $T",
+        ));
+        let e = agent_failure(&refused);
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(e.kind, "authentication_error");
+        assert!(e.message.contains("a static token cannot be refreshed"), "{}", e.message);
+        assert!(e.message.contains("replace $T"), "{}", e.message);
     }
 
     #[test]

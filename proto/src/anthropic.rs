@@ -22,14 +22,38 @@ pub const CLAUDE_CODE_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 /// The OAuth token endpoint (refresh and code exchange).
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 
-/// The authorization page a Pro/Max login starts at.
-pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
+/// The authorization page a Pro/Max (claude.ai) login starts at, as Claude Code sends it.
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.com/cai/oauth/authorize";
+
+/// The authorization page of a Console (API billing) login; not sidecred's default, recorded so the
+/// drift guard notices when it moves.
+pub const CONSOLE_AUTHORIZE_URL: &str = "https://platform.claude.com/oauth/authorize";
 
 /// The paste flow's redirect URI: Claude's page that shows `CODE#STATE` after sign-in.
 pub const DEFAULT_MANUAL_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
 
-/// The scopes a login asks for, space-separated.
-pub const DEFAULT_SCOPES: &str = "org:create_api_key user:profile user:inference";
+/// The scopes a login asks for, space-separated: what Claude Code asks for when it logs in.
+pub const DEFAULT_SCOPES: &str = "org:create_api_key user:profile user:inference user:sessions:claude_code \
+                                  user:mcp_servers user:file_upload user:plugins user:privacy_consents:write";
+
+/// The scope the profile endpoint (`/api/oauth/profile`) requires.
+pub const PROFILE_SCOPE: &str = "user:profile";
+
+/// The one scope of a long-lived, inference-only login (Claude Code's `claude setup-token`). Such a
+/// token can call the API but not the profile endpoint.
+pub const LONG_LIVED_SCOPES: &str = "user:inference";
+
+/// The lifetime a long-lived login asks for in the code exchange (`expires_in`, seconds): one year,
+/// as `claude setup-token` asks.
+pub const LONG_LIVED_EXPIRES_IN_SECS: u64 = 31_536_000;
+
+/// The variable Claude Code reads a long-lived token from, and the one `sidecred-agent run
+/// --static-token-env` reads when it names none.
+pub const OAUTH_TOKEN_ENV: &str = "CLAUDE_CODE_OAUTH_TOKEN";
+
+/// The prefix of an OAuth access token (`sk-ant-oat01-...`), the only kind the API takes as a Bearer
+/// token with the OAuth beta.
+pub const ACCESS_TOKEN_PREFIX: &str = "sk-ant-oat";
 
 /// The prefix every Anthropic token and key carries (`sk-ant-oat01-`, `sk-ant-ort01-`, `sk-ant-api03-`).
 pub const TOKEN_PREFIX: &str = "sk-ant-";
@@ -38,10 +62,11 @@ pub const TOKEN_PREFIX: &str = "sk-ant-";
 pub const MAX_QUOTED_TEXT: usize = 200;
 
 /// Whether free text from an endpoint's answer (an `error_description`, an error `message`) may be
-/// quoted in a log line or an error: short, and not carrying anything that looks like a token, since an
-/// answer we do not understand could echo what we sent.
+/// quoted in a log line or an error: short, on one line (a newline in it could forge a log line), and
+/// not carrying anything that looks like a token, since an answer we do not understand could echo what
+/// we sent.
 pub fn is_quotable(text: &str) -> bool {
-    text.len() <= MAX_QUOTED_TEXT && !text.contains(TOKEN_PREFIX)
+    text.len() <= MAX_QUOTED_TEXT && !text.contains(TOKEN_PREFIX) && !text.contains(char::is_control)
 }
 
 /// Whether an error code from an endpoint (`invalid_grant`, `authentication_error`) may be quoted: a
@@ -54,12 +79,63 @@ pub fn is_error_code(text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// What Claude Code itself uses, as `scripts/claude-code-oauth-facts.sh` last read it from the
+    /// program npm ships.
+    const CLAUDE_CODE_RECORD: &str = include_str!("../../docs/claude-code-oauth.json");
+
+    /// The drift guard: sidecred logs in as Claude Code does, so its defaults are Claude Code's. When the
+    /// script brings a new record, this names every constant to update.
+    #[test]
+    fn drift_the_defaults_are_claude_codes() {
+        let record: serde_json::Value =
+            serde_json::from_str(CLAUDE_CODE_RECORD).expect("docs/claude-code-oauth.json is JSON");
+        let version = record["claude_code_version"].as_str().expect("claude_code_version");
+        let expected: &[(&str, serde_json::Value)] = &[
+            ("client_id", CLAUDE_CODE_CLIENT_ID.into()),
+            ("authorize_url", DEFAULT_AUTHORIZE_URL.into()),
+            ("console_authorize_url", CONSOLE_AUTHORIZE_URL.into()),
+            ("token_url", DEFAULT_TOKEN_URL.into()),
+            ("manual_redirect_uri", DEFAULT_MANUAL_REDIRECT_URI.into()),
+            ("api_base", DEFAULT_API_BASE.into()),
+            ("scopes", DEFAULT_SCOPES.into()),
+            ("long_lived_scopes", LONG_LIVED_SCOPES.into()),
+            ("long_lived_expires_in", LONG_LIVED_EXPIRES_IN_SECS.into()),
+            ("oauth_beta", OAUTH_BETA.into()),
+        ];
+        let drift: Vec<String> = expected
+            .iter()
+            .filter(|(key, ours)| record[key] != *ours)
+            .map(|(key, ours)| format!("  {key}: Claude Code {}, sidecred {ours}", record[key]))
+            .collect();
+        assert!(
+            drift.is_empty(),
+            "Claude Code {version} (docs/claude-code-oauth.json) and proto/src/anthropic.rs disagree:\n{}\n\
+             update the constants, or the record with scripts/claude-code-oauth-facts.sh",
+            drift.join("\n")
+        );
+        let recorded: Vec<&str> = record.as_object().expect("an object").keys().map(String::as_str).collect();
+        for key in recorded {
+            assert!(
+                key == "claude_code_version" || expected.iter().any(|(k, _)| *k == key),
+                "docs/claude-code-oauth.json records `{key}`, which nothing here checks"
+            );
+        }
+        assert!(
+            PROFILE_SCOPE.len() < DEFAULT_SCOPES.len()
+                && DEFAULT_SCOPES.split(' ').any(|s| s == PROFILE_SCOPE)
+        );
+        assert!(DEFAULT_SCOPES.split(' ').any(|s| s == LONG_LIVED_SCOPES), "a full login can infer too");
+    }
+
     #[test]
     fn quotable_text_is_short_and_token_free() {
         assert!(is_quotable("Refresh token not found"));
         assert!(!is_quotable("invalid bearer token sk-ant-oat01-x"));
         assert!(!is_quotable(&"x".repeat(MAX_QUOTED_TEXT + 1)));
         assert!(is_quotable(&"x".repeat(MAX_QUOTED_TEXT)));
+        // Found by the token_response fuzz target: a description could start a forged log line.
+        assert!(!is_quotable("bad request\n2026-11-23T20:00:00Z  INFO sidecred: forged"));
+        assert!(!is_quotable("a\rb") && !is_quotable("\u{1b}[31mred"));
     }
 
     #[test]

@@ -11,6 +11,9 @@
 pub mod anthropic;
 pub mod blocking;
 mod frame;
+/// The properties the fuzz targets check; not part of the protocol's API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod message;
 mod secret;
 

@@ -113,6 +113,10 @@ pub struct StatusReport {
     /// Human-readable explanation of the state, with what to do when action is needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Something about how the agent runs that an operator must not miss, whatever the state: a static
+    /// token that is never refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +171,9 @@ impl ProtoError {
 pub enum ErrorCode {
     /// The refresh token is dead; a person must log in again.
     ReauthRequired,
+    /// The upstream rejected the static token the agent was given (`run --static-token-env`), and a
+    /// static token cannot be refreshed: a person must replace it.
+    StaticTokenRejected,
     /// No valid token right now (expired and the refresh is failing, or no credentials): retry later.
     Unavailable,
     /// The request was malformed; the connection is closed after this answer.
@@ -186,6 +193,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::ReauthRequired => "reauth_required",
+            ErrorCode::StaticTokenRejected => "static_token_rejected",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnsupportedVersion => "unsupported_version",

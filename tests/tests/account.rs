@@ -401,3 +401,83 @@ async fn an_unusable_log_filter_is_named_and_the_command_still_runs() {
         done.stderr
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// an inference-only (long-lived) login
+
+/// A long-lived login's file, as `login --long-lived` writes it: one scope, no refresh token.
+fn long_lived_credentials(access: &str, expires_at_ms: u64) -> Value {
+    json!({"claudeAiOauth": {"accessToken": access, "expiresAt": expires_at_ms, "scopes": ["user:inference"]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inference_only_login_validates_and_status_and_info_say_what_it_is() {
+    let fake = FakeOAuth::start().await;
+    let sb = Sandbox::new();
+    let creds = sb.seed();
+    let pair = fake.issue_pair_with_scopes(&["user:inference"]);
+    write_json(&creds, &long_lived_credentials(&pair.access_token, now_ms() + 300 * 24 * HOUR_MS));
+
+    // The profile endpoint refuses such a token, as the real one does...
+    let profile = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/api/oauth/profile", fake.api_base()))
+        .bearer_auth(&pair.access_token)
+        .header("anthropic-beta", sidecred_proto::anthropic::OAUTH_BETA)
+        .header("anthropic-version", sidecred_proto::anthropic::ANTHROPIC_VERSION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), 403);
+    let asked = fake.profile_requests();
+
+    // ...so nobody asks it: `info` says why there is no profile, and exits 0.
+    let done = api_command("info", &sb, &fake, &creds, &[]).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    assert!(
+        done.stdout.contains("note:          an inference-only token (a long-lived login)"),
+        "{}",
+        done.stdout
+    );
+    let done = api_command("info", &sb, &fake, &creds, &["--json"]).await;
+    let v: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert!(v["note"].as_str().unwrap().contains("cannot read the account profile"), "{v}");
+    assert_eq!(fake.profile_requests(), asked, "info did not ask the profile endpoint");
+
+    // The API takes it.
+    let done = api_command("validate", &sb, &fake, &creds, &[]).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("valid:         yes"), "{}", done.stdout);
+
+    // The file says it is never refreshed.
+    let done = status(&sb, &creds, &[]).await;
+    assert_eq!(done.code, Some(0), "{}", done.stdout);
+    assert!(done.stdout.contains("refresh:       never (no refresh token"), "{}", done.stdout);
+
+    // So does a running agent, and `info` through it knows the scopes too.
+    let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let done = status(&sb, &creds, &[]).await;
+    assert_eq!(done.code, Some(0), "{}", done.stdout);
+    assert!(done.stdout.contains("state:         valid"), "{}", done.stdout);
+    assert!(done.stdout.contains("never refreshed"), "{}", done.stdout);
+    assert!(!done.stdout.contains("next refresh:"), "{}", done.stdout);
+    let done = api_command("info", &sb, &fake, &creds, &[]).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("source:        agent ("), "{}", done.stdout);
+    assert!(done.stdout.contains("note:"), "{}", done.stdout);
+    assert_eq!(fake.profile_requests(), asked);
+    drop(agent);
+
+    // Expired: nothing to refresh with, and the way out is named.
+    write_json(&creds, &long_lived_credentials(&pair.access_token, now_ms() - HOUR_MS));
+    let done = api_command("validate", &sb, &fake, &creds, &["--json"]).await;
+    assert_eq!(done.code, Some(1), "{}", done.stdout);
+    let v: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(v["problem"], "expired_no_refresh_token", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("login --long-lived"), "{v}");
+    let done = status(&sb, &creds, &[]).await;
+    assert!(done.stdout.contains("next step:     sidecred-agent login --long-lived"), "{}", done.stdout);
+    assert_eq!(fake.refresh_requests(), 0, "nothing was ever refreshed");
+}

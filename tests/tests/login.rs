@@ -6,12 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
-use sidecred_proto::anthropic::{DEFAULT_MANUAL_REDIRECT_URI, DEFAULT_SCOPES};
+use sidecred_proto::anthropic::{
+    DEFAULT_AUTHORIZE_URL, DEFAULT_MANUAL_REDIRECT_URI, DEFAULT_SCOPES, LONG_LIVED_EXPIRES_IN_SECS,
+};
 use sidecred_tests::fakes::claude_oauth::FakeOAuth;
 use sidecred_tests::harness::{
     assert_no_secrets, mode_of, now_ms, read_json, wait_until, write_json, Sandbox, Seeded, HOUR_MS,
 };
-use sidecred_tests::oneshot::{agent_command, os, Finished, Run, TIMEOUT};
+use sidecred_tests::oneshot::{agent_command, os, run, Finished, Run, TIMEOUT};
 use sidecred_tests::terminal::Terminal;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -126,6 +128,10 @@ async fn paste_login_writes_credentials_and_keeps_unknown_fields() {
 
     let (done, url) = paste_login(&sb, &fake, &creds, &[]).await;
     let q = query(&url);
+    // Where Claude Code sends a Pro/Max login today, with Claude Code's scopes (the fake refuses others).
+    let default = reqwest::Url::parse(DEFAULT_AUTHORIZE_URL).unwrap();
+    assert_eq!(reqwest::Url::parse(&url).unwrap().path(), default.path());
+    assert_eq!(default.as_str(), "https://claude.com/cai/oauth/authorize");
     assert_eq!(q["redirect_uri"], DEFAULT_MANUAL_REDIRECT_URI);
     assert_eq!(q["code"], "true");
     assert_eq!(q["code_challenge_method"], "S256");
@@ -141,6 +147,7 @@ async fn paste_login_writes_credentials_and_keeps_unknown_fields() {
     let mut keys = fake.last_exchange_keys();
     keys.sort();
     assert_eq!(keys, ["client_id", "code", "code_verifier", "grant_type", "redirect_uri", "state"]);
+    assert_eq!(fake.last_exchange_expires_in(), None, "a full login leaves the lifetime to the endpoint");
 
     assert_eq!(mode_of(&creds), 0o600);
     let doc = read_json(&creds);
@@ -344,4 +351,88 @@ async fn paste_login_in_a_terminal_shows_the_url_and_a_clear_prompt() {
     assert_eq!(term.exit_code().await, Some(0), "{}", term.screen());
     assert!(term.screen().contains(&format!("Credentials saved to {}", creds.display())));
     assert_fresh_login(&fake, &read_json(&creds), before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// login --long-lived
+
+/// Checks a long-lived login's credentials block: the inference-only token the fake issued, a year
+/// from the exchange, and no refresh token whatever the endpoint sent.
+fn assert_long_lived_login(fake: &FakeOAuth, doc: &Value, before_ms: u64) {
+    let oauth = &doc["claudeAiOauth"];
+    let access = oauth["accessToken"].as_str().expect("accessToken");
+    assert!(fake.is_valid_access_token(access), "the access token is one the fake issued");
+    assert_eq!(oauth.get("refreshToken"), None, "a long-lived login keeps no refresh token: {oauth}");
+    assert_eq!(oauth["scopes"], json!(["user:inference"]));
+    let year_ms = LONG_LIVED_EXPIRES_IN_SECS * 1000;
+    let expires_at = oauth["expiresAt"].as_u64().expect("expiresAt is epoch ms");
+    assert!(expires_at >= before_ms + year_ms && expires_at <= now_ms() + year_ms, "expiresAt {expires_at}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_login_asks_for_inference_only_for_a_year_and_keeps_no_refresh_token() {
+    let (fake, sb, creds) = logged_out().await;
+    let before = now_ms();
+    let (done, url) = paste_login(&sb, &fake, &creds, &["--long-lived"]).await;
+    assert_eq!(done.code, Some(0), "stderr:\n{}", done.stderr);
+    let q = query(&url);
+    assert_eq!(q["scope"], "user:inference", "as `claude setup-token` asks");
+    assert_eq!(
+        reqwest::Url::parse(&url).unwrap().path(),
+        reqwest::Url::parse(DEFAULT_AUTHORIZE_URL).unwrap().path()
+    );
+    assert_eq!(fake.last_exchange_expires_in(), Some(json!(LONG_LIVED_EXPIRES_IN_SECS)));
+    let mut keys = fake.last_exchange_keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["client_id", "code", "code_verifier", "expires_in", "grant_type", "redirect_uri", "state"]
+    );
+    assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
+    assert_eq!(fake.profile_requests(), 0, "an inference-only token cannot read the profile: not even asked");
+    assert!(
+        done.stderr.contains("Logged in as someone@example.com with a long-lived, inference-only token"),
+        "{}",
+        done.stderr
+    );
+    assert!(done.stderr.contains("never refreshed"), "{}", done.stderr);
+    assert_eq!(mode_of(&creds), 0o600);
+    // The endpoint sent a refresh token along (the fake does unless told): it was not kept.
+    assert_long_lived_login(&fake, &read_json(&creds), before);
+
+    // An endpoint that sends none is just as fine; straight to stdout this time.
+    fake.set_long_lived_refresh_token(false);
+    let other = sb.path().join("other.json");
+    let (done, _url) = paste_login(&sb, &fake, &other, &["--long-lived", "--output", "-"]).await;
+    assert_eq!(done.code, Some(0), "stderr:\n{}", done.stderr);
+    let doc: Value = serde_json::from_str(&done.stdout).expect("stdout is the credentials JSON");
+    assert_long_lived_login(&fake, &doc, before);
+    assert!(!other.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_login_never_replaces_a_login_that_refreshes() {
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + HOUR_MS).await;
+    let creds = sb.seed();
+    let before = std::fs::read(&creds).unwrap();
+    let done = run(&sb, "login", &login_args(&fake, &creds, &["--mode", "paste", "--long-lived"])).await;
+    assert_eq!(done.code, Some(1));
+    assert!(done.stderr.contains("holds a login that refreshes"), "{}", done.stderr);
+    assert!(done.stderr.contains("--output -"), "{}", done.stderr);
+    assert_eq!(fake.authorize_requests(), 0, "refused before anyone signs in");
+    assert_eq!(std::fs::read(&creds).unwrap(), before, "the file is untouched");
+
+    // Over an older long-lived login it goes ahead, keeping the file's other fields.
+    let first = sb.path().join("long.json");
+    let (done, _) = paste_login(&sb, &fake, &first, &["--long-lived"]).await;
+    assert_eq!(done.code, Some(0), "stderr:\n{}", done.stderr);
+    let mut doc = read_json(&first);
+    doc["mcpOAuth"] = json!({"kept": true});
+    write_json(&first, &doc);
+    let again = now_ms();
+    let (done, _) = paste_login(&sb, &fake, &first, &["--long-lived"]).await;
+    assert_eq!(done.code, Some(0), "stderr:\n{}", done.stderr);
+    let doc = read_json(&first);
+    assert_long_lived_login(&fake, &doc, again);
+    assert_eq!(doc["mcpOAuth"], json!({"kept": true}));
 }

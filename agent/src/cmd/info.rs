@@ -17,7 +17,14 @@ struct InfoReport {
     profile: Profile,
     plan: Option<String>,
     subscription_type: Option<String>,
+    /// Why the profile is not shown (an inference-only token cannot read it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
+
+/// What `info` says instead of a profile for a token without the profile scope.
+const INFERENCE_ONLY: &str = "an inference-only token (a long-lived login) cannot read the account \
+                              profile; `sidecred-agent validate` checks that the API accepts it";
 
 pub async fn info(args: AccountArgs) -> anyhow::Result<ExitCode> {
     let oauth = OAuthClient::new(OAuthConfig::from(&args.endpoint))?;
@@ -29,11 +36,16 @@ pub async fn info(args: AccountArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let profile = match api.profile(&got.token).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("sidecred-agent: {}", e.explain().1);
-            return Ok(ExitCode::FAILURE);
+    // The profile endpoint always refuses a token without its scope: asking would only earn a 403.
+    let (profile, note) = if got.lacks_profile_scope() {
+        (Profile::default(), Some(INFERENCE_ONLY.to_owned()))
+    } else {
+        match api.profile(&got.token).await {
+            Ok(p) => (p, None),
+            Err(e) => {
+                eprintln!("sidecred-agent: {}", e.explain().1);
+                return Ok(ExitCode::FAILURE);
+            }
         }
     };
     let report = InfoReport {
@@ -41,6 +53,7 @@ pub async fn info(args: AccountArgs) -> anyhow::Result<ExitCode> {
         plan: profile.plan(),
         subscription_type: profile.subscription_type(),
         profile,
+        note,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -64,6 +77,7 @@ fn render_info(r: &InfoReport) -> String {
         ("rate limits", p.rate_limit_tier.clone()),
         ("billing", p.billing_type.clone()),
         ("source", Some(r.source.to_string())),
+        ("note", r.note.clone()),
     ])
 }
 
@@ -89,6 +103,7 @@ mod tests {
             },
             plan: Some("Claude Max".into()),
             subscription_type: Some("max".into()),
+            note: None,
         };
         assert_eq!(
             render_info(&full),
@@ -108,6 +123,7 @@ mod tests {
             profile: Profile::default(),
             plan: None,
             subscription_type: None,
+            note: None,
         };
         assert_eq!(
             render_info(&bare),
@@ -115,6 +131,17 @@ mod tests {
              organization:  (unknown)\n\
              plan:          (unknown)\n\
              source:        agent (/s)\n"
+        );
+        let inference_only = InfoReport { note: Some(INFERENCE_ONLY.to_owned()), ..bare };
+        assert_eq!(
+            render_info(&inference_only),
+            format!(
+                "email:         (unknown)\n\
+                 organization:  (unknown)\n\
+                 plan:          (unknown)\n\
+                 source:        agent (/s)\n\
+                 note:          {INFERENCE_ONLY}\n"
+            )
         );
     }
 }

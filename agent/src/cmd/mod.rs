@@ -124,6 +124,7 @@ mod tests {
             ("run", "idle-timeout", Some("SIDECRED_IDLE_TIMEOUT"), Some("5m")),
             ("run", "write-back-secret", Some("SIDECRED_WRITE_BACK_SECRET"), None),
             ("run", "write-back-key", Some("SIDECRED_WRITE_BACK_KEY"), Some(".credentials.json")),
+            ("run", "static-token-env", Some("SIDECRED_STATIC_TOKEN_ENV"), None),
             ("login", "output", Some("SIDECRED_OUTPUT"), None),
             ("login", "mode", Some("SIDECRED_MODE"), None),
             ("login", "authorize-url", Some("SIDECRED_AUTHORIZE_URL"), Some(a::DEFAULT_AUTHORIZE_URL)),
@@ -132,6 +133,7 @@ mod tests {
             ("login", "port", Some("SIDECRED_PORT"), Some("0")),
             ("login", "timeout", Some("SIDECRED_TIMEOUT"), Some("5m")),
             ("login", "no-open", Some("SIDECRED_NO_OPEN"), None),
+            ("login", "long-lived", Some("SIDECRED_LONG_LIVED"), None),
             ("logout", "yes", None, None),
         ];
         let cli = Cli::command();

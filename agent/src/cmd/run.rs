@@ -2,15 +2,18 @@
 //! and shuts them down in the order that loses nothing.
 
 use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
-use crate::lifecycle::{Lifecycle, Policy};
+use crate::lifecycle::{Lifecycle, Policy, Snapshot};
 use crate::oauth::{OAuthClient, OAuthConfig};
 use crate::socket;
+use crate::store::Loaded;
 use crate::store::{Origin, Store};
 use crate::writeback::{SecretRef, WriteBack};
 use anyhow::Context;
 use clap::Args;
+use sidecred_proto::{anthropic, Secret};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -60,6 +63,18 @@ pub struct RunArgs {
     /// The key of the Secret that holds the credentials file.
     #[arg(long, env = "SIDECRED_WRITE_BACK_KEY", default_value = ".credentials.json")]
     pub write_back_key: String,
+    /// Serve the token in this environment variable (CLAUDE_CODE_OAUTH_TOKEN when the flag is given
+    /// without a name) instead of a credentials file: it is never refreshed or saved, and its expiry is
+    /// unknown. Only this flag turns it on: a variable set for Claude Code alone changes nothing.
+    #[arg(
+        long,
+        env = "SIDECRED_STATIC_TOKEN_ENV",
+        value_name = "VAR",
+        num_args = 0..=1,
+        default_missing_value = anthropic::OAUTH_TOKEN_ENV,
+        conflicts_with_all = ["credentials", "state_dir", "write_back_secret"]
+    )]
+    pub static_token_env: Option<String>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -75,29 +90,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let own_uid = nix::unistd::getuid().as_raw();
     let allowed_uids = if args.allow_uids.is_empty() { vec![own_uid] } else { args.allow_uids.clone() };
-
-    let store = Store::open(args.credentials.path.clone(), args.state_dir.clone())
-        .context("cannot use the credentials or state directory")?;
-    // Missing or unusable credentials are not fatal: the agent reports `no_credentials` and picks up a
-    // login as soon as the seed appears, which is what a pod waiting for its Secret needs.
-    let loaded = match store.load() {
-        Ok(loaded) => {
-            let from = match loaded.origin {
-                Origin::Seed => store.seed_path().display().to_string(),
-                Origin::State => store.persist_path().display().to_string(),
-            };
-            if let Some(problem) = &loaded.seed_problem {
-                warn!(problem = %problem, "the seed was passed over");
-            }
-            info!(from = %from, token = %loaded.credentials.access_token, "loaded credentials");
-            Ok(loaded)
-        }
-        Err(e) => {
-            warn!(error = %e, "no usable credentials yet; waiting for the seed to appear");
-            Err(e.to_string())
-        }
-    };
-    let initial_sha = loaded.as_ref().ok().and_then(|l| l.seed_sha256.clone());
 
     let mut policy =
         Policy { backoff_min: args.backoff_min, backoff_max: args.backoff_max, ..Policy::default() };
@@ -116,17 +108,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         idle_timeout: args.idle_timeout,
         refresh_wait: args.endpoint.request_timeout.saturating_add(Duration::from_secs(5)),
     };
+    // What to serve is settled before the socket exists: a static token that is not there is an error
+    // at start, not a socket that answers "no credentials" forever.
+    let (lifecycle, snapshots, seed) = match &args.static_token_env {
+        Some(var) => {
+            let token = read_static_token(var)?;
+            let (lifecycle, snapshots) = Lifecycle::new_static(oauth, policy, var, token);
+            (lifecycle, snapshots, None)
+        }
+        None => {
+            let store = Store::open(args.credentials.path.clone(), args.state_dir.clone())
+                .context("cannot use the credentials or state directory")?;
+            let loaded = load(&store);
+            let initial_sha = loaded.as_ref().ok().and_then(|l| l.seed_sha256.clone());
+            let (mut lifecycle, snapshots) = Lifecycle::new(store, oauth, policy, loaded);
+            if let Some(secret) = &args.write_back_secret {
+                info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
+                lifecycle =
+                    lifecycle.with_write_back(WriteBack::spawn(secret.clone(), args.write_back_key.clone()));
+            }
+            (lifecycle, snapshots, Some(initial_sha))
+        }
+    };
+    warn_loudly(&snapshots);
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;
-
-    let (mut lifecycle, snapshots) = Lifecycle::new(store, oauth, policy, loaded);
-    if let Some(secret) = &args.write_back_secret {
-        info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
-        lifecycle = lifecycle.with_write_back(WriteBack::spawn(secret.clone(), args.write_back_key.clone()));
-    }
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    crate::watch::spawn(args.credentials.path.clone(), initial_sha, inputs_tx.clone());
+    if let Some(initial_sha) = seed {
+        crate::watch::spawn(args.credentials.path.clone(), initial_sha, inputs_tx.clone());
+    }
     let mut lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let mut socket_task =
         tokio::spawn(socket::serve(listener, socket_config, snapshots, inputs_tx, shutdown_rx.clone()));
@@ -172,9 +183,120 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the store holds to start from. Missing or unusable credentials are not fatal: the agent
+/// reports `no_credentials` and picks up a login as soon as the seed appears, which is what a pod
+/// waiting for its Secret needs.
+fn load(store: &Store) -> Result<Loaded, String> {
+    match store.load() {
+        Ok(loaded) => {
+            let from = match loaded.origin {
+                Origin::Seed => store.seed_path().display().to_string(),
+                Origin::State => store.persist_path().display().to_string(),
+            };
+            if let Some(problem) = &loaded.seed_problem {
+                warn!(problem = %problem, "the seed was passed over");
+            }
+            info!(from = %from, token = %loaded.credentials.access_token, "loaded credentials");
+            Ok(loaded)
+        }
+        Err(e) => {
+            warn!(error = %e, "no usable credentials yet; waiting for the seed to appear");
+            Err(e.to_string())
+        }
+    }
+}
+
+/// The token in the environment variable `var`, trimmed (a Secret's value often ends in a newline).
+fn read_static_token(var: &str) -> anyhow::Result<Secret> {
+    static_token_from(var, std::env::var(var))
+}
+
+fn static_token_from(var: &str, value: Result<String, std::env::VarError>) -> anyhow::Result<Secret> {
+    let value = value.map_err(|e| {
+        let why = match e {
+            std::env::VarError::NotPresent => "is not set",
+            std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+        };
+        anyhow::anyhow!(
+            "--static-token-env {var}: the variable {why}; set it to the token, or run on a credentials file"
+        )
+    })?;
+    let token = value.trim();
+    if token.is_empty() {
+        anyhow::bail!("--static-token-env {var}: the variable is empty; set it to the token");
+    }
+    if token.contains(char::is_whitespace) {
+        anyhow::bail!(
+            "--static-token-env {var}: the variable must hold the token alone, without spaces or newlines in it"
+        );
+    }
+    let token = Secret::new(token);
+    if !token.expose().starts_with(anthropic::ACCESS_TOKEN_PREFIX) {
+        let prefix = anthropic::ACCESS_TOKEN_PREFIX;
+        warn!(
+            token = %token,
+            var,
+            "the static token does not look like an OAuth access token ({prefix}...); the API takes no API key here"
+        );
+    }
+    Ok(token)
+}
+
+/// Says at start, at WARN, what an operator must not miss (a static token that is never refreshed).
+fn warn_loudly(snapshots: &watch::Receiver<Arc<Snapshot>>) {
+    if let Some(warning) = &snapshots.borrow().warning {
+        warn!("{warning}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct RunCli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<RunArgs, clap::Error> {
+        use clap::Parser;
+        RunCli::try_parse_from(std::iter::once("run").chain(argv.iter().copied())).map(|c| c.run)
+    }
+
+    #[test]
+    fn a_static_token_is_served_only_when_asked_for() {
+        // Without the flag nothing changes, whatever the environment holds.
+        assert_eq!(parse(&[]).expect("parse").static_token_env, None);
+        assert_eq!(
+            parse(&["--static-token-env"]).expect("parse").static_token_env.as_deref(),
+            Some("CLAUDE_CODE_OAUTH_TOKEN")
+        );
+        assert_eq!(
+            parse(&["--static-token-env", "MY_TOKEN"]).expect("parse").static_token_env.as_deref(),
+            Some("MY_TOKEN")
+        );
+        // A static token has no file to read, rotate or write back.
+        for other in
+            [&["--state-dir", "/s"][..], &["--credentials", "/c.json"], &["--write-back-secret", "ns/name"]]
+        {
+            let mut argv = vec!["--static-token-env", "T"];
+            argv.extend_from_slice(other);
+            assert!(parse(&argv).is_err(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn the_static_token_is_the_variable_trimmed_and_nothing_else() {
+        use std::env::VarError;
+        let ok = |v: &str| static_token_from("T", Ok(v.to_owned())).map(|s| s.expose().to_owned());
+        assert_eq!(ok("sk-ant-oat01-x\n").expect("trimmed"), "sk-ant-oat01-x");
+        let err = |v: Result<String, VarError>| static_token_from("T", v).expect_err("refused").to_string();
+        assert!(err(Err(VarError::NotPresent)).contains("--static-token-env T: the variable is not set"));
+        assert!(err(Ok("  \n".into())).contains("is empty"));
+        let two = err(Ok("sk-ant-oat01-a sk-ant-oat01-b".into()));
+        assert!(two.contains("the token alone") && !two.contains("oat01"), "{two}");
+    }
 
     #[test]
     fn modes_are_octal() {

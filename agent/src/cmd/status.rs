@@ -67,6 +67,7 @@ fn render_agent_status(r: &StatusReport) -> String {
     fields([
         ("source", Some("agent".to_owned())),
         ("state", Some(r.state.map(|s| s.as_str()).unwrap_or("unknown").to_owned())),
+        ("warning", r.warning.clone()),
         ("message", r.message.clone()),
         ("account", r.account.clone()),
         ("subscription", r.subscription_type.clone()),
@@ -126,6 +127,9 @@ pub struct FileStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<i64>,
     pub scopes: Vec<String>,
+    /// Whether the login has a refresh token (a long-lived login has none and is never refreshed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refreshable: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +151,7 @@ pub fn file_status(path: &Path, now_ms: u64) -> FileStatus {
         expires_at_ms: None,
         expires_in_s: None,
         scopes: Vec::new(),
+        refreshable: None,
         subscription_type: None,
         account: None,
         agent: None,
@@ -158,6 +163,7 @@ pub fn file_status(path: &Path, now_ms: u64) -> FileStatus {
             status.expires_at_ms = Some(c.expires_at_ms);
             status.expires_in_s = Some((c.expires_at_ms as i64 - now_ms as i64) / 1000);
             status.scopes = c.scopes;
+            status.refreshable = Some(c.refresh_token.is_some());
             status.subscription_type = c.subscription_type;
             status.account = c.account;
         }
@@ -177,6 +183,9 @@ pub fn render_file_status(s: &FileStatus) -> String {
     };
     let next_step = match s.state {
         FileState::Missing => Some(format!("sidecred-agent login --credentials {}", s.credentials)),
+        FileState::Expired if s.refreshable == Some(false) => {
+            Some(format!("sidecred-agent login --long-lived --credentials {}", s.credentials))
+        }
         FileState::Expired => Some(format!(
             "sidecred-agent validate --credentials {} (refreshes it), or start the agent",
             s.credentials
@@ -199,6 +208,11 @@ pub fn render_file_status(s: &FileStatus) -> String {
         ),
         ("expires at", s.expires_at_ms.map(rfc3339)),
         ("scopes", (!s.scopes.is_empty()).then(|| s.scopes.join(" "))),
+        (
+            "refresh",
+            (s.refreshable == Some(false))
+                .then(|| "never (no refresh token: a long-lived login, served until it expires)".to_owned()),
+        ),
         ("next step", next_step),
     ])
 }
@@ -337,6 +351,60 @@ mod tests {
                  problem:       {problem}\n\
                  next step:     sidecred-agent login --credentials {gone_shown}\n"
             )
+        );
+    }
+
+    #[test]
+    fn a_file_login_without_a_refresh_token_says_it_is_never_refreshed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 1_800_000_000_000u64;
+        let p = write(
+            dir.path(),
+            r#"{"claudeAiOauth":{"accessToken":"sk-secret-a","expiresAt":1800000600000,"scopes":["user:inference"]}}"#,
+        );
+        let valid = file_status(&p, now);
+        assert_eq!(valid.state, FileState::Valid);
+        assert_eq!(valid.refreshable, Some(false));
+        let text = render_file_status(&valid);
+        assert!(
+            text.contains(
+                "refresh:       never (no refresh token: a long-lived login, served until it expires)\n"
+            ),
+            "{text}"
+        );
+        let expired = render_file_status(&file_status(&p, now + 3_600_000));
+        let shown = p.display().to_string();
+        assert!(
+            expired.contains(&format!(
+                "next step:     sidecred-agent login --long-lived --credentials {shown}\n"
+            )),
+            "{expired}"
+        );
+        let json = serde_json::to_value(&valid).expect("json");
+        assert_eq!(json["refreshable"], false);
+    }
+
+    #[test]
+    fn a_static_token_is_announced_before_anything_else() {
+        let r = StatusReport {
+            state: Some(TokenState::Valid),
+            warning: Some("STATIC TOKEN from $T: never refreshed".into()),
+            message: Some("a static token".into()),
+            token_fingerprint: Some("fp:1".into()),
+            seed_path: Some("$T (a static token; no file is read or written)".into()),
+            agent_version: "1.2.3".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            render_agent_status(&r),
+            "source:        agent\n\
+             state:         valid\n\
+             warning:       STATIC TOKEN from $T: never refreshed\n\
+             message:       a static token\n\
+             token:         fp:1\n\
+             refreshes:     0\n\
+             credentials:   $T (a static token; no file is read or written)\n\
+             agent:         1.2.3 (up 0s)\n"
         );
     }
 

@@ -9,7 +9,7 @@ use crate::credentials::{now_ms, Credentials, CredentialsError};
 use crate::oauth::{OAuthClient, TokenError};
 use serde::Serialize;
 use sidecred_proto::client::{Client, ClientError};
-use sidecred_proto::{Secret, TokenGrant};
+use sidecred_proto::{anthropic, Secret, TokenGrant};
 use std::path::Path;
 
 /// A token this close to its expiry is refreshed before use, so the check does not race the clock.
@@ -39,6 +39,16 @@ pub struct Obtained {
     pub expires_at_ms: u64,
     /// The file's token had expired and was refreshed (and the rotated pair saved).
     pub refreshed: bool,
+    /// The scopes the token carries, when the agent or the file says.
+    pub scopes: Option<Vec<String>>,
+}
+
+impl Obtained {
+    /// Whether the token is known to lack the profile scope: an inference-only (long-lived) login,
+    /// which the profile endpoint always refuses.
+    pub fn lacks_profile_scope(&self) -> bool {
+        self.scopes.as_ref().is_some_and(|s| !s.iter().any(|x| x == anthropic::PROFILE_SCOPE))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,11 @@ pub enum ObtainError {
     Agent { socket: String, detail: String },
     #[error("{0}")]
     Credentials(#[from] CredentialsError),
+    #[error(
+        "the token in {path} has expired and this login has no refresh token (a long-lived login); log in \
+         again with `sidecred-agent login --long-lived`"
+    )]
+    ExpiredWithoutRefreshToken { path: String },
     #[error("the token in {path} has expired and refreshing it failed: {reason}")]
     RefreshFailed { path: String, reason: String, rejected: bool },
     #[error(
@@ -71,6 +86,7 @@ impl ObtainError {
             ObtainError::Agent { .. } => "agent",
             ObtainError::Credentials(e) if e.is_no_login() => "missing",
             ObtainError::Credentials(_) => "unreadable",
+            ObtainError::ExpiredWithoutRefreshToken { .. } => "expired_no_refresh_token",
             ObtainError::RefreshFailed { rejected: true, .. } => "expired_refresh_rejected",
             ObtainError::RefreshFailed { .. } => "expired_refresh_failed",
             ObtainError::CannotSave { .. } | ObtainError::SaveFailed { .. } => "cannot_save",
@@ -88,20 +104,25 @@ impl ObtainError {
     }
 }
 
-async fn agent_token(socket: &Path) -> Result<TokenGrant, ClientError> {
-    Client::connect(socket).await?.get_token().await
+/// The agent's token, and the scopes its status reports (not known when it reports none).
+async fn agent_token(socket: &Path) -> Result<(TokenGrant, Option<Vec<String>>), ClientError> {
+    let mut client = Client::connect(socket).await?;
+    let grant = client.get_token().await?;
+    let scopes = client.status().await.ok().map(|s| s.scopes).filter(|s| !s.is_empty());
+    Ok((grant, scopes))
 }
 
 pub async fn obtain_token(lookup: &LookupArgs, oauth: &OAuthClient) -> Result<Obtained, ObtainError> {
     let socket = lookup.socket.socket.display().to_string();
     if lookup.source != Source::File {
         match agent_token(&lookup.socket.socket).await {
-            Ok(grant) => {
+            Ok((grant, scopes)) => {
                 return Ok(Obtained {
                     token: grant.access_token,
                     source: TokenSource::Agent { socket },
                     expires_at_ms: grant.expires_at_ms,
                     refreshed: false,
+                    scopes,
                 })
             }
             Err(e) if e.is_connection_failure() && lookup.source == Source::Auto => {}
@@ -119,18 +140,23 @@ pub async fn obtain_token(lookup: &LookupArgs, oauth: &OAuthClient) -> Result<Ob
 async fn token_from_file(path: &Path, oauth: &OAuthClient) -> Result<Obtained, ObtainError> {
     let source = TokenSource::File { credentials: path.display().to_string() };
     let creds = Credentials::read(path)?;
+    let scopes = Some(creds.scopes.clone()).filter(|s| !s.is_empty());
     if creds.remaining_ms(now_ms()) > REFRESH_WITHIN_MS {
         return Ok(Obtained {
             token: creds.access_token.clone(),
             source,
             expires_at_ms: creds.expires_at_ms,
             refreshed: false,
+            scopes,
         });
     }
-    let target = resolve_symlinks(path);
     let shown = path.display().to_string();
+    let Some(refresh_token) = &creds.refresh_token else {
+        return Err(ObtainError::ExpiredWithoutRefreshToken { path: shown });
+    };
+    let target = resolve_symlinks(path);
     check_replaceable(&target).map_err(|source| ObtainError::CannotSave { path: shown.clone(), source })?;
-    let response = oauth.refresh(&creds.refresh_token).await.map_err(|e| {
+    let response = oauth.refresh(refresh_token).await.map_err(|e| {
         let rejected = matches!(e, TokenError::Rejected { .. });
         let mut reason = e.to_string();
         if rejected {
@@ -149,5 +175,6 @@ async fn token_from_file(path: &Path, oauth: &OAuthClient) -> Result<Obtained, O
         source,
         expires_at_ms: next.expires_at_ms,
         refreshed: true,
+        scopes: Some(next.scopes.clone()).filter(|s| !s.is_empty()),
     })
 }

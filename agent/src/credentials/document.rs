@@ -1,11 +1,11 @@
 //! What a credentials file holds, judged in one place for every command that must know (`login` merges
 //! into it, `logout` takes the login out of it), and what removing the login leaves.
 
-use super::{has_flat_login, json_fault, login_shape, Credentials, CLAUDE_KEY};
+use super::{has_flat_login, json_fault, login_shape, Credentials, DocSize, CLAUDE_KEY};
 use serde_json::{Map, Value};
+use std::fmt;
 use std::path::Path;
 
-#[derive(Debug)]
 pub enum Document {
     /// A login that can be used.
     Login(Credentials),
@@ -29,7 +29,7 @@ pub enum NotAnObject {
 }
 
 /// What is left once the login is taken out of a document.
-#[derive(Debug, PartialEq)]
+#[derive(PartialEq)]
 pub enum Removal {
     /// Other keys remain: the document to write back.
     Kept(Map<String, Value>),
@@ -37,6 +37,28 @@ pub enum Removal {
     Nothing,
     /// There is no login in it; nothing to do.
     NoLogin,
+}
+
+// A document holds tokens in the clear: `Debug` shows only its size.
+impl fmt::Debug for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Document::Login(credentials) => f.debug_tuple("Login").field(credentials).finish(),
+            Document::NoLogin(doc) => f.debug_tuple("NoLogin").field(&DocSize(doc)).finish(),
+            Document::Damaged(doc) => f.debug_tuple("Damaged").field(&DocSize(doc)).finish(),
+            Document::Unknown(why) => f.debug_tuple("Unknown").field(why).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for Removal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Removal::Kept(doc) => f.debug_tuple("Kept").field(&DocSize(doc)).finish(),
+            Removal::Nothing => f.write_str("Nothing"),
+            Removal::NoLogin => f.write_str("NoLogin"),
+        }
+    }
 }
 
 impl Document {

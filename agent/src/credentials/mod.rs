@@ -6,6 +6,7 @@ pub mod document;
 
 use serde_json::{Map, Value};
 use sidecred_proto::Secret;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,10 +58,12 @@ pub enum Shape {
 }
 
 /// One OAuth credential set, plus the whole document it came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     pub access_token: Secret,
-    pub refresh_token: Secret,
+    /// `None` for a login that came without one (a long-lived, inference-only login) and for a static
+    /// token: such a token is served until it expires and never refreshed.
+    pub refresh_token: Option<Secret>,
     /// Expiry as Unix epoch milliseconds.
     pub expires_at_ms: u64,
     pub scopes: Vec<String>,
@@ -69,6 +72,32 @@ pub struct Credentials {
     shape: Shape,
     /// The full document, so unknown fields at any level are written back as they were read.
     doc: Map<String, Value>,
+}
+
+/// Fingerprints of the tokens and the size of the document, never its text: it holds the tokens in the
+/// clear, and other secrets beside them (`mcpOAuth`'s).
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("scopes", &self.scopes)
+            .field("subscription_type", &self.subscription_type)
+            .field("account", &self.account)
+            .field("shape", &self.shape)
+            .field("doc", &DocSize(&self.doc))
+            .finish()
+    }
+}
+
+/// A document in `Debug` output: how many keys it has, nothing of what they hold.
+pub(crate) struct DocSize<'a>(pub &'a Map<String, Value>);
+
+impl fmt::Debug for DocSize<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{{} keys}}", self.0.len())
+    }
 }
 
 /// What a refresh or login brought back, to be merged into the document.
@@ -115,6 +144,21 @@ impl Credentials {
         Self::claude_code_in(Map::new(), update)
     }
 
+    /// A token handed over on its own (`run --static-token-env`): no refresh token, no file behind it,
+    /// and an expiry nobody told us, so it is taken as never reached.
+    pub fn static_token(access_token: Secret) -> Self {
+        Credentials {
+            access_token,
+            refresh_token: None,
+            expires_at_ms: u64::MAX,
+            scopes: Vec::new(),
+            subscription_type: None,
+            account: None,
+            shape: Shape::ClaudeCode,
+            doc: Map::new(),
+        }
+    }
+
     /// A login written into an existing document that holds no usable credentials (only `mcpOAuth`
     /// after a logout, or a damaged `claudeAiOauth` block): every other key, and every other field of
     /// an existing `claudeAiOauth` object, is kept.
@@ -124,7 +168,7 @@ impl Credentials {
         }
         let base = Credentials {
             access_token: Secret::default(),
-            refresh_token: Secret::default(),
+            refresh_token: None,
             expires_at_ms: 0,
             scopes: Vec::new(),
             subscription_type: None,
@@ -132,7 +176,7 @@ impl Credentials {
             shape: Shape::ClaudeCode,
             doc,
         };
-        base.with_update(update)
+        base.with_login(update)
     }
 
     fn parse_claude_code(doc: Map<String, Value>, path: &Path) -> Result<Self, CredentialsError> {
@@ -150,7 +194,7 @@ impl Credentials {
         };
         let access_token = required_string(oauth, "accessToken").map_err(|p| field_err("accessToken", p))?;
         let refresh_token =
-            required_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
+            optional_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
         let expires_at_ms = match oauth.get("expiresAt") {
             Some(v) => epoch_ms(v).ok_or_else(|| field_err("expiresAt", "must be epoch milliseconds"))?,
             None => return Err(field_err("expiresAt", "is missing")),
@@ -164,7 +208,7 @@ impl Credentials {
             .map(str::to_owned);
         Ok(Credentials {
             access_token: Secret::new(access_token),
-            refresh_token: Secret::new(refresh_token),
+            refresh_token: refresh_token.map(Secret::new),
             expires_at_ms,
             scopes,
             subscription_type,
@@ -182,7 +226,7 @@ impl Credentials {
         };
         let access_token = required_string(&doc, "access_token").map_err(|p| field_err("access_token", p))?;
         let refresh_token =
-            required_string(&doc, "refresh_token").map_err(|p| field_err("refresh_token", p))?;
+            optional_string(&doc, "refresh_token").map_err(|p| field_err("refresh_token", p))?;
         let expires_at_ms = match doc.get("expires_at") {
             Some(Value::String(s)) => parse_rfc3339_ms(s).ok_or_else(|| {
                 field_err("expires_at", "must be an RFC 3339 time such as 2025-12-31T23:59:59Z")
@@ -202,7 +246,7 @@ impl Credentials {
         let account = doc.get("email").and_then(Value::as_str).map(str::to_owned);
         Ok(Credentials {
             access_token: Secret::new(access_token),
-            refresh_token: Secret::new(refresh_token),
+            refresh_token: refresh_token.map(Secret::new),
             expires_at_ms,
             scopes,
             subscription_type,
@@ -217,10 +261,22 @@ impl Credentials {
         self.shape
     }
 
-    /// The same document with new tokens. Fields the update does not name are left exactly as read.
+    /// The same document after a refresh. A refresh token the answer leaves out stays as it was; fields
+    /// the update does not name are left exactly as read.
     pub fn with_update(&self, update: TokenUpdate) -> Self {
+        let refresh_token = update.refresh_token.clone().or_else(|| self.refresh_token.clone());
+        self.with_tokens(update, refresh_token)
+    }
+
+    /// The same document holding a new login: unlike a refresh, a login that brings no refresh token
+    /// leaves none, since the old one belongs to the login it replaces.
+    pub fn with_login(&self, update: TokenUpdate) -> Self {
+        let refresh_token = update.refresh_token.clone();
+        self.with_tokens(update, refresh_token)
+    }
+
+    fn with_tokens(&self, update: TokenUpdate, refresh_token: Option<Secret>) -> Self {
         let mut next = self.clone();
-        let refresh_token = update.refresh_token.unwrap_or_else(|| self.refresh_token.clone());
         let scopes = update.scopes.unwrap_or_else(|| self.scopes.clone());
         match self.shape {
             Shape::ClaudeCode => {
@@ -230,17 +286,26 @@ impl Credentials {
                 }
                 if let Value::Object(oauth) = block {
                     oauth.insert("accessToken".into(), update.access_token.expose().into());
-                    oauth.insert("refreshToken".into(), refresh_token.expose().into());
+                    match &refresh_token {
+                        Some(r) => oauth.insert("refreshToken".into(), r.expose().into()),
+                        None => oauth.shift_remove("refreshToken"),
+                    };
                     oauth.insert("expiresAt".into(), update.expires_at_ms.into());
                     oauth.insert("scopes".into(), scopes.clone().into());
                 }
             }
             Shape::Flat => {
                 next.doc.insert("access_token".into(), update.access_token.expose().into());
-                next.doc.insert("refresh_token".into(), refresh_token.expose().into());
+                match &refresh_token {
+                    Some(r) => next.doc.insert("refresh_token".into(), r.expose().into()),
+                    None => next.doc.shift_remove("refresh_token"),
+                };
                 next.doc.insert("expires_at".into(), format_rfc3339(update.expires_at_ms).into());
+                // The scopes go where the file keeps them, in its form; a file without them gets none.
                 if next.doc.contains_key("scopes") {
                     next.doc.insert("scopes".into(), scopes.clone().into());
+                } else if next.doc.contains_key("scope") {
+                    next.doc.insert("scope".into(), scopes.join(" ").into());
                 }
             }
         }
@@ -321,12 +386,26 @@ pub fn to_pretty_bytes(value: &Value) -> Vec<u8> {
     out
 }
 
+/// Whether a token's text can be stored: the file refuses a blank one, so a token endpoint's answer
+/// must be judged the same way or a pair would be saved that cannot be read back.
+pub fn is_storable_token(text: &str) -> bool {
+    !text.trim().is_empty()
+}
+
 fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, &'static str> {
     match obj.get(key) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        Some(Value::String(s)) if is_storable_token(s) => Ok(s.clone()),
         Some(Value::String(_)) => Err("is empty"),
         Some(_) => Err("must be a string"),
         None => Err("is missing"),
+    }
+}
+
+/// A string that may be absent (or null); present, it must be a non-empty string.
+fn optional_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, &'static str> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => required_string(obj, key).map(Some),
     }
 }
 
@@ -354,7 +433,7 @@ fn parse_rfc3339_ms(s: &str) -> Option<u64> {
 }
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in epoch milliseconds.
-const MAX_RFC3339_MS: u64 = 253_402_300_799_000;
+pub(crate) const MAX_RFC3339_MS: u64 = 253_402_300_799_000;
 
 fn format_rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS))).to_string()

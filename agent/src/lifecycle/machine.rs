@@ -4,7 +4,7 @@
 
 use super::policy::Policy;
 use super::snapshot::{Served, Snapshot, REAUTH_HINT};
-use super::state::{served, Live, Phase, Refresh, Save};
+use super::state::{served, Live, Phase, Refresh, Save, Unrefreshable};
 use crate::credentials::{now_ms, Credentials};
 use crate::oauth::{TokenError, TokenResponse};
 use crate::store::{is_retired, retire, Loaded, SeedRead};
@@ -114,6 +114,21 @@ impl Machine {
         machine
     }
 
+    /// A machine serving one token it was handed (`run --static-token-env VAR`): no file, no refresh
+    /// token, no refresh, no save, ever.
+    pub fn static_token(policy: Policy, paths: Paths, var: &str, token: Secret) -> Self {
+        let mut machine = Machine::new(policy, paths, Err(String::new()), Now::read());
+        machine.phase = Phase::Serving {
+            live: Live { credentials: Credentials::static_token(token), deadline: far_future() },
+            refresh: Refresh::Never {
+                why: Unrefreshable::Static { var: var.to_owned() },
+                token_rejected: false,
+            },
+            save: Save::Done,
+        };
+        machine
+    }
+
     #[cfg(test)]
     pub fn with_jitter(mut self, jitter: fn() -> f64) -> Self {
         self.jitter = jitter;
@@ -194,6 +209,13 @@ impl Machine {
                     .unwrap_or_else(|| unavailable("nothing to refresh"));
                 (Answer::Now(Err(err)), Vec::new())
             }
+            Phase::Serving { refresh: Refresh::Never { why, .. }, .. } => {
+                let err = self
+                    .snapshot(now.at)
+                    .terminal_error()
+                    .unwrap_or_else(|| unavailable(&why.cannot_refresh()));
+                (Answer::Now(Err(err)), Vec::new())
+            }
             Phase::Serving { .. } => (Answer::AfterRefresh, self.start_refresh("a refresh was requested")),
         }
     }
@@ -219,6 +241,12 @@ impl Machine {
                 let err = ProtoError::new(ErrorCode::ReauthRequired, reason.clone());
                 return (Answer::Now(Err(err)), Vec::new());
             }
+            Refresh::Never { why, token_rejected } => {
+                *token_rejected = true;
+                let err = why.rejected();
+                error!(token = %token, "the upstream rejected a token that cannot be refreshed: {}", err.message);
+                return (Answer::Now(Err(err)), Vec::new());
+            }
             Refresh::Scheduled { .. }
                 if self.last_success.is_some_and(|t| {
                     now.at.saturating_duration_since(t) < self.policy.rejection_cooldown
@@ -237,6 +265,12 @@ impl Machine {
 
     /// The seed file changed on disk.
     pub fn seed_changed(&mut self, seed: SeedRead, now: Now) -> Vec<Effect> {
+        if let Phase::Serving { refresh: Refresh::Never { why: Unrefreshable::Static { .. }, .. }, .. } =
+            &self.phase
+        {
+            // A static token has no seed: whatever a file says is not what this agent was told to serve.
+            return Vec::new();
+        }
         if let Phase::Serving { refresh: Refresh::InFlight { pending_seed, .. }, .. } = &mut self.phase {
             *pending_seed = Some(seed);
             return Vec::new();
@@ -290,19 +324,19 @@ impl Machine {
 
     fn refreshed(&mut self, live: Live, response: TokenResponse, now: Now) -> Vec<Effect> {
         let old_refresh = live.credentials.refresh_token.clone();
-        let rotated = response.refresh_token.as_ref().is_some_and(|r| *r != old_refresh);
+        let rotated = response.refresh_token.as_ref().is_some_and(|r| old_refresh.as_ref() != Some(r));
         let lifetime = response.expires_in;
         if let Some(email) = response.account_email.clone() {
             self.account = Some(email);
         }
         let credentials = live.credentials.with_update(response.into_update(now.wall_ms));
-        if rotated {
-            retire(&mut self.retired, old_refresh.fingerprint());
+        if let Some(old) = old_refresh.filter(|_| rotated) {
+            retire(&mut self.retired, old.fingerprint());
         }
         let deadline = now.at.checked_add(lifetime).unwrap_or_else(far_future);
         info!(
             access_token = %credentials.access_token,
-            refresh_token = %credentials.refresh_token,
+            refresh_token = ?credentials.refresh_token,
             rotated,
             expires_in = ?lifetime,
             "refreshed the access token"
@@ -361,7 +395,8 @@ impl Machine {
     fn start_refresh(&mut self, why: &str) -> Vec<Effect> {
         let Phase::Serving { live, refresh, .. } = &mut self.phase else { return Vec::new() };
         let Refresh::Scheduled { at, failures } = *refresh else { return Vec::new() };
-        let refresh_token = live.credentials.refresh_token.clone();
+        // A login without a refresh token is never scheduled (see `adopt`).
+        let Some(refresh_token) = live.credentials.refresh_token.clone() else { return Vec::new() };
         info!(refresh_token = %refresh_token, reason = why, "refreshing the access token");
         *refresh = Refresh::InFlight { scheduled: at, failures, pending_seed: None };
         vec![Effect::Refresh(refresh_token)]
@@ -385,10 +420,10 @@ impl Machine {
                 return;
             }
         }
-        if is_retired(&self.retired, &credentials.refresh_token.fingerprint()) {
+        if credentials.refresh_token.as_ref().is_some_and(|r| is_retired(&self.retired, &r.fingerprint())) {
             warn!(
                 file = %self.seed_path,
-                refresh_token = %credentials.refresh_token,
+                refresh_token = ?credentials.refresh_token,
                 "the seed holds a refresh token this agent already spent; keeping the live pair"
             );
             return;
@@ -396,7 +431,7 @@ impl Machine {
         info!(
             file = %self.seed_path,
             access_token = %credentials.access_token,
-            refresh_token = %credentials.refresh_token,
+            refresh_token = ?credentials.refresh_token,
             "adopting new credentials from the seed"
         );
         self.adopt(credentials, now);
@@ -419,12 +454,16 @@ impl Machine {
             Phase::Serving { save, .. } => *save,
             Phase::NoLogin { .. } => Save::Done,
         };
-        let at = refresh_due(deadline, self.policy.margin(lifetime), now.at);
-        self.phase = Phase::Serving {
-            live: Live { credentials, deadline },
-            refresh: Refresh::Scheduled { at, failures: 0 },
-            save,
+        let refresh = if credentials.refresh_token.is_some() {
+            Refresh::Scheduled {
+                at: refresh_due(deadline, self.policy.margin(lifetime), now.at),
+                failures: 0,
+            }
+        } else {
+            info!(access_token = %credentials.access_token, "this login has no refresh token (a long-lived login): it is served until it expires and never refreshed");
+            Refresh::Never { why: Unrefreshable::NoRefreshToken, token_rejected: false }
         };
+        self.phase = Phase::Serving { live: Live { credentials, deadline }, refresh, save };
     }
 
     /// The state as readers and `status` see it at `now`.
@@ -434,6 +473,8 @@ impl Machine {
             token_rejected: false,
             state: TokenState::NoCredentials,
             message: None,
+            warning: None,
+            static_token: false,
             next_refresh: None,
             refresh_count: self.refresh_count,
             last_refresh_at_ms: self.last_refresh_at_ms,

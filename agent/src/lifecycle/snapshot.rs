@@ -41,6 +41,11 @@ pub struct Snapshot {
     pub token_rejected: bool,
     pub state: TokenState,
     pub message: Option<String>,
+    /// What an operator must not miss whatever the state (a static token).
+    pub warning: Option<String>,
+    /// The token came from `run --static-token-env`: its expiry is unknown and a rejection of it is
+    /// answered with its own code.
+    pub static_token: bool,
     pub next_refresh: Option<Instant>,
     pub refresh_count: u64,
     pub last_refresh_at_ms: Option<u64>,
@@ -65,6 +70,10 @@ impl Snapshot {
     /// The error to answer with when there is no servable token and waiting cannot help.
     pub fn terminal_error(&self) -> Option<ProtoError> {
         match self.state {
+            TokenState::ReauthRequired if self.static_token => Some(ProtoError::new(
+                ErrorCode::StaticTokenRejected,
+                self.message.clone().unwrap_or_else(|| "the static token was rejected".to_owned()),
+            )),
             TokenState::ReauthRequired => Some(ProtoError::new(
                 ErrorCode::ReauthRequired,
                 self.message.clone().unwrap_or_else(|| REAUTH_HINT.to_owned()),
@@ -94,12 +103,15 @@ impl Snapshot {
                 i64::try_from(now.duration_since(t).as_secs()).map_or(i64::MIN, |s| -s)
             }
         };
+        // A static token's expiry is unknown: it is shown as such, not as a date decades away.
+        let known_expiry = self.token.as_ref().filter(|_| !self.static_token);
         StatusReport {
             state: Some(self.state),
             message: self.message.clone(),
+            warning: self.warning.clone(),
             token_fingerprint: self.token.as_ref().map(|t| t.access_token.fingerprint()),
-            expires_at_ms: self.token.as_ref().map(|t| t.expires_at_ms),
-            expires_in_s: self.token.as_ref().map(|t| signed_secs(t.deadline)),
+            expires_at_ms: known_expiry.map(|t| t.expires_at_ms),
+            expires_in_s: known_expiry.map(|t| signed_secs(t.deadline)),
             next_refresh_in_s: self.next_refresh.map(signed_secs),
             last_refresh_at_ms: self.last_refresh_at_ms,
             last_error: self.last_error.clone(),
@@ -109,7 +121,7 @@ impl Snapshot {
             scopes: self.scopes.clone(),
             account: self.account.clone(),
             seed_path: Some(self.seed_path.clone()),
-            persist_path: Some(self.persist_path.clone()),
+            persist_path: Some(self.persist_path.clone()).filter(|p| !p.is_empty()),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: 0,
         }

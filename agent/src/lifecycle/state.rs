@@ -3,7 +3,7 @@
 use super::snapshot::{Served, Snapshot};
 use crate::credentials::Credentials;
 use crate::store::SeedRead;
-use sidecred_proto::TokenState;
+use sidecred_proto::{ErrorCode, ProtoError, TokenState};
 use tokio::time::Instant;
 
 /// Where the lifecycle stands. There is one per agent, so the variants' sizes do not matter.
@@ -40,6 +40,92 @@ pub(super) enum Refresh {
     /// The refresh token was refused: nothing is tried until a new login appears in the seed.
     /// `token_rejected` once the upstream refused the access token too.
     ReauthRequired { reason: String, token_rejected: bool },
+    /// There is nothing to refresh with, so nothing is ever tried: the token is served until it expires
+    /// or the upstream rejects it (`token_rejected`), and then a person must act.
+    Never { why: Unrefreshable, token_rejected: bool },
+}
+
+/// Why a token is never refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unrefreshable {
+    /// A login that came without a refresh token: a long-lived, inference-only login (`login
+    /// --long-lived`), which any number of agents may share because none of them ever rotates it.
+    NoRefreshToken,
+    /// A token from this environment variable (`run --static-token-env`), without a file, a refresh
+    /// token or a known expiry.
+    Static { var: String },
+}
+
+const LONG_LIVED_SERVING: &str = "a login without a refresh token (a long-lived login): it is never \
+    refreshed and is served until it expires; log in again before then";
+
+const LONG_LIVED_EXPIRED: &str = "the token has expired and this login has no refresh token (a long-lived \
+    login); log in again (`sidecred-agent login --long-lived`, then update the credentials file or Secret) \
+    and the agent picks it up";
+
+impl Unrefreshable {
+    /// What `status` says while the token is served.
+    fn serving(&self) -> String {
+        match self {
+            Unrefreshable::NoRefreshToken => LONG_LIVED_SERVING.to_owned(),
+            Unrefreshable::Static { var } => format!(
+                "a static token from ${var}: never refreshed, its expiry unknown; when the API rejects \
+                 it, put a new token in ${var} and restart the agent"
+            ),
+        }
+    }
+
+    /// The loud line `status` shows whatever the state, and the agent logs at start.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Unrefreshable::NoRefreshToken => None,
+            Unrefreshable::Static { var } => Some(format!(
+                "STATIC TOKEN from ${var}: it is never refreshed and its expiry is unknown; once it \
+                 expires or is revoked every request fails until someone replaces it. Prefer a long-lived \
+                 login (`sidecred-agent login --long-lived`) in a credentials file"
+            )),
+        }
+    }
+
+    /// The answer once the upstream has rejected the token.
+    pub fn rejected(&self) -> ProtoError {
+        match self {
+            Unrefreshable::NoRefreshToken => ProtoError::new(
+                ErrorCode::ReauthRequired,
+                "the API rejected the token and this login has no refresh token (a long-lived login); log in \
+                 again (`sidecred-agent login --long-lived`, then update the credentials file or Secret) and \
+                 the agent picks it up",
+            ),
+            Unrefreshable::Static { var } => ProtoError::new(
+                ErrorCode::StaticTokenRejected,
+                format!(
+                    "the API rejected the static token from ${var}, and a static token cannot be \
+                     refreshed: put a new token in ${var} and restart the agent"
+                ),
+            ),
+        }
+    }
+
+    /// The answer once the token has expired (only a login with a known expiry gets there).
+    fn expired(&self) -> String {
+        match self {
+            Unrefreshable::NoRefreshToken => LONG_LIVED_EXPIRED.to_owned(),
+            Unrefreshable::Static { var } => {
+                format!("the static token from ${var} has expired; put a new token in ${var} and restart")
+            }
+        }
+    }
+
+    /// Why a requested refresh cannot happen.
+    pub fn cannot_refresh(&self) -> String {
+        match self {
+            Unrefreshable::NoRefreshToken => {
+                "this login has no refresh token (a long-lived login): there is nothing to refresh with"
+                    .to_owned()
+            }
+            Unrefreshable::Static { var } => format!("the static token from ${var} cannot be refreshed"),
+        }
+    }
 }
 
 /// Whether the live pair is on disk.
@@ -63,21 +149,34 @@ impl Phase {
             Phase::Serving { live, refresh, save } => (live, refresh, save),
         };
         let token = served(&live.credentials, live.deadline);
-        snap.token_rejected = matches!(refresh, Refresh::ReauthRequired { token_rejected: true, .. });
+        snap.token_rejected = matches!(
+            refresh,
+            Refresh::ReauthRequired { token_rejected: true, .. }
+                | Refresh::Never { token_rejected: true, .. }
+        );
         let valid = token.is_valid(now) && !snap.token_rejected;
         snap.subscription_type = live.credentials.subscription_type.clone();
         snap.scopes = live.credentials.scopes.clone();
         snap.next_refresh = match refresh {
             Refresh::Scheduled { at, .. } => Some(*at),
             Refresh::InFlight { scheduled, .. } => Some(*scheduled),
-            Refresh::ReauthRequired { .. } => None,
+            Refresh::ReauthRequired { .. } | Refresh::Never { .. } => None,
         };
         let failures = match refresh {
             Refresh::Scheduled { failures, .. } | Refresh::InFlight { failures, .. } => *failures,
-            Refresh::ReauthRequired { .. } => 0,
+            Refresh::ReauthRequired { .. } | Refresh::Never { .. } => 0,
         };
+        if let Refresh::Never { why, .. } = refresh {
+            snap.warning = why.warning();
+            snap.static_token = matches!(why, Unrefreshable::Static { .. });
+        }
         let (state, message) = match refresh {
             Refresh::ReauthRequired { reason, .. } => (TokenState::ReauthRequired, Some(reason.clone())),
+            // Nothing will bring a token back: a client is told at once instead of waiting for a refresh.
+            Refresh::Never { why, token_rejected: true } => {
+                (TokenState::ReauthRequired, Some(why.rejected().message))
+            }
+            Refresh::Never { why, .. } if !valid => (TokenState::ReauthRequired, Some(why.expired())),
             _ if !valid => (
                 TokenState::Expired,
                 Some("the access token has expired and has not been refreshed yet".to_owned()),
@@ -93,6 +192,7 @@ impl Phase {
             _ if matches!(save, Save::Due(_)) => {
                 (TokenState::Degraded, Some("the current credentials are not saved yet; retrying".to_owned()))
             }
+            Refresh::Never { why, .. } => (TokenState::Valid, Some(why.serving())),
             _ => (TokenState::Valid, None),
         };
         snap.token = Some(token);

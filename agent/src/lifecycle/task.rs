@@ -7,7 +7,7 @@ use super::{Input, Policy, Snapshot};
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
 use crate::writeback::WriteBack;
-use sidecred_proto::{ErrorCode, ProtoError};
+use sidecred_proto::{ErrorCode, ProtoError, Secret};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +24,8 @@ type RefreshFuture = Pin<Box<dyn Future<Output = Result<TokenResponse, TokenErro
 
 pub struct Lifecycle {
     machine: Machine,
-    store: Store,
+    /// Where saves go; `None` for a static token, which is never saved.
+    store: Option<Store>,
     oauth: OAuthClient,
     published: watch::Sender<Arc<Snapshot>>,
     write_back: Option<WriteBack>,
@@ -46,6 +47,30 @@ impl Lifecycle {
             saves_to_state: matches!(store.target(), Target::StateFile(_)),
         };
         let machine = Machine::new(policy, paths, start, Now::read());
+        Self::with_machine(machine, Some(store), oauth)
+    }
+
+    /// Serves `token`, read from the environment variable `var`, and nothing else: no file is read or
+    /// written and the token endpoint is never called.
+    pub fn new_static(
+        oauth: OAuthClient,
+        policy: Policy,
+        var: &str,
+        token: Secret,
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let paths = Paths {
+            seed: format!("${var} (a static token; no file is read or written)"),
+            persist: String::new(),
+            saves_to_state: false,
+        };
+        Self::with_machine(Machine::static_token(policy, paths, var, token), None, oauth)
+    }
+
+    fn with_machine(
+        machine: Machine,
+        store: Option<Store>,
+        oauth: OAuthClient,
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let (published, rx) = watch::channel(Arc::new(machine.snapshot(Instant::now())));
         let lifecycle = Lifecycle {
             machine,
@@ -149,7 +174,10 @@ impl Lifecycle {
                     self.inflight = Some(Box::pin(async move { oauth.refresh(&refresh_token).await }));
                 }
                 Effect::Save(job) => {
-                    let result = save(self.store.clone(), job.clone()).await;
+                    let result = match &self.store {
+                        Some(store) => save(store.clone(), job.clone()).await,
+                        None => Err("this agent has nowhere to save credentials".to_owned()),
+                    };
                     self.machine.saved(&job, result, Now::read());
                 }
                 Effect::WriteBack { credentials, retired } => {

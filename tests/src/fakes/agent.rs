@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 
 /// The token the stand-in serves; it carries the leak marker, so it must appear in no log.
-pub const FAKE_AGENT_TOKEN: &str = "sk-ant-oat01-sctest-not-the-agent";
+pub const FAKE_AGENT_TOKEN: &str = "sk-ant-oat01-sctest-impostor";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 server the fakes of outside services run on.
 
-/// An HTTP/1.1 server on a loopback port, for the fakes; stopped when dropped.
+/// An HTTP/1.1 server for the fakes (on a loopback port in the tests); stopped when dropped.
 pub struct FakeServer {
     pub addr: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -13,7 +13,7 @@ impl Drop for FakeServer {
 }
 
 impl FakeServer {
-    /// Serves every connection with `handler` (a `service_fn` body).
+    /// Serves every connection with `handler` (a `service_fn` body), on a free loopback port.
     pub async fn start<F, Fut, B, E>(handler: F) -> FakeServer
     where
         F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -23,8 +23,23 @@ impl FakeServer {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a fake server");
-        let addr = listener.local_addr().expect("local addr");
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        FakeServer::bind(loopback, handler).await.expect("bind a fake server")
+    }
+
+    /// [`FakeServer::start`] on `addr`: the demo stand-in takes its address from the user, so a busy
+    /// port is an error to report, not a panic.
+    pub async fn bind<F, Fut, B, E>(addr: std::net::SocketAddr, handler: F) -> std::io::Result<FakeServer>
+    where
+        F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -39,6 +54,6 @@ impl FakeServer {
                 });
             }
         });
-        FakeServer { addr, task }
+        Ok(FakeServer { addr, task })
     }
 }

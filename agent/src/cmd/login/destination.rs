@@ -2,6 +2,7 @@
 //! merged into whatever the file already holds) or stdout.
 
 use super::error::LoginError;
+use super::LoginKind;
 use crate::atomic::{check_replaceable, write_atomic, WriteError};
 use crate::credentials::document::Document;
 use crate::credentials::{Credentials, TokenUpdate};
@@ -18,8 +19,9 @@ pub enum Destination {
 impl Destination {
     /// Creates the directory (0700, like Claude Code's ~/.claude), checks that the file can be replaced
     /// and that an existing file is one we can merge into. Called before the person signs in: a code
-    /// cannot be exchanged twice, so a login must not fail after it.
-    pub fn prepare(&self) -> Result<(), LoginError> {
+    /// cannot be exchanged twice, so a login must not fail after it. A long-lived login does not
+    /// replace a login that refreshes: that is most likely Claude Code's own, in its default file.
+    pub fn prepare(&self, kind: LoginKind) -> Result<(), LoginError> {
         let Destination::File(path) = self else { return Ok(()) };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
@@ -29,7 +31,12 @@ impl Destination {
                 .map_err(|source| LoginError::CreateDir { dir: dir.to_owned(), source })?;
         }
         check_replaceable(path).map_err(LoginError::NotWritable)?;
-        read_existing(path).map(|_| ())
+        match read_existing(path)? {
+            Existing::Credentials(c) if kind == LoginKind::LongLived && c.refresh_token.is_some() => {
+                Err(LoginError::WouldReplaceRefreshable { path: path.clone() })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Writes the new login, with the plan learnt from the profile when there is one.
@@ -51,7 +58,7 @@ impl Destination {
                 // Read again: the file may have changed while the person was signing in.
                 let creds = match read_existing(path)? {
                     Existing::Absent => Credentials::new_claude_code(update),
-                    Existing::Credentials(c) => c.with_update(update),
+                    Existing::Credentials(c) => c.with_login(update),
                     Existing::Other(doc) => Credentials::claude_code_in(doc, update),
                 }
                 .with_plan(subscription, tier);

@@ -47,6 +47,17 @@ pub enum LoginError {
     Exchange(String),
     #[error("the token endpoint {url} answered without a `refresh_token`; nothing was written")]
     NoRefreshToken { url: String },
+    #[error(
+        "asked for a long-lived token, the token endpoint granted one that lives only {} (it ignored \
+         `expires_in`); nothing was written. Log in without --long-lived instead", human_duration(.lifetime)
+    )]
+    NotLongLived { lifetime: Duration },
+    #[error(
+        "{path} holds a login that refreshes (Claude Code's own, or another agent's); a long-lived login \
+         would replace it, and whoever uses it would have to log in again. Nothing was changed: pass \
+         --credentials with another file, or --output -"
+    )]
+    WouldReplaceRefreshable { path: PathBuf },
     #[error("the login succeeded but could not be saved ({0}); run login again with a writable --credentials, or with --output -")]
     Save(WriteError),
 }

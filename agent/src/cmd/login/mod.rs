@@ -1,5 +1,12 @@
 //! `sidecred-agent login`: the OAuth 2.0 authorization-code flow with PKCE (S256) against Claude's
-//! authorize and token endpoints.
+//! authorize and token endpoints, as Claude Code runs it.
+//!
+//! Two kinds of login ([`LoginKind`]):
+//! - **full** (the default, as `claude` logs in): Claude Code's scopes, a token of about 8 hours and a
+//!   refresh token that rotates on every refresh, so exactly one agent may hold it.
+//! - **long-lived** (`--long-lived`, as `claude setup-token`): the one scope `user:inference`, a token
+//!   that lives a year and is never refreshed. No refresh token is kept, so any number of agents can
+//!   share it; it cannot read the account profile.
 //!
 //! Two ways for the code to come back ([`callback`] reads it either way):
 //! - **paste** (headless, [`paste`]): the redirect URI is Claude's own callback page, which shows
@@ -15,18 +22,22 @@
 mod callback;
 mod destination;
 mod error;
+mod kind;
 mod loopback;
 mod paste;
 
 use crate::api::{Api, Profile};
 use crate::atomic::resolve_symlinks;
 use crate::cmd::args::{ApiArgs, CredentialsArgs, TokenEndpointArgs};
+use crate::cmd::fields::rfc3339;
 use crate::credentials::now_ms;
 use crate::oauth::{OAuthClient, OAuthConfig, TokenError};
 use callback::Callback;
 use clap::{Args, ValueEnum};
 use destination::Destination;
 use error::LoginError;
+pub use kind::LoginKind;
+use kind::SHORTEST_LONG_LIVED;
 use loopback::{Loopback, Page};
 use oauth2::basic::BasicClient;
 use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
@@ -56,9 +67,14 @@ pub struct LoginArgs {
     /// Redirect URI of the paste mode: the page that shows `CODE#STATE` after sign-in.
     #[arg(long, env = "SIDECRED_REDIRECT_URI", default_value = anthropic::DEFAULT_MANUAL_REDIRECT_URI)]
     pub redirect_uri: String,
-    /// Space-separated scopes to ask for.
+    /// Space-separated scopes to ask for (a full login).
     #[arg(long, env = "SIDECRED_SCOPES", default_value = anthropic::DEFAULT_SCOPES)]
     pub scopes: String,
+    /// A long-lived, inference-only login, as `claude setup-token`: scope `user:inference` alone, a token
+    /// that lives a year and is never refreshed (no refresh token is kept), so any number of agents can
+    /// share it. Without it, a full login: refreshed every few hours by the one agent that holds it.
+    #[arg(long, env = "SIDECRED_LONG_LIVED", conflicts_with = "scopes")]
+    pub long_lived: bool,
     /// Port of the browser mode's loopback listener (0: any free port).
     #[arg(long, env = "SIDECRED_PORT", default_value_t = 0)]
     pub port: u16,
@@ -105,7 +121,8 @@ struct Attempt {
 
 impl Attempt {
     fn new(args: &LoginArgs, redirect_uri: &str) -> Result<Attempt, LoginError> {
-        let scopes: Vec<Scope> = args.scopes.split_whitespace().map(|s| Scope::new(s.to_owned())).collect();
+        let scopes: Vec<Scope> =
+            LoginKind::of(args).scopes(args).split_whitespace().map(|s| Scope::new(s.to_owned())).collect();
         if scopes.is_empty() {
             return Err(LoginError::NoScopes);
         }
@@ -140,7 +157,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         Some(Output::Stdout) => Destination::Stdout,
         None => Destination::File(resolve_symlinks(&args.credentials.path)),
     };
-    destination.prepare()?;
+    destination.prepare(LoginKind::of(&args))?;
     let oauth = OAuthClient::new(OAuthConfig::from(&args.endpoint))?;
     let mode = args.mode.unwrap_or_else(default_mode);
     let deadline = Instant::now() + args.timeout;
@@ -187,6 +204,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
 struct Done {
     email: Option<String>,
     plan: Option<String>,
+    /// When a long-lived login's token expires (epoch ms); `None` for a full login.
+    long_lived_until: Option<u64>,
 }
 
 impl Done {
@@ -199,15 +218,25 @@ impl Done {
     }
 
     fn summary(&self, destination: &Destination) -> String {
+        let kind = match self.long_lived_until {
+            Some(until) => format!(
+                " with a long-lived, inference-only token, valid until {}. It is never refreshed, so any \
+                 number of agents may share it: log in again before then",
+                rfc3339(until)
+            ),
+            None => String::new(),
+        };
         match destination {
             Destination::File(path) => format!(
-                "Logged in as {}. Credentials saved to {} (mode 0600).\n\
+                "Logged in as {}{kind}. Credentials saved to {} (mode 0600).\n\
                  Check them with: sidecred-agent status --credentials {}",
                 self.who(),
                 path.display(),
                 path.display()
             ),
-            Destination::Stdout => format!("Logged in as {}. Credentials written to stdout.", self.who()),
+            Destination::Stdout => {
+                format!("Logged in as {}{kind}. Credentials written to stdout.", self.who())
+            }
         }
     }
 }
@@ -220,20 +249,41 @@ async fn finish(
     callback: Callback,
     destination: &Destination,
 ) -> Result<Done, LoginError> {
+    let kind = LoginKind::of(args);
     let code = callback.into_code(&attempt.state)?;
     let response = oauth
-        .exchange_code(&code, &attempt.verifier, &attempt.redirect_uri, &attempt.state)
+        .exchange_code(&code, &attempt.verifier, &attempt.redirect_uri, &attempt.state, kind.lifetime())
         .await
         .map_err(|e| match e {
             TokenError::Rejected { reason } => LoginError::CodeRejected(reason),
             TokenError::Transient { reason, .. } => LoginError::Exchange(reason),
         })?;
     let arrived_ms = now_ms();
-    if response.refresh_token.is_none() {
-        return Err(LoginError::NoRefreshToken { url: args.endpoint.token_url.clone() });
-    }
     let token_email = response.account_email.clone();
-    let update = response.into_update(arrived_ms);
+    let lifetime = response.expires_in;
+    let mut update = response.into_update(arrived_ms);
+    update.scopes =
+        update.scopes.or_else(|| Some(kind.scopes(args).split_whitespace().map(str::to_owned).collect()));
+    match kind {
+        LoginKind::Full if update.refresh_token.is_none() => {
+            return Err(LoginError::NoRefreshToken { url: args.endpoint.token_url.clone() })
+        }
+        LoginKind::Full => {}
+        LoginKind::LongLived => {
+            if lifetime <= SHORTEST_LONG_LIVED {
+                return Err(LoginError::NotLongLived { lifetime });
+            }
+            // Not kept, whether or not one came: a long-lived login is made to be shared, and any holder
+            // that refreshed with it would rotate it under the others. The token outlives the need.
+            update.refresh_token = None;
+            destination.save(update, None, None)?;
+            return Ok(Done {
+                email: token_email,
+                plan: None,
+                long_lived_until: Some(arrived_ms.saturating_add(lifetime.as_millis() as u64)),
+            });
+        }
+    }
 
     // The plan is a nicety: a login without it is still a login.
     let api = Api::new(oauth.http().clone(), &args.api.api_base);
@@ -248,7 +298,7 @@ async fn finish(
     let tier = profile.rate_limit_tier.clone();
 
     destination.save(update, subscription.as_deref(), tier.as_deref())?;
-    Ok(Done { email: profile.email.clone().or(token_email), plan: profile.plan() })
+    Ok(Done { email: profile.email.clone().or(token_email), plan: profile.plan(), long_lived_until: None })
 }
 
 /// `browser` where a person can see one: a desktop session (DISPLAY / WAYLAND_DISPLAY), or macOS
@@ -286,8 +336,10 @@ mod tests {
     fn authorize_url_carries_pkce_s256_state_scopes_and_code_true() {
         let a = Attempt::new(&args(&[]), DEFAULT_MANUAL_REDIRECT_URI).expect("attempt");
         let url = oauth2::url::Url::parse(&a.url).expect("url");
-        assert_eq!(url.host_str(), Some("claude.ai"));
-        assert_eq!(url.path(), "/oauth/authorize");
+        let default = oauth2::url::Url::parse(sidecred_proto::anthropic::DEFAULT_AUTHORIZE_URL).expect("url");
+        assert_eq!(url.host_str(), Some("claude.com"));
+        assert_eq!(url.path(), "/cai/oauth/authorize");
+        assert_eq!(url.path(), default.path());
         let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(q["code"], "true");
         assert_eq!(q["response_type"], "code");
@@ -308,6 +360,20 @@ mod tests {
         let b = Attempt::new(&args(&[]), DEFAULT_MANUAL_REDIRECT_URI).expect("attempt");
         assert_ne!(a.state, b.state);
         assert_ne!(a.verifier, b.verifier);
+    }
+
+    #[test]
+    fn a_long_lived_login_asks_for_inference_only_and_a_year() {
+        let long = args(&["--long-lived"]);
+        let a = Attempt::new(&long, DEFAULT_MANUAL_REDIRECT_URI).expect("attempt");
+        let url = oauth2::url::Url::parse(&a.url).expect("url");
+        let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["scope"], "user:inference");
+        assert_eq!(q["code"], "true");
+        assert_eq!(LoginKind::of(&long).lifetime(), Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(LoginKind::of(&args(&[])).lifetime(), None);
+        // The scopes of a long-lived login are not a choice.
+        assert!(LoginCli::try_parse_from(["x", "--long-lived", "--scopes", "user:profile"]).is_err());
     }
 
     #[test]

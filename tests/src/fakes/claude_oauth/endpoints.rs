@@ -9,7 +9,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use sidecred_proto::anthropic::{
-    CLAUDE_CODE_CLIENT_ID, DEFAULT_MANUAL_REDIRECT_URI, DEFAULT_SCOPES, OAUTH_BETA,
+    CLAUDE_CODE_CLIENT_ID, DEFAULT_AUTHORIZE_URL, DEFAULT_MANUAL_REDIRECT_URI, DEFAULT_SCOPES,
+    LONG_LIVED_EXPIRES_IN_SECS, LONG_LIVED_SCOPES, OAUTH_BETA,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,9 +21,15 @@ type HandlerResult = Result<Answer, std::io::Error>;
 
 const REFRESH_TOKEN_UNKNOWN: &str = "Refresh token not found or invalid";
 
-/// A scope the authorize page knows: the ones a login asks for, and Claude Code's own.
-fn is_known_scope(scope: &str) -> bool {
-    DEFAULT_SCOPES.split(' ').any(|s| s == scope) || scope == "user:sessions:claude_code"
+/// The authorize page's path: the one Claude Code opens today.
+pub fn authorize_path() -> String {
+    reqwest::Url::parse(DEFAULT_AUTHORIZE_URL).expect("DEFAULT_AUTHORIZE_URL is a URL").path().to_owned()
+}
+
+/// Whether `scope` is what Claude Code asks for: its full list, or `user:inference` alone for a
+/// long-lived login.
+fn is_claude_codes_scope(scope: &str) -> bool {
+    scope == DEFAULT_SCOPES || scope == LONG_LIVED_SCOPES
 }
 
 pub(super) async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> HandlerResult {
@@ -43,7 +50,7 @@ pub(super) async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Han
     }
     let mut s = st.lock().unwrap();
     let resp = match (method.as_str(), path.as_str()) {
-        ("GET", "/oauth/authorize") => authorize(&mut s, &query),
+        ("GET", p) if p == authorize_path() => authorize(&mut s, &query),
         ("GET", "/v1/models") => {
             s.counters.models += 1;
             api_call(&mut s, &authorization, &beta, &version, "user:inference").unwrap_or_else(|| {
@@ -115,7 +122,8 @@ fn authorize(s: &mut State, query: &str) -> Answer {
     let get = |k: &str| q.get(k).cloned().unwrap_or_default();
     let redirect_uri = get("redirect_uri");
     let loopback = redirect_uri.starts_with("http://localhost:") && redirect_uri.ends_with("/callback");
-    let scopes: Vec<String> = get("scope").split_whitespace().map(str::to_owned).collect();
+    let scope = get("scope");
+    let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
     let challenge = get("code_challenge");
     let problem = if get("code") != "true" {
         Some("code=true is missing")
@@ -129,8 +137,8 @@ fn authorize(s: &mut State, query: &str) -> Answer {
         Some("code_challenge must be a base64url SHA-256")
     } else if redirect_uri != DEFAULT_MANUAL_REDIRECT_URI && !loopback {
         Some("redirect_uri is not registered for this client")
-    } else if scopes.is_empty() || !scopes.iter().all(|x| is_known_scope(x)) {
-        Some("scope is empty or unknown")
+    } else if !is_claude_codes_scope(&scope) {
+        Some("scope is not Claude Code's (its full list, or user:inference alone)")
     } else if get("state").is_empty() {
         Some("state is missing")
     } else {
@@ -253,6 +261,18 @@ fn grant(s: &mut State, content_type: &str, doc: Option<Value>) -> Answer {
 
 fn exchange(s: &mut State, doc: &Value) -> Answer {
     s.last_exchange_keys = doc.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    s.last_exchange_expires_in = doc.get("expires_in").cloned();
+    // A lifetime asked for is granted, up to a year; without one the usual 8 hours.
+    let lifetime = match doc.get("expires_in") {
+        None => s.expires_in,
+        Some(v) => match v.as_u64().filter(|n| *n > 0) {
+            Some(n) => n.min(LONG_LIVED_EXPIRES_IN_SECS),
+            None => {
+                let why = "expires_in must be a positive number of seconds";
+                return oauth_error(s, StatusCode::BAD_REQUEST, "invalid_request", why);
+            }
+        },
+    };
     let text = |k: &str| doc[k].as_str().unwrap_or("").to_owned();
     let grant = match s.book.spend_code(&text("code")) {
         Ok(grant) => grant,
@@ -282,7 +302,9 @@ fn exchange(s: &mut State, doc: &Value) -> Answer {
     }
     s.counters.exchanges += 1;
     let pair = s.book.issue(&grant.scopes);
-    token_answer(s, &pair, true, &grant.scopes)
+    let inference_only = grant.scopes == [LONG_LIVED_SCOPES];
+    let with_refresh_token = !inference_only || s.long_lived_refresh_token;
+    token_answer(&pair, with_refresh_token, &grant.scopes, lifetime)
 }
 
 fn refresh(s: &mut State, doc: &Value) -> Answer {
@@ -293,14 +315,14 @@ fn refresh(s: &mut State, doc: &Value) -> Answer {
     let Some((pair, scopes)) = s.book.redeem_refresh(presented, rotate) else {
         return oauth_error(s, StatusCode::BAD_REQUEST, "invalid_grant", REFRESH_TOKEN_UNKNOWN);
     };
-    token_answer(s, &pair, rotate, &scopes)
+    token_answer(&pair, rotate, &scopes, s.expires_in)
 }
 
-fn token_answer(s: &State, pair: &Pair, with_refresh_token: bool, scopes: &[String]) -> Answer {
+fn token_answer(pair: &Pair, with_refresh_token: bool, scopes: &[String], expires_in: u64) -> Answer {
     let mut answer = json!({
         "token_type": "Bearer",
         "access_token": pair.access_token,
-        "expires_in": s.expires_in,
+        "expires_in": expires_in,
         "scope": scopes.join(" "),
         "account": {"uuid": "acct-1111-fake", "email_address": EMAIL},
         "organization": {"uuid": ORG_UUID, "name": "Some One's Organization"}

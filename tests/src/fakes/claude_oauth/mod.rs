@@ -2,16 +2,21 @@
 //! endpoint and the two API calls the account commands make, so a login, a refresh, a validation and
 //! the agent's refresh loop all see one consistent set of live tokens.
 //!
-//! - `GET /oauth/authorize` checks the query the way the real page does, then mints a single-use code
+//! - `GET /cai/oauth/authorize` (the path Claude Code opens today; any other is a 404) checks the query
+//!   the way the real page does, scopes included (Claude Code's full list, or `user:inference` alone for
+//!   a long-lived login), then mints a single-use code
 //!   bound to the PKCE challenge, the redirect URI, the state and the scopes, and answers
 //!   `302 Location: <redirect_uri>?code=..&state=..` (the paste flow's page shows the same pair as
 //!   `CODE#STATE`; tests read it from the Location header).
 //! - `POST /v1/oauth/token` accepts only JSON bodies with Claude Code's client id; `authorization_code`
-//!   checks the redirect URI, the state, the verifier against the challenge (S256) and single use;
+//!   checks the redirect URI, the state, the verifier against the challenge (S256) and single use, and
+//!   grants the lifetime its `expires_in` asks for (up to a year); an inference-only grant comes with a
+//!   refresh token or without one, as the test chooses (the real endpoint does not document which);
 //!   `refresh_token` rotates the single-use refresh token. Faults can be injected here.
 //! - `GET /v1/models`: 200 for a live token with the OAuth beta, 401 for an unknown one, 403 for one
 //!   minted without `user:inference`.
-//! - `GET /api/oauth/profile`: the account and organization of a live token.
+//! - `GET /api/oauth/profile`: the account and organization of a live token; 403 for one minted without
+//!   `user:profile` (an inference-only token).
 //!
 //! Like the real server, a token request is carried out once it has arrived, whether or not the client
 //! is still there to read the answer: that is the window the kill tests measure. Every refusal is
@@ -87,6 +92,10 @@ struct State {
     user_agents: Vec<String>,
     /// Key names of the last authorization_code body (never the values).
     last_exchange_keys: Vec<String>,
+    /// The `expires_in` of the last authorization_code body, if it had one.
+    last_exchange_expires_in: Option<Value>,
+    /// Whether an inference-only (long-lived) grant comes with a refresh token.
+    long_lived_refresh_token: bool,
 }
 
 /// The fake; clones share one server and one book.
@@ -98,7 +107,13 @@ pub struct FakeOAuth {
 }
 
 impl FakeOAuth {
+    /// On a free loopback port.
     pub async fn start() -> FakeOAuth {
+        FakeOAuth::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind the fake OAuth server")
+    }
+
+    /// On `addr` (the demo stand-in's, given by its user).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<FakeOAuth> {
         let state = Arc::new(Mutex::new(State {
             book: Book::default(),
             expires_in: 8 * 3600,
@@ -112,10 +127,12 @@ impl FakeOAuth {
             rejections: Vec::new(),
             user_agents: Vec::new(),
             last_exchange_keys: Vec::new(),
+            last_exchange_expires_in: None,
+            long_lived_refresh_token: true,
         }));
         let st = state.clone();
-        let server = FakeServer::start(move |req| endpoints::handle(req, st.clone())).await;
-        FakeOAuth { addr: server.addr, state, _server: Arc::new(server) }
+        let server = FakeServer::bind(addr, move |req| endpoints::handle(req, st.clone())).await?;
+        Ok(FakeOAuth { addr: server.addr, state, _server: Arc::new(server) })
     }
 
     fn st(&self) -> MutexGuard<'_, State> {
@@ -129,7 +146,7 @@ impl FakeOAuth {
         format!("http://{}", self.addr)
     }
     pub fn authorize_url(&self) -> String {
-        format!("{}/oauth/authorize", self.base())
+        format!("{}{}", self.base(), endpoints::authorize_path())
     }
     pub fn token_url(&self) -> String {
         format!("{}/v1/oauth/token", self.base())
@@ -177,6 +194,10 @@ impl FakeOAuth {
     /// client's (correct) verifier will not match it.
     pub fn swap_next_challenge(&self) {
         self.st().swap_next_challenge = true;
+    }
+    /// Whether an inference-only (long-lived) grant comes with a refresh token (it does until told).
+    pub fn set_long_lived_refresh_token(&self, with: bool) {
+        self.st().long_lived_refresh_token = with;
     }
     pub fn set_profile(&self, profile: Value) {
         self.st().profile = profile;
@@ -252,6 +273,10 @@ impl FakeOAuth {
     /// The key names of the last `authorization_code` body.
     pub fn last_exchange_keys(&self) -> Vec<String> {
         self.st().last_exchange_keys.clone()
+    }
+    /// The `expires_in` the last `authorization_code` body asked for.
+    pub fn last_exchange_expires_in(&self) -> Option<Value> {
+        self.st().last_exchange_expires_in.clone()
     }
 }
 

@@ -131,17 +131,27 @@ impl Drop for FakeUpstream {
 impl FakeUpstream {
     /// Cleartext HTTP/1.1 and HTTP/2 (h2c), on `http://127.0.0.1:port`.
     pub async fn start(check: TokenCheck) -> FakeUpstream {
-        FakeUpstream::start_with(check, None).await
+        FakeUpstream::bind(check, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind fake upstream")
+    }
+
+    /// Cleartext, on `addr` (the demo stand-in's, given by its user).
+    pub async fn bind(check: TokenCheck, addr: SocketAddr) -> std::io::Result<FakeUpstream> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(FakeUpstream::serve_on(listener, check, None))
     }
 
     /// TLS with `config` (its ALPN list decides between HTTP/2 and HTTP/1.1), on
     /// `https://localhost:port`.
     pub async fn start_tls(check: TokenCheck, config: Arc<rustls::ServerConfig>) -> FakeUpstream {
-        FakeUpstream::start_with(check, Some(tokio_rustls::TlsAcceptor::from(config))).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake upstream");
+        FakeUpstream::serve_on(listener, check, Some(tokio_rustls::TlsAcceptor::from(config)))
     }
 
-    async fn start_with(check: TokenCheck, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake upstream");
+    fn serve_on(
+        listener: TcpListener,
+        check: TokenCheck,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeUpstream {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
             check,
