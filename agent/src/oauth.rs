@@ -98,6 +98,18 @@ struct RawError {
     error_description: Option<String>,
 }
 
+fn refresh_body(refresh_token: &Secret, client_id: &str, scopes: &[String]) -> serde_json::Value {
+    let mut body = json!({
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token.expose(),
+        "client_id": client_id,
+    });
+    if !scopes.is_empty() {
+        body["scope"] = scopes.join(" ").into();
+    }
+    body
+}
+
 impl OAuthClient {
     pub fn new(config: OAuthConfig) -> Result<Self, reqwest::Error> {
         // reqwest reads HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment by default.
@@ -115,13 +127,14 @@ impl OAuthClient {
         &self.http
     }
 
-    pub async fn refresh(&self, refresh_token: &Secret) -> Result<TokenResponse, TokenError> {
-        let body = json!({
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token.expose(),
-            "client_id": self.config.client_id,
-        });
-        self.token_request(body).await
+    /// `scopes` are the login's, sent back as Claude Code does so the new token carries the same ones;
+    /// a file that records none sends none and the endpoint keeps what it granted.
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        scopes: &[String],
+    ) -> Result<TokenResponse, TokenError> {
+        self.token_request(refresh_body(refresh_token, &self.config.client_id, scopes)).await
     }
 
     /// Exchanges an authorization code. `lifetime` asks for a token that lives that long (a long-lived
@@ -392,6 +405,17 @@ mod tests {
         assert_eq!(ok(r#"{"access_token":"A","expires_in":28800.9}"#).expires_in.as_secs(), 28800);
         // The update's expiry cannot overflow either.
         assert_eq!(huge.into_update(u64::MAX - 5).expires_at_ms, u64::MAX);
+    }
+
+    #[test]
+    fn a_refresh_asks_for_the_logins_scopes_as_claude_code_does() {
+        let token = Secret::new("sk-ant-ort01-sctest-x");
+        let scopes = ["user:inference".to_owned(), "user:profile".to_owned()];
+        let body = refresh_body(&token, "client", &scopes);
+        assert_eq!(body["scope"], "user:inference user:profile");
+        assert_eq!(body["grant_type"], "refresh_token");
+        // A flat file records no scopes: nothing is asked, so the endpoint keeps what it granted.
+        assert!(refresh_body(&token, "client", &[]).get("scope").is_none());
     }
 
     #[test]
