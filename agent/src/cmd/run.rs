@@ -332,6 +332,8 @@ mod tests {
         assert!(two.contains("the token alone") && !two.contains("oat01"), "{two}");
     }
 
+    type Spawn = fn() -> JoinHandle<()>;
+
     fn pending_task() -> JoinHandle<()> {
         tokio::spawn(std::future::pending())
     }
@@ -339,7 +341,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_task_that_ends_on_its_own_makes_the_agent_exit_non_zero() {
         let never = std::future::pending::<()>;
-        let cases: [(fn() -> JoinHandle<()>, fn() -> JoinHandle<()>, Woke); 3] = [
+        let cases: [(Spawn, Spawn, Woke); 3] = [
             (
                 || tokio::spawn(async {}),
                 pending_task,
