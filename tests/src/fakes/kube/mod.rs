@@ -123,7 +123,10 @@ impl FakeKube {
         state.history.push((1000, object));
         let state = Arc::new(Mutex::new(state));
         let st = state.clone();
-        let server = FakeServer::start(move |req| handle(req, st.clone())).await;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = FakeServer::bind(loopback, move |req| handle(req, st.clone()))
+            .await
+            .expect("bind the fake Kubernetes API");
         let addr = server.addr;
         FakeKube { addr, state, _server: server }
     }
