@@ -98,6 +98,18 @@ struct RawError {
     error_description: Option<String>,
 }
 
+fn refresh_body(refresh_token: &Secret, client_id: &str, scopes: &[String]) -> serde_json::Value {
+    let mut body = json!({
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token.expose(),
+        "client_id": client_id,
+    });
+    if !scopes.is_empty() {
+        body["scope"] = scopes.join(" ").into();
+    }
+    body
+}
+
 impl OAuthClient {
     pub fn new(config: OAuthConfig) -> Result<Self, reqwest::Error> {
         // reqwest reads HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment by default.
@@ -115,13 +127,14 @@ impl OAuthClient {
         &self.http
     }
 
-    pub async fn refresh(&self, refresh_token: &Secret) -> Result<TokenResponse, TokenError> {
-        let body = json!({
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token.expose(),
-            "client_id": self.config.client_id,
-        });
-        self.token_request(body).await
+    /// `scopes` are the login's, sent back as Claude Code does so the new token carries the same ones;
+    /// a file that records none sends none and the endpoint keeps what it granted.
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        scopes: &[String],
+    ) -> Result<TokenResponse, TokenError> {
+        self.token_request(refresh_body(refresh_token, &self.config.client_id, scopes)).await
     }
 
     /// Exchanges an authorization code. `lifetime` asks for a token that lives that long (a long-lived
@@ -306,102 +319,4 @@ pub fn describe_request_error(e: &reqwest::Error, what: &str, url: &str) -> Stri
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const URL: &str = "https://token.test/v1/oauth/token";
-
-    #[test]
-    fn status_table() {
-        let cases: &[(u16, &str, bool)] = &[
-            (400, r#"{"error":"invalid_grant","error_description":"Refresh token not found"}"#, false),
-            (401, r#"{"error":"invalid_token"}"#, false),
-            (403, "", false),
-            (400, r#"{"error":"invalid_request"}"#, true),
-            (429, r#"{"error":{"type":"rate_limit_error"}}"#, true),
-            (500, "oops", true),
-            (502, "<html>bad gateway</html>", true),
-            (503, "", true),
-        ];
-        for (status, body, transient) in cases {
-            let err = classify_failure(*status, body.as_bytes(), None, URL);
-            assert_eq!(matches!(err, TokenError::Transient { .. }), *transient, "{status} {body}: {err}");
-            assert!(err.to_string().contains(&status.to_string()), "{err}");
-        }
-    }
-
-    #[test]
-    fn failure_text_never_echoes_tokens() {
-        let body = r#"{"error":"sk-ant-ort01-leaked","error_description":"bad token sk-ant-ort01-leaked"}"#;
-        let err = classify_failure(400, body.as_bytes(), None, URL);
-        assert!(!err.to_string().contains("leaked"), "{err}");
-    }
-
-    #[test]
-    fn parses_success_and_keeps_missing_refresh_token_as_none() {
-        let body = br#"{"access_token":"A","expires_in":28800,"scope":"user:inference user:profile","token_type":"Bearer"}"#;
-        let r = parse_success(body, URL).expect("ok");
-        assert!(r.refresh_token.is_none());
-        assert_eq!(r.expires_in, Duration::from_secs(28800));
-        assert_eq!(r.scopes, Some(vec!["user:inference".to_owned(), "user:profile".to_owned()]));
-    }
-
-    #[test]
-    fn blank_tokens_are_no_tokens() {
-        // Found by the token_response fuzz target: a blank access token was accepted and saved, and the
-        // file then failed to parse at the next start, which lost the login.
-        let blank_access = br#"{"access_token":" ","refresh_token":"R","expires_in":60}"#;
-        assert!(matches!(parse_success(blank_access, URL), Err(TokenError::Transient { .. })));
-        let blank_refresh = br#"{"access_token":"A","refresh_token":"\t ","expires_in":60}"#;
-        let r = parse_success(blank_refresh, URL).expect("a blank refresh token is none");
-        assert!(r.refresh_token.is_none(), "so the old one is kept");
-    }
-
-    #[test]
-    fn malformed_success_is_transient_and_quiet() {
-        let err =
-            parse_success(br#"{"access_token":"sk-ant-oat01-leak","expires_in":"#, URL).expect_err("bad");
-        assert!(matches!(err, TokenError::Transient { .. }));
-        assert!(!err.to_string().contains("leak"), "{err}");
-    }
-
-    #[test]
-    fn an_absurd_or_missing_lifetime_never_loses_the_pair() {
-        let ok = |body: &str| parse_success(body.as_bytes(), URL).expect(body);
-        let huge = ok(r#"{"access_token":"A","refresh_token":"R","expires_in":1e19}"#);
-        assert_eq!(huge.expires_in, MAX_TOKEN_LIFETIME);
-        assert_eq!(huge.refresh_token.as_ref().map(Secret::expose), Some("R"));
-        assert_eq!(
-            ok(r#"{"access_token":"A","expires_in":18446744073709551615}"#).expires_in,
-            MAX_TOKEN_LIFETIME
-        );
-        assert_eq!(
-            ok(r#"{"access_token":"A","expires_in":"10000000000000"}"#).expires_in,
-            MAX_TOKEN_LIFETIME
-        );
-        for odd in [
-            r#""expires_in":-5"#,
-            r#""expires_in":0"#,
-            r#""expires_in":"soon""#,
-            r#""expires_in":null"#,
-            r#""x":1"#,
-        ] {
-            let r = ok(&format!(r#"{{"access_token":"A","refresh_token":"R",{odd}}}"#));
-            assert_eq!(r.expires_in, FALLBACK_TOKEN_LIFETIME, "{odd}");
-        }
-        assert_eq!(ok(r#"{"access_token":"A","expires_in":28800.9}"#).expires_in.as_secs(), 28800);
-        // The update's expiry cannot overflow either.
-        assert_eq!(huge.into_update(u64::MAX - 5).expires_at_ms, u64::MAX);
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(reqwest::header::RETRY_AFTER, "7".parse().expect("hv"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert(reqwest::header::RETRY_AFTER, "999999".parse().expect("hv"));
-        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
-        h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().expect("hv"));
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
-    }
-}
+mod tests;

@@ -44,6 +44,11 @@ pub struct Cli {
     /// On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.
     #[arg(long, env = "SIDECRED_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long an idle HTTP/1 keep-alive connection stays open, answering what comes
+    /// with `Connection: close`, before it is closed (a client learns of the close from a response instead
+    /// of losing a request sent as the connection closes). 0 closes idle connections at once.
+    #[arg(long, env = "SIDECRED_DRAIN_LINGER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub drain_linger: Duration,
     /// Log format on stderr (filter with SIDECRED_LOG, e.g. `info` or `warn,sidecred_forwarder::access=info`).
     #[arg(long, env = "SIDECRED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -166,6 +171,7 @@ mod tests {
         assert_eq!(cli.retry_body_limit, 1 << 20);
         assert_eq!(cli.agent_wait, Duration::from_secs(2));
         assert_eq!(cli.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cli.drain_linger, Duration::from_secs(1));
         assert_eq!(cli.workers, 2);
         assert_eq!(cli.first_request_timeout, Duration::from_secs(10));
         assert_eq!(cli.idle_timeout, Duration::from_secs(60));

@@ -12,7 +12,7 @@
 //! - **Drain.** HTTP/2 connections get GOAWAY at once: a client sends nothing more on them and nothing
 //!   it sent is lost. HTTP/1 cannot tell an idle connection it is about to close, and a request the
 //!   client sends just as the close happens is lost (or even reset, when its bytes arrived but were not
-//!   read yet). So an HTTP/1 connection stays open for [`DRAIN_LINGER`]: every response sent from the
+//!   read yet). So an HTTP/1 connection stays open for `--drain-linger`: every response sent from the
 //!   start of the drain says `Connection: close`, and a client that keeps asking learns of the close
 //!   from the answer itself. What is still idle after the linger is closed; a request racing that close
 //!   is the one loss HTTP/1 keep-alive cannot avoid (clients retry it; the README says so).
@@ -22,6 +22,7 @@ mod deadline;
 use crate::body::ResponseBody;
 use crate::proxy::Proxy;
 use bytes::Bytes;
+use deadline::{judge, Verdict};
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -41,11 +42,6 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
 
-use deadline::{judge, Verdict};
-
-/// How long an HTTP/1 connection stays open once the drain starts, answering with `Connection: close`.
-pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
-
 /// After a connection that never asked anything is told to shut down, how long it has to go before it
 /// is simply dropped (an HTTP/2 peer that answers no ping would otherwise hold it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -54,6 +50,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub struct Limits {
     pub first_request: Duration,
     pub idle: Duration,
+    /// How long an HTTP/1 connection stays open once the drain starts, answering with
+    /// `Connection: close`.
+    pub drain_linger: Duration,
 }
 
 /// A worker's drain: a flag the responses read, and a channel that wakes every watcher and tells the
@@ -247,7 +246,7 @@ impl Watcher {
                         conn.as_mut().graceful_shutdown();
                         phase = Phase::Closing(None);
                     } else {
-                        check = Instant::now() + DRAIN_LINGER;
+                        check = Instant::now() + self.limits.drain_linger;
                         phase = Phase::Lingering;
                     }
                 }

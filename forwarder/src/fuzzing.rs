@@ -11,7 +11,7 @@ const FALLBACK_TOKEN: &str = "sk-ant-oat01-sctest-fuzz";
 
 /// What RFC 9110 §7.6.1 and HTTP/2 say never crosses a proxy, written out here as the specification the
 /// rules are checked against.
-const HOP_BY_HOP: [&str; 9] = [
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",

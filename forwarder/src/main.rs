@@ -3,9 +3,10 @@
 //! in `proxy.rs`.
 //!
 //! Threads: one acceptor (which also waits for signals) takes a slot under `--max-connections` and
-//! hands each accepted connection to one of `--workers` worker threads, round robin. Each worker runs its own single-threaded runtime with its
-//! own upstream client pool and agent connection, so a request never crosses threads: no work
-//! stealing, no cross-thread wake-ups, which on a small machine is what most of a proxy's time goes to.
+//! hands each accepted connection to one of `--workers` worker threads, round robin. Each worker runs
+//! its own single-threaded runtime with its own upstream client pool and agent connection, so a request
+//! never crosses threads: no work stealing, no cross-thread wake-ups, which on a small machine is what
+//! most of a proxy's time goes to. How a connection is served and ends is in `conn.rs`.
 
 mod access;
 mod agent;
@@ -123,7 +124,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         retry_body_limit: cli.retry_body_limit,
         drain_timeout: cli.drain_timeout,
         rejected: Arc::default(),
-        limits: conn::Limits { first_request: cli.first_request_timeout, idle: cli.idle_timeout },
+        limits: conn::Limits {
+            first_request: cli.first_request_timeout,
+            idle: cli.idle_timeout,
+            drain_linger: cli.drain_linger,
+        },
         max_connections,
         crowded,
         http2_keepalive_interval: cli.http2_keepalive_interval,

@@ -75,6 +75,9 @@ async fn fifty_forced_refreshes_leave_the_live_refresh_token_on_disk_and_keep_un
         );
     }
     assert_eq!(fake.rotations(), 50);
+    // Each refresh asks for the login's scopes, as Claude Code does, and the file keeps them.
+    assert_eq!(fake.refresh_scopes(), vec![Some("user:inference user:profile".to_owned()); 50]);
+    assert_eq!(read_json(&sb.seed())["claudeAiOauth"]["scopes"], json!(["user:inference", "user:profile"]));
     let live = fake.live_refresh_tokens();
     assert_eq!(live.len(), 1);
     let doc = read_json(&sb.seed());
@@ -457,6 +460,8 @@ async fn the_flat_shape_of_the_deployment_guide_is_read_and_kept() {
     let doc = read_json(&sb.seed());
     assert_eq!(doc["user_id"], "user-1");
     assert_eq!(doc["email"], "someone@example.com");
+    // This shape records no scopes, so the refresh asks for none rather than guess.
+    assert_eq!(fake.refresh_scopes(), [None]);
     assert!(fake.is_live_refresh_token(doc["refresh_token"].as_str().unwrap()));
     assert_eq!(doc["access_token"].as_str(), fake.latest_access_token().as_deref());
 }

@@ -73,8 +73,11 @@ async fn a_hung_agent_delays_neither_liveness_nor_requests_past_their_deadlines(
     let (statuses, took) = flood(&fwd, "/health", 300).await;
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     assert!(took < Duration::from_secs(10), "300 probes took {took:?}");
+    // Each worker's probes share one exchange at a time, and against a hung agent one lasts a probe's
+    // window (a second).
     let opened = agent.connections() - before;
-    assert!(opened <= 20, "300 probes opened {opened} agent connections");
+    let most = 2 * (2 + took.as_secs());
+    assert!(opened <= most, "300 probes in {took:?} opened {opened} agent connections");
     assert_eq!(client.get(fwd.url("/livez")).send().await.unwrap().status(), 200);
 }
 

@@ -155,7 +155,9 @@ async fn silent_connections_past_the_descriptor_limit_do_not_lock_clients_out() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_tells_kept_alive_http1_clients_to_close_instead_of_dropping_their_request() {
     let backends = Backends::start().await;
-    let mut fwd = backends.forwarder("forwarder", &[]).await;
+    // A linger long enough that the request below surely comes within it, however slow the machine: what
+    // is tested is what happens to a request on an idle connection during the drain, not how long.
+    let mut fwd = backends.forwarder("forwarder", &["--drain-linger", "60s"]).await;
     let stream = TcpStream::connect(fwd.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     let conn = tokio::spawn(conn);
@@ -168,6 +170,9 @@ async fn a_drain_tells_kept_alive_http1_clients_to_close_instead_of_dropping_the
     // request the client sent at the same moment was lost.
     fwd.proc.signal(Signal::SIGTERM);
     fwd.proc.wait_for_log("shutting down", Duration::from_secs(10)).await;
+    // hyper's client refuses a request ("connection was not ready") until its connection task has taken
+    // in the end of the last response, which a loaded machine may not have run yet.
+    sender.ready().await.expect("the kept-alive connection is still open during the drain");
     let resp =
         sender.send_request(message()).await.expect("a request on the kept-alive connection is served");
     assert_eq!(resp.status(), 200);
@@ -178,7 +183,22 @@ async fn a_drain_tells_kept_alive_http1_clients_to_close_instead_of_dropping_the
         .expect("the server closes after it")
         .unwrap()
         .unwrap();
+    // The connection closed, so the drain is over long before the linger.
     assert!(fwd.proc.wait_exit(Duration::from_secs(10)).success());
+
+    // With the default linger (1 s), a kept-alive connection nobody uses does not hold the drain.
+    let mut fwd = backends.forwarder("forwarder-idle", &[]).await;
+    let stream = TcpStream::connect(fwd.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    sender.send_request(message()).await.unwrap().into_body().collect().await.unwrap();
+    fwd.proc.signal(Signal::SIGTERM);
+    assert!(fwd.proc.wait_exit(Duration::from_secs(15)).success());
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .unwrap();
 
     // A request in flight when the drain starts is answered, and told the connection closes.
     let mut fwd = backends.forwarder("forwarder-2", &[]).await;

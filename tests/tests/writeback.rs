@@ -137,3 +137,33 @@ async fn a_forbidden_write_back_is_reported_and_tokens_keep_flowing() {
         fake.latest_access_token().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_writers_are_retried_after_a_growing_pause_until_the_patch_lands() {
+    let Seeded { fake, pair: first, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+    let kube = start_kube(&sb, NAME, &creds(&first)).await;
+    let _agent = sb.start_agent("agent", agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"))).await;
+
+    // Another writer gets in first four times in a row, then stops.
+    const CONFLICTS: u32 = 4;
+    kube.conflict_next_patches(CONFLICTS);
+    sb.client().await.refresh().await.unwrap();
+    let live = fake.live_refresh_tokens().pop().unwrap();
+    wait_until("the write-back lands once the conflicts stop", Duration::from_secs(20), || {
+        secret_refresh_token(&kube).as_deref() == Some(live.as_str())
+    })
+    .await;
+
+    let patches: Vec<_> = kube.seen().into_iter().filter(|s| s.verb == "patch").collect();
+    let statuses: Vec<u16> = patches.iter().map(|p| p.status).collect();
+    assert_eq!(statuses, [409, 409, 409, 409, 200], "one patch per conflict, then the one that lands");
+    // writeback.rs pauses CONFLICT_PAUSE_MIN (100 ms) after the first conflict, doubling each time. A
+    // sleep is never early, so these are lower bounds however slow the machine; without the pause the
+    // retries come milliseconds apart.
+    let mut pause = Duration::from_millis(100);
+    for (i, pair) in patches.windows(2).enumerate() {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(gap >= pause, "patch {} came {gap:?} after the conflict, before the {pause:?} pause", i + 1);
+        pause *= 2;
+    }
+}

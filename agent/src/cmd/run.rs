@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 #[derive(Debug, Args)]
@@ -214,20 +215,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    // The lifecycle and the socket run until told to stop. Should either end on its own (a panic, a bug),
-    // the process exits non-zero so its supervisor restarts it, instead of living on unable to refresh.
-    let died = tokio::select! {
-        _ = sigterm.recv() => { info!(signal = "SIGTERM", "shutting down"); None }
-        _ = sigint.recv() => { info!(signal = "SIGINT", "shutting down"); None }
-        joined = &mut lifecycle_task => Some(("the token lifecycle", joined.is_err())),
-        joined = &mut socket_task => Some(("the socket server", joined.is_err())),
+    let signalled = async {
+        tokio::select! {
+            _ = sigterm.recv() => info!(signal = "SIGTERM", "shutting down"),
+            _ = sigint.recv() => info!(signal = "SIGINT", "shutting down"),
+        }
     };
+    let woke = supervise(signalled, &mut lifecycle_task, &mut socket_task).await;
     let _ = shutdown_tx.send(true);
-    if let Some((what, panicked)) = died {
-        let how = if panicked { "panicked" } else { "stopped" };
-        error!("{what} {how} unexpectedly; exiting so the agent is restarted");
+    if let Some(code) = woke.exit_now() {
         let _ = std::fs::remove_file(&args.socket.socket);
-        return Ok(ExitCode::FAILURE);
+        return Ok(code);
     }
 
     // The socket stops first so no one is handed a token that is about to be replaced; the lifecycle then
@@ -251,6 +249,42 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why `run` stopped waiting on its tasks.
+#[derive(Debug, PartialEq, Eq)]
+enum Woke {
+    Signalled,
+    Ended { what: &'static str, panicked: bool },
+}
+
+impl Woke {
+    /// The exit code when the process must go at once: a task that ended on its own (a panic, a bug)
+    /// leaves an agent that can no longer refresh or serve, so its supervisor must restart it.
+    fn exit_now(&self) -> Option<ExitCode> {
+        match self {
+            Woke::Signalled => None,
+            Woke::Ended { what, panicked } => {
+                let how = if *panicked { "panicked" } else { "stopped" };
+                error!("{what} {how} unexpectedly; exiting so the agent is restarted");
+                Some(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// Waits for a stop signal; the lifecycle and socket tasks run until told to stop, so either of them
+/// ending first is a failure.
+async fn supervise<L, S>(
+    signalled: impl std::future::Future<Output = ()>,
+    lifecycle: &mut JoinHandle<L>,
+    socket: &mut JoinHandle<S>,
+) -> Woke {
+    tokio::select! {
+        () = signalled => Woke::Signalled,
+        joined = lifecycle => Woke::Ended { what: "the token lifecycle", panicked: joined.is_err() },
+        joined = socket => Woke::Ended { what: "the socket server", panicked: joined.is_err() },
+    }
 }
 
 /// What the store holds to start from. Missing or unusable credentials are not fatal: the agent
@@ -366,6 +400,57 @@ mod tests {
         assert!(err(Ok("  \n".into())).contains("is empty"));
         let two = err(Ok("sk-ant-oat01-a sk-ant-oat01-b".into()));
         assert!(two.contains("the token alone") && !two.contains("oat01"), "{two}");
+    }
+
+    type Spawn = fn() -> JoinHandle<()>;
+
+    fn pending_task() -> JoinHandle<()> {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_ends_on_its_own_makes_the_agent_exit_non_zero() {
+        let never = std::future::pending::<()>;
+        let cases: [(Spawn, Spawn, Woke); 3] = [
+            (
+                || tokio::spawn(async {}),
+                pending_task,
+                Woke::Ended { what: "the token lifecycle", panicked: false },
+            ),
+            (
+                || tokio::spawn(async { panic!("a bug") }),
+                pending_task,
+                Woke::Ended { what: "the token lifecycle", panicked: true },
+            ),
+            (
+                pending_task,
+                || tokio::spawn(async {}),
+                Woke::Ended { what: "the socket server", panicked: false },
+            ),
+        ];
+        for (lifecycle, socket, expected) in cases {
+            let (mut lifecycle, mut socket) = (lifecycle(), socket());
+            // The paused clock jumps ahead when every task waits, so a supervisor that misses the end
+            // fails here at once instead of hanging.
+            let woke = tokio::time::timeout(
+                Duration::from_secs(3600),
+                supervise(never(), &mut lifecycle, &mut socket),
+            )
+            .await
+            .expect("the supervisor noticed the task ending");
+            assert_eq!(woke, expected);
+            assert_eq!(woke.exit_now(), Some(ExitCode::FAILURE));
+            socket.abort();
+            lifecycle.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_is_a_clean_stop() {
+        let (mut lifecycle, mut socket) = (pending_task(), pending_task());
+        let woke = supervise(async {}, &mut lifecycle, &mut socket).await;
+        assert_eq!(woke, Woke::Signalled);
+        assert_eq!(woke.exit_now(), None);
     }
 
     #[test]

@@ -156,7 +156,7 @@ async fn token_from_file(path: &Path, oauth: &OAuthClient) -> Result<Obtained, O
     };
     let target = resolve_symlinks(path);
     check_replaceable(&target).map_err(|source| ObtainError::CannotSave { path: shown.clone(), source })?;
-    let response = oauth.refresh(refresh_token).await.map_err(|e| {
+    let response = oauth.refresh(refresh_token, &creds.scopes).await.map_err(|e| {
         let rejected = matches!(e, TokenError::Rejected { .. });
         let mut reason = e.to_string();
         if rejected {

@@ -3,8 +3,10 @@
 //! file holds as a whole (a login, none, a damaged one) and removes a login.
 
 pub mod document;
+mod shapes;
 
 use serde_json::{Map, Value};
+use shapes::{has_flat_login, login_shape};
 use sidecred_proto::Secret;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -126,11 +128,12 @@ impl Credentials {
                 detail: "the top level must be an object".into(),
             });
         };
-        match login_shape(&doc) {
-            Some(Shape::ClaudeCode) => Self::parse_claude_code(doc, path),
-            Some(Shape::Flat) => Self::parse_flat(doc, path),
-            None => Err(CredentialsError::UnknownShape { path: path.to_owned() }),
-        }
+        let fields = match login_shape(&doc) {
+            Some(Shape::ClaudeCode) => shapes::claude_code_fields(&doc, path)?,
+            Some(Shape::Flat) => shapes::flat_fields(&doc, path)?,
+            None => return Err(CredentialsError::UnknownShape { path: path.to_owned() }),
+        };
+        Ok(fields.into_credentials(doc))
     }
 
     pub fn read(path: &Path) -> Result<Self, CredentialsError> {
@@ -177,83 +180,6 @@ impl Credentials {
             doc,
         };
         base.with_login(update)
-    }
-
-    fn parse_claude_code(doc: Map<String, Value>, path: &Path) -> Result<Self, CredentialsError> {
-        let field_err = |field: &str, problem: &str| CredentialsError::Field {
-            path: path.to_owned(),
-            field: format!("{CLAUDE_KEY}.{field}"),
-            problem: problem.to_owned(),
-        };
-        let Some(Value::Object(oauth)) = doc.get(CLAUDE_KEY) else {
-            return Err(CredentialsError::Field {
-                path: path.to_owned(),
-                field: CLAUDE_KEY.to_owned(),
-                problem: "must be an object".to_owned(),
-            });
-        };
-        let access_token = required_string(oauth, "accessToken").map_err(|p| field_err("accessToken", p))?;
-        let refresh_token =
-            optional_string(oauth, "refreshToken").map_err(|p| field_err("refreshToken", p))?;
-        let expires_at_ms = match oauth.get("expiresAt") {
-            Some(v) => epoch_ms(v).ok_or_else(|| field_err("expiresAt", "must be epoch milliseconds"))?,
-            None => return Err(field_err("expiresAt", "is missing")),
-        };
-        let scopes = string_list(oauth.get("scopes")).map_err(|p| field_err("scopes", p))?;
-        let subscription_type = oauth.get("subscriptionType").and_then(Value::as_str).map(str::to_owned);
-        let account = oauth
-            .get("emailAddress")
-            .or_else(|| oauth.get("email"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok(Credentials {
-            access_token: Secret::new(access_token),
-            refresh_token: refresh_token.map(Secret::new),
-            expires_at_ms,
-            scopes,
-            subscription_type,
-            account,
-            shape: Shape::ClaudeCode,
-            doc,
-        })
-    }
-
-    fn parse_flat(doc: Map<String, Value>, path: &Path) -> Result<Self, CredentialsError> {
-        let field_err = |field: &str, problem: &str| CredentialsError::Field {
-            path: path.to_owned(),
-            field: field.to_owned(),
-            problem: problem.to_owned(),
-        };
-        let access_token = required_string(&doc, "access_token").map_err(|p| field_err("access_token", p))?;
-        let refresh_token =
-            optional_string(&doc, "refresh_token").map_err(|p| field_err("refresh_token", p))?;
-        let expires_at_ms = match doc.get("expires_at") {
-            Some(Value::String(s)) => parse_rfc3339_ms(s).ok_or_else(|| {
-                field_err("expires_at", "must be an RFC 3339 time such as 2025-12-31T23:59:59Z")
-            })?,
-            Some(v) => epoch_ms(v).ok_or_else(|| field_err("expires_at", "must be RFC 3339 or epoch ms"))?,
-            None => return Err(field_err("expires_at", "is missing")),
-        };
-        let scopes = match doc.get("scopes") {
-            Some(v) => string_list(Some(v)).map_err(|p| field_err("scopes", p))?,
-            None => doc
-                .get("scope")
-                .and_then(Value::as_str)
-                .map(|s| s.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default(),
-        };
-        let subscription_type = doc.get("subscription_type").and_then(Value::as_str).map(str::to_owned);
-        let account = doc.get("email").and_then(Value::as_str).map(str::to_owned);
-        Ok(Credentials {
-            access_token: Secret::new(access_token),
-            refresh_token: refresh_token.map(Secret::new),
-            expires_at_ms,
-            scopes,
-            subscription_type,
-            account,
-            shape: Shape::Flat,
-            doc,
-        })
     }
 
     #[cfg(test)]
@@ -364,21 +290,6 @@ impl Credentials {
 }
 
 /// Which shape's login the document holds, if any. Claude Code's block wins when both are present.
-fn login_shape(doc: &Map<String, Value>) -> Option<Shape> {
-    if doc.contains_key(CLAUDE_KEY) {
-        Some(Shape::ClaudeCode)
-    } else if has_flat_login(doc) {
-        Some(Shape::Flat)
-    } else {
-        None
-    }
-}
-
-/// Whether the top level holds the flat shape's token fields.
-fn has_flat_login(doc: &Map<String, Value>) -> bool {
-    doc.contains_key("access_token") || doc.contains_key("refresh_token")
-}
-
 pub fn to_pretty_bytes(value: &Value) -> Vec<u8> {
     // A serde_json::Value always serializes.
     let mut out = serde_json::to_vec_pretty(value).unwrap_or_default();
@@ -390,46 +301,6 @@ pub fn to_pretty_bytes(value: &Value) -> Vec<u8> {
 /// must be judged the same way or a pair would be saved that cannot be read back.
 pub fn is_storable_token(text: &str) -> bool {
     !text.trim().is_empty()
-}
-
-fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, &'static str> {
-    match obj.get(key) {
-        Some(Value::String(s)) if is_storable_token(s) => Ok(s.clone()),
-        Some(Value::String(_)) => Err("is empty"),
-        Some(_) => Err("must be a string"),
-        None => Err("is missing"),
-    }
-}
-
-/// A string that may be absent (or null); present, it must be a non-empty string.
-fn optional_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, &'static str> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(_) => required_string(obj, key).map(Some),
-    }
-}
-
-fn string_list(value: Option<&Value>) -> Result<Vec<String>, &'static str> {
-    match value {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => {
-            items.iter().map(|v| v.as_str().map(str::to_owned).ok_or("must be a list of strings")).collect()
-        }
-        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_owned).collect()),
-        Some(_) => Err("must be a list of strings"),
-    }
-}
-
-/// Epoch milliseconds from a JSON number. Values that can only be seconds (before 2001 as ms) are
-/// taken as seconds, since some tools write those.
-fn epoch_ms(value: &Value) -> Option<u64> {
-    let n = value.as_u64().or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
-    Some(if n < 1_000_000_000_000 { n.saturating_mul(1000) } else { n })
-}
-
-fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
-    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
 }
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in epoch milliseconds.

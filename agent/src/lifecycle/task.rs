@@ -188,7 +188,10 @@ impl Lifecycle {
             match effect {
                 Effect::Refresh(refresh_token) => {
                     let oauth = self.oauth.clone();
-                    self.inflight = Some(Box::pin(async move { oauth.refresh(&refresh_token).await }));
+                    let scopes =
+                        self.machine.live_pair().map(|(live, _)| live.scopes.clone()).unwrap_or_default();
+                    self.inflight =
+                        Some(Box::pin(async move { oauth.refresh(&refresh_token, &scopes).await }));
                 }
                 Effect::Save(job) => {
                     let result = match &self.store {

@@ -69,7 +69,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut max_kib = 0;
     let until = Instant::now() + args.hold;
     while Instant::now() < until {
-        max_kib = max_kib.max(vm_rss_kib(args.pid)?);
+        max_kib = max_kib.max(sidecred_bench::rss_kib(args.pid)?);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let still_live = live.load(Ordering::SeqCst);
@@ -114,14 +114,4 @@ async fn hold_stream(
         live.fetch_sub(1, Ordering::SeqCst);
     }
     anyhow::bail!("the stream ended")
-}
-
-fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))
 }

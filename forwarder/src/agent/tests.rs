@@ -241,10 +241,13 @@ async fn a_flood_of_probes_shares_agent_exchanges() {
     for p in probes {
         assert!(matches!(p.await.unwrap(), Err(AgentError::Timeout(_))));
     }
-    assert!(started.elapsed() < Duration::from_secs(3), "probes took {:?}", started.elapsed());
-    // One probe connection each before; now the probes of a moment share one exchange.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "probes took {took:?}");
+    // One probe connection each before; now the probes of a moment share one exchange, which lasts a
+    // probe's window (a second) against a hung agent: at most one more per second the flood lasted.
     let (conns, asked) = (counts.0.load(Ordering::SeqCst), counts.1.load(Ordering::SeqCst));
-    assert!(conns <= 3 && asked <= 3, "300 probes made {conns} connections and {asked} requests");
+    let most = 1 + took.as_secs() as usize;
+    assert!(conns <= most && asked <= most, "300 probes in {took:?}: {conns} connections, {asked} requests");
 
     // With an agent that answers, a flood of probes still asks it far less than once each.
     let (_dir, path) = temp_socket();

@@ -83,7 +83,11 @@ pub fn judge(seen: &Seen, limits: &Limits, crowded: bool, now: Instant) -> Verdi
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { first_request: Duration::from_secs(10), idle: Duration::from_secs(60) };
+    const LIMITS: Limits = Limits {
+        first_request: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        drain_linger: Duration::from_secs(1),
+    };
 
     fn at(t0: Instant, secs: f64) -> Instant {
         t0 + Duration::from_secs_f64(secs)

@@ -3,32 +3,37 @@
 /// An HTTP/1.1 server for the fakes (on a loopback port in the tests); stopped when dropped.
 pub struct FakeServer {
     pub addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    _accepting: Acceptor,
 }
 
-impl Drop for FakeServer {
+/// The accept loop of a fake that speaks TCP; dropping it stops accepting (connections already taken
+/// run on in their own tasks until they end).
+pub struct Acceptor(tokio::task::JoinHandle<()>);
+
+impl Drop for Acceptor {
     fn drop(&mut self) {
-        self.task.abort();
+        self.0.abort();
     }
+}
+
+/// Takes every connection `listener` accepts and serves it with `serve` in a task of its own. A failed
+/// accept (a peer gone before it was taken) is skipped.
+pub fn accept_each<F, Fut>(listener: tokio::net::TcpListener, mut serve: F) -> Acceptor
+where
+    F: FnMut(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Acceptor(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(serve(stream));
+        }
+    }))
 }
 
 impl FakeServer {
-    /// Serves every connection with `handler` (a `service_fn` body), on a free loopback port.
-    pub async fn start<F, Fut, B, E>(handler: F) -> FakeServer
-    where
-        F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        FakeServer::bind(loopback, handler).await.expect("bind a fake server")
-    }
-
-    /// [`FakeServer::start`] on `addr`: the demo stand-in takes its address from the user, so a busy
-    /// port is an error to report, not a panic.
+    /// Serves every connection on `addr` with `handler` (a `service_fn` body). A busy port is an error
+    /// to report, not a panic: the demo stand-in takes its address from the user.
     pub async fn bind<F, Fut, B, E>(addr: std::net::SocketAddr, handler: F) -> std::io::Result<FakeServer>
     where
         F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -40,20 +45,17 @@ impl FakeServer {
     {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(
-                            hyper_util::rt::TokioIo::new(stream),
-                            hyper::service::service_fn(handler),
-                        )
-                        .await;
-                });
+        let accepting = accept_each(listener, move |stream| {
+            let handler = handler.clone();
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(handler),
+                    )
+                    .await;
             }
         });
-        Ok(FakeServer { addr, task })
+        Ok(FakeServer { addr, _accepting: accepting })
     }
 }

@@ -85,7 +85,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bail!("the warm-up streams failed; forwarder log: {}", forwarder.log.display());
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (base_fds, base_rss) = (procs::fds(pid)?, procs::rss_kib(pid)?);
+    let (base_fds, base_rss) = (sidecred_bench::fds(pid)?, sidecred_bench::rss_kib(pid)?);
 
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
@@ -104,8 +104,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         forwarder.ensure_running("the forwarder")?;
         agent.ensure_running("the agent")?;
-        peak_rss = peak_rss.max(procs::rss_kib(pid)?);
-        peak_fds = peak_fds.max(procs::fds(pid)?);
+        peak_rss = peak_rss.max(sidecred_bench::rss_kib(pid)?);
+        peak_fds = peak_fds.max(sidecred_bench::fds(pid)?);
         // Past the ramp-up and before the end, every client should be inside a stream or between two.
         let elapsed = started.elapsed();
         if elapsed > args.duration / 10 && elapsed < args.duration * 9 / 10 {
@@ -120,11 +120,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let fds_after = procs::wait_for(
         "the forwarder's descriptors to come back to the baseline",
         Duration::from_secs(30),
-        || procs::fds(pid).ok().filter(|n| *n <= base_fds),
+        || sidecred_bench::fds(pid).ok().filter(|n| *n <= base_fds),
     )
     .await;
     let back_after = drained.elapsed();
-    let rss_after = procs::rss_kib(pid)?;
+    let rss_after = sidecred_bench::rss_kib(pid)?;
 
     let (ok, failed, corrupted) = (
         stats.ok.load(Ordering::SeqCst),
@@ -163,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     match &fds_after {
         Ok(n) => println!("| forwarder descriptors: baseline, peak, after | {base_fds}, {peak_fds}, {n} ({back_after:.1?} after the clients left) |"),
-        Err(_) => println!("| forwarder descriptors: baseline, peak, after | {base_fds}, {peak_fds}, {} (not back after 30 s) |", procs::fds(pid)?),
+        Err(_) => println!("| forwarder descriptors: baseline, peak, after | {base_fds}, {peak_fds}, {} (not back after 30 s) |", sidecred_bench::fds(pid)?),
     }
     if failed > 0 || corrupted > 0 || ok == 0 {
         bail!("{failed} streams dropped and {corrupted} corrupted; logs in {}", work.display());

@@ -59,19 +59,31 @@ impl Book {
     /// Redeems the live refresh token `presented` for a new access token (earlier access tokens stay
     /// valid until they are revoked). With `rotate`, `presented` dies and the answer carries a new
     /// refresh token; without, `presented` stays live and the answer carries none. `None` when
-    /// `presented` is not live.
-    pub fn redeem_refresh(&mut self, presented: &str, rotate: bool) -> Option<(Pair, Vec<String>)> {
+    /// `presented` is not live. The new access token carries `narrowed` when the refresh asked for fewer
+    /// scopes; the refresh token keeps the whole grant.
+    pub fn redeem_refresh(
+        &mut self,
+        presented: &str,
+        rotate: bool,
+        narrowed: Option<&[String]>,
+    ) -> Option<(Pair, Vec<String>)> {
         let scopes = self.refresh.get(presented)?.clone();
         let pair = self.mint();
-        self.access.insert(pair.access_token.clone(), scopes.clone());
+        let carried = narrowed.map_or_else(|| scopes.clone(), <[String]>::to_vec);
+        self.access.insert(pair.access_token.clone(), carried.clone());
         self.latest_access = Some(pair.access_token.clone());
         self.rotations += 1;
         if rotate {
             self.refresh.remove(presented);
             self.rotated_from.push(presented.to_owned());
-            self.refresh.insert(pair.refresh_token.clone(), scopes.clone());
+            self.refresh.insert(pair.refresh_token.clone(), scopes);
         }
-        Some((pair, scopes))
+        Some((pair, carried))
+    }
+
+    /// The scopes granted to a live refresh token.
+    pub fn refresh_scopes(&self, token: &str) -> Option<&[String]> {
+        self.refresh.get(token).map(Vec::as_slice)
     }
 
     /// A single-use code bound to `grant`.
@@ -129,14 +141,14 @@ mod tests {
     fn a_rotation_spends_the_presented_refresh_token_and_keeps_old_access_tokens() {
         let mut book = Book::default();
         let first = book.issue(&scopes());
-        let (second, carried) = book.redeem_refresh(&first.refresh_token, true).unwrap();
+        let (second, carried) = book.redeem_refresh(&first.refresh_token, true, None).unwrap();
         assert_eq!(carried, scopes());
         assert!(!book.is_live_refresh_token(&first.refresh_token));
         assert!(book.was_rotated(&first.refresh_token));
         assert!(book.is_live_refresh_token(&second.refresh_token));
         assert!(book.access_scopes(&first.access_token).is_some(), "not revoked by a rotation");
         assert_eq!(book.latest_access_token(), Some(second.access_token));
-        assert!(book.redeem_refresh(&first.refresh_token, true).is_none(), "single use");
+        assert!(book.redeem_refresh(&first.refresh_token, true, None).is_none(), "single use");
         assert_eq!(book.rotations(), 1);
     }
 
@@ -144,7 +156,7 @@ mod tests {
     fn without_rotation_the_presented_refresh_token_stays_live() {
         let mut book = Book::default();
         let first = book.issue(&scopes());
-        let (second, _) = book.redeem_refresh(&first.refresh_token, false).unwrap();
+        let (second, _) = book.redeem_refresh(&first.refresh_token, false, None).unwrap();
         assert!(book.is_live_refresh_token(&first.refresh_token));
         assert!(!book.is_live_refresh_token(&second.refresh_token));
         assert_eq!(book.live_refresh_tokens(), [first.refresh_token]);

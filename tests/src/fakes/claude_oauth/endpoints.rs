@@ -314,8 +314,23 @@ fn refresh(s: &mut State, doc: &Value) -> Answer {
     let Some(presented) = doc["refresh_token"].as_str() else {
         return oauth_error(s, StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is missing");
     };
+    let asked: Option<Vec<String>> = match doc.get("scope") {
+        None => None,
+        Some(Value::String(list)) => Some(list.split(' ').map(str::to_owned).collect()),
+        Some(_) => {
+            return oauth_error(s, StatusCode::BAD_REQUEST, "invalid_request", "scope must be a string")
+        }
+    };
+    s.refresh_scopes.push(asked.as_ref().map(|a| a.join(" ")));
+    // OAuth lets a refresh narrow the grant, never widen it (RFC 6749 section 6).
+    if let (Some(asked), Some(granted)) = (&asked, s.book.refresh_scopes(presented)) {
+        if let Some(extra) = asked.iter().find(|a| !granted.contains(a)) {
+            let why = format!("scope {extra:?} was not granted to this login");
+            return oauth_error(s, StatusCode::BAD_REQUEST, "invalid_scope", &why);
+        }
+    }
     let rotate = !s.omit_refresh_token;
-    let Some((pair, scopes)) = s.book.redeem_refresh(presented, rotate) else {
+    let Some((pair, scopes)) = s.book.redeem_refresh(presented, rotate, asked.as_deref()) else {
         return oauth_error(s, StatusCode::BAD_REQUEST, "invalid_grant", REFRESH_TOKEN_UNKNOWN);
     };
     token_answer(&pair, rotate, &scopes, s.expires_in)

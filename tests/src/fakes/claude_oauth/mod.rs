@@ -12,7 +12,8 @@
 //!   checks the redirect URI, the state, the verifier against the challenge (S256) and single use, and
 //!   grants the lifetime its `expires_in` asks for (up to a year); an inference-only grant comes with a
 //!   refresh token or without one, as the test chooses (the real endpoint does not document which);
-//!   `refresh_token` rotates the single-use refresh token. Faults can be injected here.
+//!   `refresh_token` rotates the single-use refresh token and may narrow its scopes, never widen them
+//!   (`invalid_scope`). Faults can be injected here.
 //! - `GET /v1/models`: 200 for a live token with the OAuth beta, 401 for an unknown one, 403 for one
 //!   minted without `user:inference`.
 //! - `GET /api/oauth/profile`: the account and organization of a live token; 403 for one minted without
@@ -98,6 +99,8 @@ struct State {
     last_exchange_expires_in: Option<Value>,
     /// Whether an inference-only (long-lived) grant comes with a refresh token.
     long_lived_refresh_token: bool,
+    /// The `scope` of every refresh request, in order (`None`: the request had none).
+    refresh_scopes: Vec<Option<String>>,
 }
 
 /// The fake; clones share one server and one book.
@@ -130,6 +133,7 @@ impl FakeOAuth {
             user_agents: Vec::new(),
             last_exchange_keys: Vec::new(),
             last_exchange_expires_in: None,
+            refresh_scopes: Vec::new(),
             long_lived_refresh_token: true,
         }));
         let st = state.clone();
@@ -246,6 +250,10 @@ impl FakeOAuth {
     pub fn refresh_requests(&self) -> u64 {
         self.st().counters.refresh_requests
     }
+    /// The `scope` each refresh request asked for, in order (`None` when it asked for none).
+    pub fn refresh_scopes(&self) -> Vec<Option<String>> {
+        self.st().refresh_scopes.clone()
+    }
     /// `authorization_code` requests received, whatever their fate.
     pub fn exchange_requests(&self) -> u64 {
         self.st().counters.exchange_requests
@@ -303,4 +311,36 @@ pub fn default_profile() -> Value {
             "rate_limit_tier": "default_claude_max_20x"
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidecred_proto::anthropic::CLAUDE_CODE_CLIENT_ID as CLIENT_ID;
+
+    async fn refresh(fake: &FakeOAuth, refresh_token: &str, scope: &str) -> (u16, Value) {
+        let body = json!({
+            "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLIENT_ID, "scope": scope,
+        });
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let resp = client.post(fake.token_url()).json(&body).send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_refresh_may_narrow_the_scopes_but_never_widen_them() {
+        let fake = FakeOAuth::start().await;
+        let pair = fake.issue_pair_with_scopes(&["user:inference", "user:profile"]);
+        let (status, body) = refresh(&fake, &pair.refresh_token, "user:inference user:file_upload").await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+        assert!(fake.is_live_refresh_token(&pair.refresh_token), "a refused refresh spends nothing");
+
+        let (status, body) = refresh(&fake, &pair.refresh_token, "user:inference").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["scope"], "user:inference");
+        assert_eq!(
+            fake.refresh_scopes(),
+            [Some("user:inference user:file_upload".to_owned()), Some("user:inference".to_owned())]
+        );
+    }
 }

@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub use lease::LeaseSpec;
@@ -41,6 +41,8 @@ pub struct Seen {
     pub status: u16,
     /// The Lease holder named in an update, for counting who renewed.
     pub holder: Option<String>,
+    /// When the request arrived, for checking how retries are spaced.
+    pub at: Instant,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -62,8 +64,8 @@ pub(crate) struct State {
     leases: BTreeMap<String, lease::Stored>,
     allow_lease_create: bool,
     seen: Vec<Seen>,
-    /// Answer the next patch with 409 after changing the resourceVersion (a concurrent writer).
-    conflict_next_patch: bool,
+    /// How many more patches to answer with 409 after changing the resourceVersion (a concurrent writer).
+    conflicting_patches: u32,
     down: bool,
     /// The Secret's labels (a controller that manages it marks it so).
     labels: BTreeMap<String, String>,
@@ -115,7 +117,7 @@ impl FakeKube {
             leases: BTreeMap::new(),
             allow_lease_create: false,
             seen: Vec::new(),
-            conflict_next_patch: false,
+            conflicting_patches: 0,
             down: false,
             labels: BTreeMap::new(),
             down_tx,
@@ -124,7 +126,10 @@ impl FakeKube {
         state.history.push((1000, object));
         let state = Arc::new(Mutex::new(state));
         let st = state.clone();
-        let server = FakeServer::start(move |req| handle(req, st.clone())).await;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = FakeServer::bind(loopback, move |req| handle(req, st.clone()))
+            .await
+            .expect("bind the fake Kubernetes API");
         let addr = server.addr;
         FakeKube { addr, state, _server: server }
     }
@@ -175,7 +180,12 @@ impl FakeKube {
     }
 
     pub fn conflict_next_patch(&self) {
-        self.st().conflict_next_patch = true;
+        self.conflict_next_patches(1);
+    }
+
+    /// A writer that always gets in first: the next `n` patches each lose the race.
+    pub fn conflict_next_patches(&self, n: u32) {
+        self.st().conflicting_patches = n;
     }
 
     /// Forgets the Secret's history: a watch resuming from an older version gets `410 Gone`.
@@ -263,6 +273,7 @@ fn secret_object(st: &State) -> Value {
 }
 
 async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Response<Body>, hyper::Error> {
+    let at = Instant::now();
     let query = req.uri().query().unwrap_or("").to_owned();
     let params: BTreeMap<String, String> = form_pairs(&query);
     let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -319,7 +330,7 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
         forbidden(&verb, &path)
     };
     let code = resp.status().as_u16();
-    s.seen.push(Seen { verb, path, content_type, status: code, holder });
+    s.seen.push(Seen { verb, path, content_type, status: code, holder, at });
     Ok(resp)
 }
 
@@ -377,8 +388,8 @@ fn patch_secret(s: &mut State, content_type: Option<&str>, body: &[u8]) -> Respo
         return status(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
     };
     let wanted_rv = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
-    if s.conflict_next_patch {
-        s.conflict_next_patch = false;
+    if s.conflicting_patches > 0 {
+        s.conflicting_patches -= 1;
         s.secret_changed();
     }
     if wanted_rv.is_some() && wanted_rv != Some(s.secret_rv.to_string()) {

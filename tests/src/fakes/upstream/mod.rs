@@ -12,6 +12,7 @@ mod sse;
 
 pub use messages::{count_tokens, Reply, MODELS, USE_TOOL};
 
+use crate::fakes::server::{accept_each, Acceptor};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
@@ -119,13 +120,7 @@ pub struct FakeUpstream {
     is_tls: bool,
     state: Arc<Mutex<State>>,
     counters: Arc<Counters>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _accepting: Acceptor,
 }
 
 impl FakeUpstream {
@@ -166,26 +161,23 @@ impl FakeUpstream {
         let counters = Arc::new(Counters::default());
         let (st, ct) = (state.clone(), counters.clone());
         let is_tls = tls.is_some();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let _ = stream.set_nodelay(true);
-                ct.connections.fetch_add(1, Ordering::SeqCst);
-                let (st, ct, tls) = (st.clone(), ct.clone(), tls.clone());
-                tokio::spawn(async move {
-                    match tls {
-                        None => serve(stream, st, ct).await,
-                        // A client that does not trust us ends the handshake; nothing to serve then.
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(stream).await {
-                                serve(stream, st, ct).await;
-                            }
+        let accepting = accept_each(listener, move |stream| {
+            let _ = stream.set_nodelay(true);
+            ct.connections.fetch_add(1, Ordering::SeqCst);
+            let (st, ct, tls) = (st.clone(), ct.clone(), tls.clone());
+            async move {
+                match tls {
+                    None => serve(stream, st, ct).await,
+                    // A client that does not trust us ends the handshake; nothing to serve then.
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve(stream, st, ct).await;
                         }
                     }
-                });
+                }
             }
         });
-        FakeUpstream { addr, is_tls, state, counters, task }
+        FakeUpstream { addr, is_tls, state, counters, _accepting: accepting }
     }
 
     pub fn url(&self) -> String {
