@@ -19,7 +19,12 @@ use tracing::{debug, info, warn};
 /// The longest one watch request lasts before it is renewed (the API server's own limit is higher).
 const WATCH_TIMEOUT_S: u32 = 290;
 const RETRY_MIN: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Short: after an outage the followers must find the Secret again within moments, and one Secret
+/// read every 2 s is nothing for an API server.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// One read or the start of a watch, with the client's own retries of 503s inside it: past this the
+/// attempt counts as failed and is made again after the pause.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct SharedSecret {
@@ -35,8 +40,15 @@ impl SharedSecret {
 
     /// Reads the Secret now: its pair as a seed, with the `resourceVersion` it was read at.
     pub async fn read(&self) -> Result<SeedRead, String> {
-        let object = self.api.get(&self.secret.name).await.map_err(|e| self.describe("get", e))?;
+        let object = self.get().await?;
         self.seed_of(&object)
+    }
+
+    async fn get(&self) -> Result<Secret, String> {
+        match tokio::time::timeout(CALL_TIMEOUT, self.api.get(&self.secret.name)).await {
+            Ok(result) => result.map_err(|e| self.describe("get", e)),
+            Err(_) => Err(format!("get secret {}: no answer within {CALL_TIMEOUT:?}", self.secret)),
+        }
     }
 
     fn seed_of(&self, object: &Secret) -> Result<SeedRead, String> {
@@ -71,10 +83,10 @@ impl SharedSecret {
         // Each turn lists (a get: the watch is limited to one name) and then watches from that version
         // until the server says the version is too old (410 Gone) or the connection fails.
         loop {
-            let object = match self.api.get(&self.secret.name).await {
+            let object = match self.get().await {
                 Ok(object) => object,
                 Err(e) => {
-                    warn!(error = %self.describe("get", e), retry_in = ?pause, "cannot read the shared Secret");
+                    warn!(error = %e, retry_in = ?pause, "cannot read the shared Secret");
                     if !self.rest(&inputs, &mut pause).await {
                         return;
                     }
@@ -94,10 +106,14 @@ impl SharedSecret {
                 .fields(&format!("metadata.name={}", self.secret.name))
                 .timeout(WATCH_TIMEOUT_S);
             'watch: loop {
-                let stream = match self.api.watch(&params, &rv).await {
-                    Ok(stream) => stream,
-                    Err(e) => {
+                let stream = match tokio::time::timeout(CALL_TIMEOUT, self.api.watch(&params, &rv)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
                         warn!(error = %self.describe("watch", e), retry_in = ?pause, "cannot watch the shared Secret");
+                        break 'watch;
+                    }
+                    Err(_) => {
+                        warn!(secret = %self.secret, retry_in = ?pause, "the watch of the shared Secret did not start in time");
                         break 'watch;
                     }
                 };
