@@ -73,6 +73,10 @@ pub struct Cli {
     /// SO_PEERCRED) and gets no request. Default: this process's own uid.
     #[arg(long, env = "SIDECRED_AGENT_UID")]
     pub agent_uid: Option<u32>,
+    /// Also serve `/metrics` (Prometheus) on this address, e.g. a port clients of --listen cannot
+    /// reach. `/metrics` is on --listen in any case, unauthenticated like the probes.
+    #[arg(long, env = "SIDECRED_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub use sidecred_logging::LogFormat;
@@ -173,6 +177,7 @@ mod tests {
         assert_eq!(cli.http2_keepalive_timeout, Duration::from_secs(20));
         assert_eq!(cli.max_connections, None);
         assert_eq!(cli.agent_uid, None);
+        assert_eq!(cli.metrics_listen, None);
     }
 
     #[test]

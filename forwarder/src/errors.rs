@@ -2,6 +2,7 @@
 //! (`{"type":"error","error":{"type":...,"message":...}}`) so SDKs parse and report them as usual.
 
 use crate::body::ResponseBody;
+use crate::metrics::Outcome;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use std::borrow::Cow;
@@ -17,11 +18,26 @@ pub struct ErrorReply {
     /// Sent as `x-should-retry` when set: whether the client sending the same request again can help.
     /// Unset, the client's own rules decide (a 503 during an agent restart is worth retrying).
     pub retry: Option<bool>,
+    /// How `/metrics` counts it.
+    pub outcome: Outcome,
 }
 
 impl ErrorReply {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        ErrorReply { status, kind, message: message.into(), retry: None }
+        let outcome = match status {
+            StatusCode::BAD_GATEWAY => Outcome::UpstreamError,
+            StatusCode::SERVICE_UNAVAILABLE => Outcome::AgentUnavailable,
+            StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
+            StatusCode::UNAUTHORIZED => Outcome::RejectedKey,
+            _ => Outcome::InvalidRequest,
+        };
+        ErrorReply { status, kind, message: message.into(), retry: None, outcome }
+    }
+
+    /// Counted as `outcome` rather than what its status suggests.
+    pub fn counted_as(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
     }
 
     /// Marks an error that the same request will meet again until someone changes something.

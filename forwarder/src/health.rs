@@ -9,6 +9,7 @@
 use crate::agent::{AgentError, TokenSource};
 use crate::body::ResponseBody;
 use crate::errors::json_response;
+use crate::metrics::METRICS;
 use crate::rejected::RejectedToken;
 use http::{Response, StatusCode};
 use serde_json::json;
@@ -48,11 +49,14 @@ pub async fn health(tokens: &TokenSource, rejected: &RejectedToken) -> Response<
                 })
                 .to_string(),
             ),
-            None => json_response(
-                StatusCode::OK,
-                json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000})
-                    .to_string(),
-            ),
+            None => {
+                let mut body =
+                    json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000});
+                if let Some(usage) = METRICS.usage.summary() {
+                    body["usage"] = usage;
+                }
+                json_response(StatusCode::OK, body.to_string())
+            }
         },
         Err(e) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,

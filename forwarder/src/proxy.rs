@@ -8,6 +8,7 @@ use crate::errors::ErrorReply;
 use crate::headers;
 use crate::health;
 use crate::keys::InboundKeys;
+use crate::metrics::{Outcome, Route, METRICS};
 use crate::rejected::RejectedToken;
 use crate::upstream::Upstream;
 use http::header::CONTENT_LENGTH;
@@ -44,6 +45,7 @@ impl Proxy {
             "/livez" => health::livez(),
             "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
             "/health" => Box::pin(health::health(&self.tokens, &self.rejected)).await,
+            "/metrics" => crate::exposition::page(req.headers()),
             _ => return Ok(self.forward(req).await),
         };
         // Probes come every few seconds; they go to debug so the access log stays about traffic.
@@ -55,12 +57,20 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let request_id = headers::request_id(&mut parts.headers);
         let mut log = AccessLog::start(&parts.method, &parts.uri, &request_id);
+        let route = Route::of(parts.uri.path());
+        let arrived = Instant::now();
         // Boxed: hyper keeps the service future in a per-connection slot and moves it there for every
         // request, and the slot lives as long as the connection (a whole stream). A pointer is cheaper
         // to move and to keep than the 2 KiB this future holds while it waits.
-        let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log)).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
+        let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log, route)).await {
+            Ok((rparts, incoming)) => {
+                METRICS.request(route, rparts.status, Outcome::of_upstream(rparts.status));
+                Response::from_parts(rparts, ResponseBody::upstream(incoming, route, arrived))
+            }
+            Err(e) => {
+                METRICS.request(route, e.status, e.outcome);
+                e.into_response()
+            }
         };
         resp.headers_mut().entry(&headers::X_REQUEST_ID).or_insert(request_id);
         match log {
@@ -77,7 +87,8 @@ impl Proxy {
         mut parts: Parts,
         body: Incoming,
         log: &mut Option<AccessLog>,
-    ) -> Result<Response<ResponseBody>, ErrorReply> {
+        route: Route,
+    ) -> Result<(http::response::Parts, Incoming), ErrorReply> {
         let (path, declared, token) = match self.admit(&mut parts).await {
             Ok(admitted) => admitted,
             Err(e) => {
@@ -100,7 +111,7 @@ impl Proxy {
             (body, Some(tee))
         };
 
-        let sent = log.is_some().then(Instant::now);
+        let sent = Instant::now();
         let headers = std::mem::take(&mut parts.headers);
         let first = self.send(&parts, uri.clone(), headers, body, tee.as_ref()).await;
         let resp = match first {
@@ -124,15 +135,18 @@ impl Proxy {
             }
             Err(e) => return Err(e),
         };
-        if let (Some(log), Some(sent)) = (log.as_mut(), sent) {
-            log.upstream = Some(sent.elapsed());
+        let took = sent.elapsed();
+        METRICS.upstream_response(route, took);
+        if let Some(log) = log.as_mut() {
+            log.upstream = Some(took);
         }
 
         let (mut rparts, incoming) = resp.into_parts();
+        METRICS.usage.observe(&rparts.headers);
         headers::to_client(&mut rparts.headers);
         // The client's protocol is not the upstream's; the server picks the right framing.
         rparts.version = Version::default();
-        Ok(Response::from_parts(rparts, ResponseBody::upstream(incoming)))
+        Ok((rparts, incoming))
     }
 
     /// Everything that can refuse a request before its body is touched: the client's key, the path,
@@ -227,6 +241,7 @@ impl Proxy {
         if let Some(log) = log {
             log.retried = true;
         }
+        METRICS.token_retries.inc();
         debug!(old = %token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
         let retried = self.send(parts, uri, headers, body, None).await?;
         if retried.status() == StatusCode::UNAUTHORIZED {
@@ -332,6 +347,7 @@ fn reauth(agent_message: &str) -> ErrorReply {
         "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
          (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
     ))
+    .counted_as(Outcome::ReauthRequired)
 }
 
 fn static_token_rejected(agent_message: &str) -> ErrorReply {
@@ -341,6 +357,7 @@ fn static_token_rejected(agent_message: &str) -> ErrorReply {
          operator must replace it (sidecred-agent run --static-token-env) or run the agent on a login. Agent \
          says: {agent_message}"
     ))
+    .counted_as(Outcome::ReauthRequired)
 }
 
 /// The error and its causes on one line: hyper's top-level messages ("client error (Connect)") say
