@@ -22,6 +22,8 @@
 //! - `oauth.rs`: Claude's token endpoint: the refresh grant and the code exchange.
 //! - `api.rs`: the two API calls the commands make (model list, profile) and what a refusal means.
 //! - `writeback.rs`: copying the live pair into a Kubernetes Secret after each refresh.
+//! - `metrics.rs`: `run --metrics-listen`: the lifecycle's snapshot as Prometheus gauges at scrape time,
+//!   and the counts of refreshes and failed saves.
 //! - `cmd/`: the command line.
 //!   - `mod.rs`: the `Cli` and the `Command` enum; `args.rs`: the flag groups several commands share.
 //!   - `run.rs`: starts the agent: wires store, lifecycle, watcher and socket (or, with
@@ -42,6 +44,7 @@ mod atomic;
 mod cmd;
 mod credentials;
 mod lifecycle;
+mod metrics;
 mod oauth;
 mod socket;
 mod store;

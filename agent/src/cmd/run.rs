@@ -75,6 +75,10 @@ pub struct RunArgs {
         conflicts_with_all = ["credentials", "state_dir", "write_back_secret"]
     )]
     pub static_token_env: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`: token expiry, lifecycle state, refreshes) on this address.
+    /// Off by default.
+    #[arg(long, env = "SIDECRED_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -131,12 +135,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     warn_loudly(&snapshots);
+    let metrics_listener = args.metrics_listen.map(crate::metrics::bind).transpose()?;
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     if let Some(initial_sha) = seed {
         crate::watch::spawn(args.credentials.path.clone(), initial_sha, inputs_tx.clone());
+    }
+    if let Some(metrics) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(metrics, snapshots.clone()));
     }
     let mut lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let mut socket_task =
