@@ -7,6 +7,7 @@
 //!   access-log line when it ends, fails or is dropped by a client that went away.
 
 use crate::access::{AccessLog, Outcome};
+use crate::limiter::Slot;
 use crate::metrics::{Route, METRICS};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -207,6 +208,8 @@ enum Source {
 struct Stream {
     route: Route,
     first_byte_pending: Option<Instant>,
+    /// The request's place under its key's concurrency cap, given back when the body is dropped.
+    _slot: Option<Slot>,
 }
 
 /// The body sent to the client. Counts what it passes and finishes the request's access-log line.
@@ -222,9 +225,9 @@ impl ResponseBody {
 
     /// The upstream's body for a request of `route` that arrived at `arrived`: counted as an open
     /// stream until it is dropped.
-    pub fn upstream(body: Incoming, route: Route, arrived: Instant) -> Self {
+    pub fn upstream(body: Incoming, route: Route, arrived: Instant, slot: Option<Slot>) -> Self {
         METRICS.open_streams.inc();
-        let stream = Stream { route, first_byte_pending: Some(arrived) };
+        let stream = Stream { route, first_byte_pending: Some(arrived), _slot: slot };
         ResponseBody { source: Source::Upstream(body, stream), log: None }
     }
 

@@ -38,7 +38,9 @@ pub struct Cli {
     #[arg(long, env = "SIDECRED_RETRY_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
     pub retry_body_limit: u64,
     /// File of keys clients must present (`x-api-key` or `Authorization: Bearer`), one per line,
-    /// `#` starts a comment. Without it, anyone who can reach --listen can use the account.
+    /// `#` starts a comment; a key may be followed by `name=NAME rpm=N burst=N concurrent=N` (its name
+    /// in metrics, its requests per minute and burst, its requests in flight). Without it, anyone who
+    /// can reach --listen can use the account.
     #[arg(long, env = "SIDECRED_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.

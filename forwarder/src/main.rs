@@ -17,6 +17,7 @@ mod exposition;
 use sidecred_forwarder::headers;
 mod health;
 mod keys;
+mod limiter;
 mod limits;
 mod metrics;
 mod path;

@@ -8,7 +8,8 @@ use crate::errors::ErrorReply;
 use crate::headers;
 use crate::health;
 use crate::keys::InboundKeys;
-use crate::metrics::{Outcome, Route, METRICS};
+use crate::limiter::Slot;
+use crate::metrics::{KeyLabels, Outcome, Route, METRICS};
 use crate::rejected::RejectedToken;
 use crate::upstream::Upstream;
 use http::header::CONTENT_LENGTH;
@@ -63,9 +64,9 @@ impl Proxy {
         // request, and the slot lives as long as the connection (a whole stream). A pointer is cheaper
         // to move and to keep than the 2 KiB this future holds while it waits.
         let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log, route)).await {
-            Ok((rparts, incoming)) => {
+            Ok((rparts, incoming, slot)) => {
                 METRICS.request(route, rparts.status, Outcome::of_upstream(rparts.status));
-                Response::from_parts(rparts, ResponseBody::upstream(incoming, route, arrived))
+                Response::from_parts(rparts, ResponseBody::upstream(incoming, route, arrived, slot))
             }
             Err(e) => {
                 METRICS.request(route, e.status, e.outcome);
@@ -88,8 +89,8 @@ impl Proxy {
         body: Incoming,
         log: &mut Option<AccessLog>,
         route: Route,
-    ) -> Result<(http::response::Parts, Incoming), ErrorReply> {
-        let (path, declared, token) = match self.admit(&mut parts).await {
+    ) -> Result<(http::response::Parts, Incoming, Option<Slot>), ErrorReply> {
+        let (path, declared, token, slot) = match self.admit(&mut parts).await {
             Ok(admitted) => admitted,
             Err(e) => {
                 // Answered without reading the body: read it away in the background so the client,
@@ -146,15 +147,22 @@ impl Proxy {
         headers::to_client(&mut rparts.headers);
         // The client's protocol is not the upstream's; the server picks the right framing.
         rparts.version = Version::default();
-        Ok((rparts, incoming))
+        Ok((rparts, incoming, slot))
     }
 
     /// Everything that can refuse a request before its body is touched: the client's key, the path,
     /// the declared size, the token. On success the headers are ready for the upstream.
-    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, Arc<Token>), ErrorReply> {
-        if let Some(keys) = &self.keys {
-            keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;
-        }
+    async fn admit(&self, parts: &mut Parts) -> Result<Admitted, ErrorReply> {
+        let slot = match &self.keys {
+            Some(keys) => {
+                let key = keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;
+                key.limiter.admit(std::time::Instant::now()).map_err(|refusal| {
+                    METRICS.key_rate_limited.get_or_create(&KeyLabels { key: key.name.clone() }).inc();
+                    ErrorReply::rate_limited(refusal, &key.name)
+                })?
+            }
+            None => None,
+        };
         crate::path::check(parts.uri.path())?;
         let path = upstream_path(&parts.uri).ok_or_else(ErrorReply::not_found)?;
         let declared = declared_length(&parts.headers);
@@ -164,7 +172,7 @@ impl Proxy {
         let token = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
         let authorization = token.authorization().map_err(ErrorReply::agent_unavailable)?;
         headers::to_upstream(&mut parts.headers, authorization, &self.upstream.host);
-        Ok((path, declared, token))
+        Ok((path, declared, token, slot))
     }
 
     async fn send(
@@ -259,6 +267,10 @@ impl Proxy {
         response
     }
 }
+
+/// What admission settles: the upstream path, the declared body size, the token, and the key's place
+/// under its concurrency cap (held until the response ends).
+type Admitted = (PathAndQuery, Option<u64>, Arc<Token>, Option<Slot>);
 
 /// A request the upstream answered 401, with what sending it again needs.
 struct Rejection<'a> {
