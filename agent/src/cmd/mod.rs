@@ -11,6 +11,7 @@ mod run;
 mod status;
 mod terminal;
 mod token_source;
+mod usage;
 mod validate;
 
 use clap::{Parser, Subcommand};
