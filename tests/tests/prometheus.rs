@@ -50,7 +50,8 @@ fn promtool_check(name: &str, page: &str) {
 
 /// The single value `query` gives now, if it gives one.
 async fn query(client: &reqwest::Client, prometheus: &str, query: &str) -> Option<f64> {
-    let resp = client.get(format!("{prometheus}/api/v1/query")).query(&[("query", query)]).send().await.ok()?;
+    let resp =
+        client.get(format!("{prometheus}/api/v1/query")).query(&[("query", query)]).send().await.ok()?;
     let body: Value = resp.json().await.ok()?;
     let result = body["data"]["result"].as_array()?;
     match result.as_slice() {
