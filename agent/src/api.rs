@@ -1,5 +1,5 @@
-//! The two Anthropic API calls the account commands make with an OAuth access token: the model list
-//! (does the API accept this token?) and the OAuth profile (whose account is it?).
+//! The Anthropic API calls the account commands make with an OAuth access token: the model list (does
+//! the API accept this token?), the OAuth profile (whose account is it?) and the usage windows.
 
 use crate::oauth::describe_request_error;
 use serde::Serialize;
@@ -80,6 +80,15 @@ impl Api {
 
     pub fn models_url(&self) -> String {
         format!("{}{MODELS_PATH}", self.base)
+    }
+
+    pub fn usage_url(&self) -> String {
+        format!("{}{}", self.base, anthropic::OAUTH_USAGE_PATH)
+    }
+
+    /// The account's usage windows as `GET /api/oauth/usage` reports them.
+    pub async fn usage(&self, token: &Secret) -> Result<Value, ApiError> {
+        self.get_json(&self.usage_url(), token).await
     }
 
     pub fn profile_url(&self) -> String {

@@ -25,6 +25,8 @@
 //! - Many agents on one login (`--lease`): `lease.rs` elects the one that refreshes (a Lease, with
 //!   fencing); `shared_secret.rs` reads and watches the Secret the others adopt each new pair from;
 //!   `cluster.rs` the Kubernetes client and the check for a controller that manages that Secret.
+//! - `metrics.rs`: `run --metrics-listen`: the lifecycle's snapshot as Prometheus gauges at scrape time,
+//!   and the counts of refreshes and failed saves.
 //! - `cmd/`: the command line.
 //!   - `mod.rs`: the `Cli` and the `Command` enum; `args.rs`: the flag groups several commands share.
 //!   - `run.rs`: starts the agent: wires store, lifecycle, watcher and socket (or, with
@@ -47,6 +49,7 @@ mod cmd;
 mod credentials;
 mod lease;
 mod lifecycle;
+mod metrics;
 mod oauth;
 mod shared_secret;
 mod socket;

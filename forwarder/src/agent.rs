@@ -18,6 +18,7 @@ mod fetcher;
 mod tests;
 
 use crate::headers::{self, HeaderError};
+use crate::metrics::{AgentFailure, METRICS};
 use http::HeaderValue;
 use sidecred_proto::client::{Client, ClientError};
 use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenGrant};
@@ -114,9 +115,23 @@ impl Agent {
     /// (it may predate an agent restart) says nothing about the agent now, so a fresh one is tried at
     /// once.
     async fn attempt(&self, ask: Ask<'_>, deadline: Instant, window: Duration) -> Result<TokenGrant, Failed> {
-        tokio::time::timeout_at(deadline, self.attempt_unbounded(ask))
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout_at(deadline, self.attempt_unbounded(ask))
             .await
-            .unwrap_or(Err(Failed::Final(AgentError::Timeout(window))))
+            .unwrap_or(Err(Failed::Final(AgentError::Timeout(window))));
+        METRICS.agent_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(failed) = &result {
+            METRICS.agent_failure(match failed {
+                Failed::Unreachable(_) | Failed::Final(AgentError::Unreachable { .. }) => {
+                    AgentFailure::Unreachable
+                }
+                Failed::Final(AgentError::Timeout(_)) => AgentFailure::Timeout,
+                Failed::Final(AgentError::Refused(_)) => AgentFailure::Refused,
+                Failed::Final(AgentError::ReauthRequired(_)) => AgentFailure::ReauthRequired,
+                Failed::Final(AgentError::Impostor { .. }) => AgentFailure::Impostor,
+            });
+        }
+        result
     }
 
     async fn attempt_unbounded(&self, ask: Ask<'_>) -> Result<TokenGrant, Failed> {

@@ -7,6 +7,8 @@
 //!   access-log line when it ends, fails or is dropped by a client that went away.
 
 use crate::access::{AccessLog, Outcome};
+use crate::limiter::Slot;
+use crate::metrics::{Route, METRICS};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -14,7 +16,7 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -106,6 +108,7 @@ impl Body for UpstreamBody {
                 match frame.data_ref() {
                     Some(data) => {
                         *seen += data.len() as u64;
+                        METRICS.request_bytes.inc_by(data.len() as u64);
                         kept.len = *seen;
                         if *seen > *max {
                             kept.too_large = true;
@@ -196,8 +199,17 @@ pub fn discard(body: Incoming, max: u64) {
 }
 
 enum Source {
-    Upstream(Incoming),
+    Upstream(Incoming, Stream),
     Full(Option<Bytes>),
+}
+
+/// What `/metrics` needs of an upstream body: which route it answers, and when its request arrived
+/// until the first byte went out.
+struct Stream {
+    route: Route,
+    first_byte_pending: Option<Instant>,
+    /// The request's place under its key's concurrency cap, given back when the body is dropped.
+    _slot: Option<Slot>,
 }
 
 /// The body sent to the client. Counts what it passes and finishes the request's access-log line.
@@ -211,8 +223,12 @@ impl ResponseBody {
         ResponseBody { source: Source::Full(Some(bytes)), log: None }
     }
 
-    pub fn upstream(body: Incoming) -> Self {
-        ResponseBody { source: Source::Upstream(body), log: None }
+    /// The upstream's body for a request of `route` that arrived at `arrived`: counted as an open
+    /// stream until it is dropped.
+    pub fn upstream(body: Incoming, route: Route, arrived: Instant, slot: Option<Slot>) -> Self {
+        METRICS.open_streams.inc();
+        let stream = Stream { route, first_byte_pending: Some(arrived), _slot: slot };
+        ResponseBody { source: Source::Upstream(body, stream), log: None }
     }
 
     /// Attaches the access-log line, written when the body ends or is dropped.
@@ -242,7 +258,18 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Source::Upstream(body, stream) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        METRICS.response_bytes.inc_by(data.len() as u64);
+                        if let Some(arrived) = stream.first_byte_pending.take() {
+                            METRICS.first_byte(stream.route, arrived.elapsed());
+                        }
+                    }
+                }
+                polled
+            }
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -263,7 +290,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Full(bytes) => bytes.is_none(),
-            Source::Upstream(body) => body.is_end_stream(),
+            Source::Upstream(body, _) => body.is_end_stream(),
         }
     }
 
@@ -271,7 +298,7 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Source::Full(None) => SizeHint::with_exact(0),
-            Source::Upstream(body) => body.size_hint(),
+            Source::Upstream(body, _) => body.size_hint(),
         }
     }
 }
@@ -281,5 +308,8 @@ impl Drop for ResponseBody {
         // Still holding the log line here means the body never finished: the client went away (or the
         // server is shutting down), and dropping the upstream body cancels the upstream request.
         self.finish(Outcome::ClientClosed);
+        if matches!(self.source, Source::Upstream(..)) {
+            METRICS.open_streams.dec();
+        }
     }
 }

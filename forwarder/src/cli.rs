@@ -38,7 +38,9 @@ pub struct Cli {
     #[arg(long, env = "SIDECRED_RETRY_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
     pub retry_body_limit: u64,
     /// File of keys clients must present (`x-api-key` or `Authorization: Bearer`), one per line,
-    /// `#` starts a comment. Without it, anyone who can reach --listen can use the account.
+    /// `#` starts a comment; a key may be followed by `name=NAME rpm=N burst=N concurrent=N` (its name
+    /// in metrics, its requests per minute and burst, its requests in flight). Without it, anyone who
+    /// can reach --listen can use the account.
     #[arg(long, env = "SIDECRED_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.
@@ -78,6 +80,10 @@ pub struct Cli {
     /// SO_PEERCRED) and gets no request. Default: this process's own uid.
     #[arg(long, env = "SIDECRED_AGENT_UID")]
     pub agent_uid: Option<u32>,
+    /// Also serve `/metrics` (Prometheus) on this address, e.g. a port clients of --listen cannot
+    /// reach. `/metrics` is on --listen in any case, unauthenticated like the probes.
+    #[arg(long, env = "SIDECRED_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub use sidecred_logging::LogFormat;
@@ -179,6 +185,7 @@ mod tests {
         assert_eq!(cli.http2_keepalive_timeout, Duration::from_secs(20));
         assert_eq!(cli.max_connections, None);
         assert_eq!(cli.agent_uid, None);
+        assert_eq!(cli.metrics_listen, None);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! (`{"type":"error","error":{"type":...,"message":...}}`) so SDKs parse and report them as usual.
 
 use crate::body::ResponseBody;
+use crate::limiter::Refusal;
+use crate::metrics::Outcome;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use std::borrow::Cow;
@@ -17,11 +19,28 @@ pub struct ErrorReply {
     /// Sent as `x-should-retry` when set: whether the client sending the same request again can help.
     /// Unset, the client's own rules decide (a 503 during an agent restart is worth retrying).
     pub retry: Option<bool>,
+    /// How `/metrics` counts it.
+    pub outcome: Outcome,
+    /// Sent as `retry-after` (seconds) when set.
+    pub retry_after: Option<u64>,
 }
 
 impl ErrorReply {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        ErrorReply { status, kind, message: message.into(), retry: None }
+        let outcome = match status {
+            StatusCode::BAD_GATEWAY => Outcome::UpstreamError,
+            StatusCode::SERVICE_UNAVAILABLE => Outcome::AgentUnavailable,
+            StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
+            StatusCode::UNAUTHORIZED => Outcome::RejectedKey,
+            _ => Outcome::InvalidRequest,
+        };
+        ErrorReply { status, kind, message: message.into(), retry: None, outcome, retry_after: None }
+    }
+
+    /// Counted as `outcome` rather than what its status suggests.
+    pub fn counted_as(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
     }
 
     /// Marks an error that the same request will meet again until someone changes something.
@@ -43,6 +62,24 @@ impl ErrorReply {
     /// so Claude Code retries a 401 silently for minutes.
     pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message).final_answer()
+    }
+
+    /// A key over its limits: the API's own 429 shape, and when to come back.
+    pub fn rate_limited(refusal: Refusal, key_name: &str) -> Self {
+        let (message, after) = match refusal {
+            Refusal::Rate { retry_after } => (
+                format!("the API key `{key_name}` is over its request rate on this forwarder; retry later"),
+                // Whole seconds, rounded up: a client that waits what it is told gets through.
+                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            ),
+            Refusal::Concurrency { limit } => (
+                format!("the API key `{key_name}` already has {limit} requests in flight on this forwarder, its limit"),
+                1,
+            ),
+        };
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);
+        e.retry_after = Some(after.max(1));
+        e
     }
 
     pub fn too_large(limit: u64) -> Self {
@@ -82,6 +119,9 @@ impl ErrorReply {
         let mut resp = json_response(self.status, self.body());
         if let Some(retry) = self.retry {
             crate::headers::advise_retry(resp.headers_mut(), retry);
+        }
+        if let Some(after) = self.retry_after {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(after));
         }
         resp
     }
@@ -123,6 +163,21 @@ mod tests {
         }
         let e = ErrorReply::agent_unavailable("not allowed").final_answer();
         assert_eq!(e.into_response().headers()["x-should-retry"], "false");
+    }
+
+    #[test]
+    fn a_key_over_its_limits_gets_the_apis_429() {
+        let refusal = Refusal::Rate { retry_after: std::time::Duration::from_millis(1500) };
+        let e = ErrorReply::rate_limited(refusal, "ci");
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`ci`"));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        let resp = ErrorReply::rate_limited(Refusal::Concurrency { limit: 3 }, "ci").into_response();
+        assert_eq!(resp.headers()["retry-after"], "1");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use crate::agent::{AgentError, TokenSource};
 use crate::body::ResponseBody;
 use crate::errors::json_response;
+use crate::metrics::METRICS;
 use crate::rejected::RejectedToken;
 use http::{Response, StatusCode};
 use serde_json::json;
@@ -50,18 +51,18 @@ pub async fn health(tokens: &TokenSource, rejected: &RejectedToken) -> Response<
             ),
             // Degraded, not failed: the token is valid and requests are served; the agent says what it
             // cannot do meanwhile (refresh, reach the Kubernetes API).
-            None => match &grant.degraded {
-                Some(why) => json_response(
-                    StatusCode::OK,
-                    json!({"status": "degraded", "authenticated": true, "expires_in": grant.expires_in_ms / 1000, "reason": why})
-                        .to_string(),
-                ),
-                None => json_response(
-                    StatusCode::OK,
-                    json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000})
-                        .to_string(),
-                ),
-            },
+            None => {
+                let mut body =
+                    json!({"status": "ok", "authenticated": true, "expires_in": grant.expires_in_ms / 1000});
+                if let Some(why) = &grant.degraded {
+                    body["status"] = "degraded".into();
+                    body["reason"] = why.as_str().into();
+                }
+                if let Some(usage) = METRICS.usage.summary() {
+                    body["usage"] = usage;
+                }
+                json_response(StatusCode::OK, body.to_string())
+            }
         },
         Err(e) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,4 +1,10 @@
-//! Inbound API keys: who may use the forwarder when it listens beyond loopback.
+//! Inbound API keys: who may use the forwarder when it listens beyond loopback, under which name, and
+//! within which limits.
+//!
+//! The file is one key per line, as it always was, and a line may go on with settings:
+//! `KEY name=ci rpm=60 burst=10 concurrent=4`. A line per key keeps the file a plain list that fits a
+//! Kubernetes Secret and a `grep`, needs no parser beyond splitting words, and every old file still
+//! reads the same (a key alone is unlimited).
 //!
 //! Keys are held only as SHA-256 digests and compared in constant time, digest against digest, so
 //! neither the content nor the length of a key leaks through timing.
@@ -6,7 +12,10 @@
 use http::header::{self, HeaderMap};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use subtle::{Choice, ConstantTimeEq};
+use std::time::Instant;
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+use crate::limiter::{Limiter, Limits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -14,6 +23,8 @@ pub enum KeysError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("the API keys file {path} holds no keys (one key per line; `#` starts a comment)")]
     Empty { path: PathBuf },
+    #[error("the API keys file {path}, line {line}: {reason} (a line is `KEY [name=NAME] [rpm=N] [burst=N] [concurrent=N]`)")]
+    Line { path: PathBuf, line: usize, reason: String },
 }
 
 /// Why a request's key was refused. The message is for the client; it never repeats the key.
@@ -25,47 +36,125 @@ pub enum Rejection {
     Wrong,
 }
 
-pub struct InboundKeys {
-    digests: Vec<[u8; 32]>,
+/// One key of the file: its digest, the name metrics and logs show instead of it, and its limits.
+#[derive(Debug)]
+pub struct Key {
+    digest: [u8; 32],
+    pub name: String,
+    pub limiter: Limiter,
 }
+
+pub struct InboundKeys {
+    keys: Vec<Key>,
+}
+
+/// A key's name goes into metric labels and logs: short, and nothing that needs escaping.
+const MAX_NAME: usize = 64;
 
 impl InboundKeys {
     pub fn load(path: &Path) -> Result<Self, KeysError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| KeysError::Read { path: path.to_owned(), source })?;
-        let keys = Self::parse(&text);
-        if keys.digests.is_empty() {
+        let keys = Self::parse(&text, Instant::now()).map_err(|(line, reason)| KeysError::Line {
+            path: path.to_owned(),
+            line,
+            reason,
+        })?;
+        if keys.keys.is_empty() {
             return Err(KeysError::Empty { path: path.to_owned() });
         }
         Ok(keys)
     }
 
-    /// One key per line; blank lines and `#` comments (whole-line or trailing) are ignored.
-    pub fn parse(text: &str) -> Self {
-        let digests = text
-            .lines()
-            .map(|line| line.split_once('#').map_or(line, |(key, _)| key).trim())
-            .filter(|key| !key.is_empty())
-            .map(|key| Sha256::digest(key.as_bytes()).into())
-            .collect();
-        InboundKeys { digests }
+    /// One key per line, optionally followed by `name=`, `rpm=`, `burst=` and `concurrent=` settings;
+    /// blank lines and `#` comments (whole-line or trailing) are ignored. A key alone on its line (the
+    /// original format) is unlimited and named after its line. A line that does not parse is an error
+    /// with its number (1-based) and what is wrong, never the key.
+    pub fn parse(text: &str, now: Instant) -> Result<Self, (usize, String)> {
+        let mut keys: Vec<Key> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let number = i + 1;
+            let content = line.split_once('#').map_or(line, |(before, _)| before);
+            let mut words = content.split_whitespace();
+            let Some(key) = words.next() else { continue };
+            let mut name = None;
+            let mut limits = Limits::default();
+            for word in words {
+                let (setting, value) = word
+                    .split_once('=')
+                    .ok_or_else(|| (number, format!("`{}` is not a setting such as rpm=60", shown(word))))?;
+                let count = || -> Result<u32, (usize, String)> {
+                    value.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        (number, format!("{setting}= wants a whole number above 0, not `{}`", shown(value)))
+                    })
+                };
+                match setting {
+                    "name" => name = Some(valid_name(value).map_err(|reason| (number, reason))?),
+                    "rpm" => limits.per_minute = Some(count()?),
+                    "burst" => limits.burst = Some(count()?),
+                    "concurrent" => limits.concurrent = Some(count()?),
+                    other => return Err((number, format!("unknown setting `{}`", shown(other)))),
+                }
+            }
+            if limits.burst.is_some() && limits.per_minute.is_none() {
+                return Err((number, "burst= needs rpm= (the rate the burst refills at)".to_owned()));
+            }
+            let name = name.unwrap_or_else(|| format!("line-{number}"));
+            if keys.iter().any(|k| k.name == name) {
+                return Err((number, format!("the name `{name}` is taken by an earlier line")));
+            }
+            keys.push(Key {
+                digest: Sha256::digest(key.as_bytes()).into(),
+                name,
+                limiter: Limiter::new(limits, now),
+            });
+        }
+        Ok(InboundKeys { keys })
     }
 
     pub fn len(&self) -> usize {
-        self.digests.len()
+        self.keys.len()
     }
 
-    /// Checks the key a request presents as `x-api-key` or `Authorization: Bearer`.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), Rejection> {
+    /// The key a request presents as `x-api-key` or `Authorization: Bearer`.
+    pub fn check(&self, headers: &HeaderMap) -> Result<&Key, Rejection> {
         let presented = presented_key(headers).ok_or(Rejection::Missing)?;
         let digest: [u8; 32] = Sha256::digest(presented).into();
         // Every stored key is compared, whatever the outcome, so the time taken says nothing about which.
-        let matched = self.digests.iter().fold(Choice::from(0), |acc, d| acc | d.ct_eq(&digest));
+        let mut matched = Choice::from(0);
+        let mut index = 0u32;
+        for (i, key) in self.keys.iter().enumerate() {
+            let equal = key.digest.ct_eq(&digest);
+            index.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), equal);
+            matched |= equal;
+        }
         if bool::from(matched) {
-            Ok(())
+            self.keys.get(index as usize).ok_or(Rejection::Wrong)
         } else {
             Err(Rejection::Wrong)
         }
+    }
+}
+
+fn valid_name(name: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("a name is 1 to {MAX_NAME} letters, digits, `-`, `_` or `.`"))
+    }
+}
+
+/// Part of a line for an error message: short, so a key pasted in the wrong place is not repeated whole.
+fn shown(word: &str) -> String {
+    let mut chars = word.chars();
+    let head: String = chars.by_ref().take(12).collect();
+    if chars.next().is_some() {
+        format!("{head}...")
+    } else {
+        head
     }
 }
 
@@ -93,46 +182,83 @@ mod tests {
         h
     }
 
+    fn parse(text: &str) -> Result<InboundKeys, (usize, String)> {
+        InboundKeys::parse(text, Instant::now())
+    }
+
     fn keys() -> InboundKeys {
-        InboundKeys::parse("# team keys\nkey-one\n\n  key-two  # laptop\n#key-three\n")
+        parse("# team keys\nkey-one\n\n  key-two  # laptop\n#key-three\n").unwrap()
     }
 
     #[test]
-    fn parses_keys_comments_and_blanks() {
-        assert_eq!(keys().len(), 2);
-        assert_eq!(InboundKeys::parse("\n# only comments\n   \n").len(), 0);
+    fn the_one_key_per_line_file_reads_as_before() {
+        let k = keys();
+        assert_eq!(k.len(), 2);
+        assert_eq!(parse("\n# only comments\n   \n").unwrap().len(), 0);
+        assert_eq!(k.check(&headers("x-api-key", "key-one")).unwrap().name, "line-2");
+        assert_eq!(k.check(&headers("x-api-key", "key-two")).unwrap().name, "line-4");
     }
 
     #[test]
     fn accepts_either_header_form() {
         let k = keys();
-        assert_eq!(k.check(&headers("x-api-key", "key-one")), Ok(()));
-        assert_eq!(k.check(&headers("authorization", "Bearer key-two")), Ok(()));
-        assert_eq!(k.check(&headers("authorization", "bearer key-two")), Ok(()));
+        assert!(k.check(&headers("x-api-key", "key-one")).is_ok());
+        assert!(k.check(&headers("authorization", "Bearer key-two")).is_ok());
+        assert!(k.check(&headers("authorization", "bearer key-two")).is_ok());
     }
 
     #[test]
     fn rejects_missing_and_wrong_keys() {
         let k = keys();
-        assert_eq!(k.check(&HeaderMap::new()), Err(Rejection::Missing));
-        assert_eq!(k.check(&headers("authorization", "Basic a2V5LW9uZQ==")), Err(Rejection::Missing));
-        assert_eq!(k.check(&headers("authorization", "Bearer ")), Err(Rejection::Missing));
-        assert_eq!(k.check(&headers("x-api-key", "key-thre")), Err(Rejection::Wrong));
-        assert_eq!(k.check(&headers("x-api-key", "key-three")), Err(Rejection::Wrong));
-        assert_eq!(k.check(&headers("x-api-key", "key-one ")), Ok(()));
-        assert_eq!(k.check(&headers("x-api-key", "KEY-ONE")), Err(Rejection::Wrong));
+        let err = |h: HeaderMap| k.check(&h).map(|key| key.name.clone()).unwrap_err();
+        assert_eq!(err(HeaderMap::new()), Rejection::Missing);
+        assert_eq!(err(headers("authorization", "Basic a2V5LW9uZQ==")), Rejection::Missing);
+        assert_eq!(err(headers("authorization", "Bearer ")), Rejection::Missing);
+        assert_eq!(err(headers("x-api-key", "key-thre")), Rejection::Wrong);
+        assert_eq!(err(headers("x-api-key", "key-three")), Rejection::Wrong);
+        assert!(k.check(&headers("x-api-key", "key-one ")).is_ok());
+        assert_eq!(err(headers("x-api-key", "KEY-ONE")), Rejection::Wrong);
     }
 
     #[test]
-    fn load_refuses_an_empty_file() {
-        let dir = std::env::temp_dir().join(format!("sidecred-keys-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys");
+    fn names_and_limits() {
+        let k =
+            parse("k1 name=ci rpm=60 burst=10 concurrent=4\nk2=padded== name=laptop # comment\nk3 rpm=5\n")
+                .unwrap();
+        assert_eq!(k.check(&headers("x-api-key", "k1")).unwrap().name, "ci");
+        assert_eq!(k.check(&headers("x-api-key", "k2=padded==")).unwrap().name, "laptop");
+        assert_eq!(k.check(&headers("x-api-key", "k3")).unwrap().name, "line-3");
+    }
+
+    #[test]
+    fn a_line_that_does_not_parse_is_named_and_the_key_not_repeated() {
+        for (text, line, says) in [
+            ("ok\nk1 rpm=fast\n", 2, "rpm= wants a whole number"),
+            ("k1 rpm=0\n", 1, "above 0"),
+            ("k1 colour=blue\n", 1, "unknown setting `colour`"),
+            ("# c\n\nk1 sk-ant-api03-sctest-x\n", 3, "is not a setting"),
+            ("k1 name=has/slash\n", 1, "a name is"),
+            ("k1 name=a\nk2 name=a\n", 2, "taken by an earlier line"),
+            ("k1 burst=5\n", 1, "burst= needs rpm="),
+        ] {
+            let (n, reason) = parse(text).map(|_| ()).unwrap_err();
+            assert_eq!(n, line, "{text}: {reason}");
+            assert!(reason.contains(says), "{text}: {reason}");
+            assert!(!reason.contains("sctest-x"), "the key was repeated: {reason}");
+        }
+    }
+
+    #[test]
+    fn load_refuses_an_empty_file_and_names_a_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
         std::fs::write(&path, "# nothing yet\n").unwrap();
         assert!(matches!(InboundKeys::load(&path), Err(KeysError::Empty { .. })));
         std::fs::write(&path, "k\n").unwrap();
         assert_eq!(InboundKeys::load(&path).unwrap().len(), 1);
-        assert!(matches!(InboundKeys::load(&dir.join("missing")), Err(KeysError::Read { .. })));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(&path, "k\nk2 rpm=x\n").unwrap();
+        let e = InboundKeys::load(&path).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains(&path.display().to_string()), "{e}");
+        assert!(matches!(InboundKeys::load(&dir.path().join("missing")), Err(KeysError::Read { .. })));
     }
 }

@@ -14,14 +14,18 @@ mod body;
 mod cli;
 mod conn;
 mod errors;
+mod exposition;
 use sidecred_forwarder::headers;
 mod health;
 mod keys;
+mod limiter;
 mod limits;
+mod metrics;
 mod path;
 mod proxy;
 mod rejected;
 mod upstream;
+mod usage;
 
 use anyhow::Context;
 use clap::Parser;
@@ -144,6 +148,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     listener.set_nonblocking(true).context("cannot make the listener non-blocking")?;
     let local = listener.local_addr().context("cannot read the bound address")?;
+    let metrics_listener = cli.metrics_listen.map(exposition::bind).transpose()?;
 
     let mut workers = Vec::with_capacity(cli.workers.into());
     let mut queues = Vec::with_capacity(cli.workers.into());
@@ -170,7 +175,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         "connection cap (--max-connections)"
     );
     let acceptor = Acceptor { queues: Handoff { queues, next: 0 }, slots, crowding };
-    runtime.block_on(acceptor.run(listener, &shared, &cli, local, via))?;
+    runtime.block_on(async {
+        if let Some(metrics) = metrics_listener {
+            let metrics =
+                tokio::net::TcpListener::from_std(metrics).context("cannot register the metrics listener")?;
+            tokio::spawn(exposition::serve(metrics));
+        }
+        acceptor.run(listener, &shared, &cli, local, via).await
+    })?;
 
     let mut drained = true;
     for thread in workers {

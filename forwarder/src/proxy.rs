@@ -8,6 +8,8 @@ use crate::errors::ErrorReply;
 use crate::headers;
 use crate::health;
 use crate::keys::InboundKeys;
+use crate::limiter::Slot;
+use crate::metrics::{KeyLabels, Outcome, Route, METRICS};
 use crate::rejected::RejectedToken;
 use crate::upstream::Upstream;
 use http::header::CONTENT_LENGTH;
@@ -44,6 +46,7 @@ impl Proxy {
             "/livez" => health::livez(),
             "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
             "/health" => Box::pin(health::health(&self.tokens, &self.rejected)).await,
+            "/metrics" => crate::exposition::page(req.headers()),
             _ => return Ok(self.forward(req).await),
         };
         // Probes come every few seconds; they go to debug so the access log stays about traffic.
@@ -55,12 +58,20 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let request_id = headers::request_id(&mut parts.headers);
         let mut log = AccessLog::start(&parts.method, &parts.uri, &request_id);
+        let route = Route::of(parts.uri.path());
+        let arrived = Instant::now();
         // Boxed: hyper keeps the service future in a per-connection slot and moves it there for every
         // request, and the slot lives as long as the connection (a whole stream). A pointer is cheaper
         // to move and to keep than the 2 KiB this future holds while it waits.
-        let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log)).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
+        let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log, route)).await {
+            Ok((rparts, incoming, slot)) => {
+                METRICS.request(route, rparts.status, Outcome::of_upstream(rparts.status));
+                Response::from_parts(rparts, ResponseBody::upstream(incoming, route, arrived, slot))
+            }
+            Err(e) => {
+                METRICS.request(route, e.status, e.outcome);
+                e.into_response()
+            }
         };
         resp.headers_mut().entry(&headers::X_REQUEST_ID).or_insert(request_id);
         match log {
@@ -77,8 +88,9 @@ impl Proxy {
         mut parts: Parts,
         body: Incoming,
         log: &mut Option<AccessLog>,
-    ) -> Result<Response<ResponseBody>, ErrorReply> {
-        let (path, declared, token) = match self.admit(&mut parts).await {
+        route: Route,
+    ) -> Result<(http::response::Parts, Incoming, Option<Slot>), ErrorReply> {
+        let (path, declared, token, slot) = match self.admit(&mut parts).await {
             Ok(admitted) => admitted,
             Err(e) => {
                 // Answered without reading the body: read it away in the background so the client,
@@ -100,7 +112,7 @@ impl Proxy {
             (body, Some(tee))
         };
 
-        let sent = log.is_some().then(Instant::now);
+        let sent = Instant::now();
         let headers = std::mem::take(&mut parts.headers);
         let first = self.send(&parts, uri.clone(), headers, body, tee.as_ref()).await;
         let resp = match first {
@@ -124,23 +136,33 @@ impl Proxy {
             }
             Err(e) => return Err(e),
         };
-        if let (Some(log), Some(sent)) = (log.as_mut(), sent) {
-            log.upstream = Some(sent.elapsed());
+        let took = sent.elapsed();
+        METRICS.upstream_response(route, took);
+        if let Some(log) = log.as_mut() {
+            log.upstream = Some(took);
         }
 
         let (mut rparts, incoming) = resp.into_parts();
+        METRICS.usage.observe(&rparts.headers);
         headers::to_client(&mut rparts.headers);
         // The client's protocol is not the upstream's; the server picks the right framing.
         rparts.version = Version::default();
-        Ok(Response::from_parts(rparts, ResponseBody::upstream(incoming)))
+        Ok((rparts, incoming, slot))
     }
 
     /// Everything that can refuse a request before its body is touched: the client's key, the path,
     /// the declared size, the token. On success the headers are ready for the upstream.
-    async fn admit(&self, parts: &mut Parts) -> Result<(PathAndQuery, Option<u64>, Arc<Token>), ErrorReply> {
-        if let Some(keys) = &self.keys {
-            keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;
-        }
+    async fn admit(&self, parts: &mut Parts) -> Result<Admitted, ErrorReply> {
+        let slot = match &self.keys {
+            Some(keys) => {
+                let key = keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;
+                key.limiter.admit(std::time::Instant::now()).map_err(|refusal| {
+                    METRICS.key_rate_limited.get_or_create(&KeyLabels { key: key.name.clone() }).inc();
+                    ErrorReply::rate_limited(refusal, &key.name)
+                })?
+            }
+            None => None,
+        };
         crate::path::check(parts.uri.path())?;
         let path = upstream_path(&parts.uri).ok_or_else(ErrorReply::not_found)?;
         let declared = declared_length(&parts.headers);
@@ -150,7 +172,7 @@ impl Proxy {
         let token = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
         let authorization = token.authorization().map_err(ErrorReply::agent_unavailable)?;
         headers::to_upstream(&mut parts.headers, authorization, &self.upstream.host);
-        Ok((path, declared, token))
+        Ok((path, declared, token, slot))
     }
 
     async fn send(
@@ -227,6 +249,7 @@ impl Proxy {
         if let Some(log) = log {
             log.retried = true;
         }
+        METRICS.token_retries.inc();
         debug!(old = %token.access_token, new = %fresh.access_token, "retrying with the refreshed token");
         let retried = self.send(parts, uri, headers, body, None).await?;
         if retried.status() == StatusCode::UNAUTHORIZED {
@@ -244,6 +267,10 @@ impl Proxy {
         response
     }
 }
+
+/// What admission settles: the upstream path, the declared body size, the token, and the key's place
+/// under its concurrency cap (held until the response ends).
+type Admitted = (PathAndQuery, Option<u64>, Arc<Token>, Option<Slot>);
 
 /// A request the upstream answered 401, with what sending it again needs.
 struct Rejection<'a> {
@@ -332,6 +359,7 @@ fn reauth(agent_message: &str) -> ErrorReply {
         "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
          (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
     ))
+    .counted_as(Outcome::ReauthRequired)
 }
 
 fn static_token_rejected(agent_message: &str) -> ErrorReply {
@@ -341,6 +369,7 @@ fn static_token_rejected(agent_message: &str) -> ErrorReply {
          operator must replace it (sidecred-agent run --static-token-env) or run the agent on a login. Agent \
          says: {agent_message}"
     ))
+    .counted_as(Outcome::ReauthRequired)
 }
 
 /// The error and its causes on one line: hyper's top-level messages ("client error (Connect)") say

@@ -16,6 +16,13 @@ pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
 /// The API's origin.
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
 
+/// The prefix of the subscription's usage-window headers on API responses
+/// (`anthropic-ratelimit-unified-5h-utilization`, `...-7d-reset`, `...-status`, ...).
+pub const RATELIMIT_UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
+
+/// The subscription's usage windows without a message (Bearer token and [`OAUTH_BETA`]).
+pub const OAUTH_USAGE_PATH: &str = "/api/oauth/usage";
+
 /// Claude Code's public OAuth client.
 pub const CLAUDE_CODE_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 

@@ -10,6 +10,7 @@
 
 pub mod anthropic;
 pub mod blocking;
+pub mod exposition;
 mod frame;
 /// The properties the fuzz targets check; not part of the protocol's API.
 #[doc(hidden)]

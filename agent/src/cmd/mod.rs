@@ -11,6 +11,7 @@ mod run;
 mod status;
 mod terminal;
 mod token_source;
+mod usage;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -102,16 +103,26 @@ mod tests {
         let table: &[(&str, &str, Option<&str>, Option<&str>)] = &[
             (all, "credentials", Some("SIDECRED_CREDENTIALS"), Some(&credentials)),
             ("run status refresh validate info", "socket", Some("SIDECRED_SOCKET"), Some(&socket)),
-            ("run login validate info", "token-url", Some("SIDECRED_TOKEN_URL"), Some(a::DEFAULT_TOKEN_URL)),
             (
-                "run login validate info",
+                "run login status validate info",
+                "token-url",
+                Some("SIDECRED_TOKEN_URL"),
+                Some(a::DEFAULT_TOKEN_URL),
+            ),
+            (
+                "run login status validate info",
                 "client-id",
                 Some("SIDECRED_CLIENT_ID"),
                 Some(a::CLAUDE_CODE_CLIENT_ID),
             ),
-            ("run login validate info", "user-agent", Some("SIDECRED_USER_AGENT"), Some(user_agent)),
-            ("run login validate info", "request-timeout", Some("SIDECRED_REQUEST_TIMEOUT"), Some("30s")),
-            ("login validate info", "api-base", Some("SIDECRED_API_BASE"), Some(a::DEFAULT_API_BASE)),
+            ("run login status validate info", "user-agent", Some("SIDECRED_USER_AGENT"), Some(user_agent)),
+            (
+                "run login status validate info",
+                "request-timeout",
+                Some("SIDECRED_REQUEST_TIMEOUT"),
+                Some("30s"),
+            ),
+            ("login status validate info", "api-base", Some("SIDECRED_API_BASE"), Some(a::DEFAULT_API_BASE)),
             ("status validate info", "source", Some("SIDECRED_SOURCE"), Some("auto")),
             ("status validate info", "json", None, None),
             ("run", "state-dir", Some("SIDECRED_STATE_DIR"), None),
@@ -128,6 +139,8 @@ mod tests {
             ("run", "lease", Some("SIDECRED_LEASE"), None),
             ("run", "lease-holder", Some("SIDECRED_LEASE_HOLDER"), None),
             ("run", "lease-duration", Some("SIDECRED_LEASE_DURATION"), Some("15s")),
+            ("run", "metrics-listen", Some("SIDECRED_METRICS_LISTEN"), None),
+            ("status", "usage", None, None),
             ("login", "output", Some("SIDECRED_OUTPUT"), None),
             ("login", "mode", Some("SIDECRED_MODE"), None),
             ("login", "authorize-url", Some("SIDECRED_AUTHORIZE_URL"), Some(a::DEFAULT_AUTHORIZE_URL)),

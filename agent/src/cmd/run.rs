@@ -90,6 +90,10 @@ pub struct RunArgs {
         conflicts_with_all = ["credentials", "state_dir", "write_back_secret"]
     )]
     pub static_token_env: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`: token expiry, lifecycle state, refreshes) on this address.
+    /// Off by default.
+    #[arg(long, env = "SIDECRED_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_lease_duration(s: &str) -> Result<Duration, String> {
@@ -183,6 +187,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     warn_loudly(&snapshots);
+    let metrics_listener = args.metrics_listen.map(crate::metrics::bind).transpose()?;
     let listener = socket::bind(&socket_config.path, socket_config.mode).await?;
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -203,6 +208,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let task = lease::Election::new(config, client, shared).run(inputs_tx.clone(), lease_stop_rx);
         election = Some(tokio::spawn(task));
+    }
+    if let Some(metrics) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(metrics, snapshots.clone()));
     }
     let mut lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let mut socket_task =

@@ -1,8 +1,9 @@
 //! `sidecred-agent status`: the running agent's state, or the credentials file's when no agent answers.
 //! Exit 0 only when a valid token is there, so it serves as an exec probe.
 
-use crate::cmd::args::{LookupArgs, Source};
+use crate::cmd::args::{ApiArgs, LookupArgs, Source, TokenEndpointArgs};
 use crate::cmd::fields::{fields, human_ago, human_secs, rfc3339};
+use crate::cmd::usage;
 use crate::credentials::{now_ms, Credentials};
 use anyhow::Context;
 use clap::Args;
@@ -20,14 +21,46 @@ pub struct StatusArgs {
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also show the account's usage windows, read from the API (`/api/oauth/usage`) with the current
+    /// token. Off by default, so a status probe never calls the API.
+    #[arg(long)]
+    pub usage: bool,
+    #[command(flatten)]
+    pub endpoint: TokenEndpointArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+type Usage = Result<Vec<usage::Window>, String>;
+
+/// Adds the usage windows to a JSON status, or prints them after a text one.
+fn with_usage(value: &mut serde_json::Value, usage: Option<&Usage>) {
+    if let (Some(u), Some(obj)) = (usage, value.as_object_mut()) {
+        let v = match u {
+            Ok(windows) => serde_json::json!({ "windows": windows }),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        obj.insert("usage".into(), v);
+    }
+}
+
+fn print_usage_text(usage: Option<&Usage>) {
+    if let Some(u) = usage {
+        let rows = usage::rows(u);
+        print!("{}", fields(rows.iter().map(|(label, value)| (label.as_str(), value.clone()))));
+    }
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let LookupArgs { socket, credentials, source } = &args.lookup;
+    let usage = match args.usage {
+        true => Some(usage::fetch(&args.lookup, &args.endpoint, &args.api).await),
+        false => None,
+    };
     let mut agent_problem = None;
     if *source != Source::File {
         match agent_status(&socket.socket).await {
-            Ok(report) => return print_agent_status(&report, args.json),
+            Ok(report) => return print_agent_status(&report, args.json, usage.as_ref()),
             Err(e) if *source == Source::Auto && e.is_connection_failure() => {
                 agent_problem = Some(format!("no agent answered on {}", socket.socket.display()));
             }
@@ -35,7 +68,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e).context("asking the agent for its status"),
         }
     }
-    print_file_status(&credentials.path, args.json, agent_problem)
+    print_file_status(&credentials.path, args.json, agent_problem, usage.as_ref())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -45,16 +78,18 @@ async fn agent_status(socket: &Path) -> Result<StatusReport, ClientError> {
     Client::connect(socket).await?.status().await
 }
 
-fn print_agent_status(report: &StatusReport, json: bool) -> anyhow::Result<ExitCode> {
+fn print_agent_status(report: &StatusReport, json: bool, usage: Option<&Usage>) -> anyhow::Result<ExitCode> {
     let healthy = report.state.is_some_and(|s| s.serves_token());
     if json {
         let mut value = serde_json::to_value(report)?;
         if let Some(obj) = value.as_object_mut() {
             obj.insert("source".into(), "agent".into());
         }
+        with_usage(&mut value, usage);
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render_agent_status(report));
+        print_usage_text(usage);
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -234,13 +269,21 @@ pub fn render_file_status(s: &FileStatus) -> String {
 }
 
 /// Prints the file's status and returns the exit code: success only for a valid token.
-pub fn print_file_status(path: &Path, json: bool, agent: Option<String>) -> anyhow::Result<ExitCode> {
+fn print_file_status(
+    path: &Path,
+    json: bool,
+    agent: Option<String>,
+    usage: Option<&Usage>,
+) -> anyhow::Result<ExitCode> {
     let mut status = file_status(path, now_ms());
     status.agent = agent;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        with_usage(&mut value, usage);
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render_file_status(&status));
+        print_usage_text(usage);
     }
     Ok(if status.state == FileState::Valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

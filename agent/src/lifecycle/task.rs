@@ -123,6 +123,7 @@ impl Lifecycle {
                 biased;
                 result = poll_inflight(&mut self.inflight), if self.inflight.is_some() => {
                     self.inflight = None;
+                    crate::metrics::refresh_finished(&result);
                     let effects = self.machine.refresh_done(result, Now::read());
                     self.perform(effects).await;
                 }
@@ -198,6 +199,9 @@ impl Lifecycle {
                         Some(store) => save(store.clone(), job.clone()).await,
                         None => Err("this agent has nowhere to save credentials".to_owned()),
                     };
+                    if result.is_err() {
+                        crate::metrics::persist_failed();
+                    }
                     self.machine.saved(&job, result, Now::read());
                 }
                 Effect::WriteBack { credentials, retired } => {

@@ -66,9 +66,24 @@ pub(super) async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Han
             api_call(&mut s, &authorization, &beta, &version, "user:profile")
                 .unwrap_or_else(|| json_response(StatusCode::OK, s.profile.clone()))
         }
+        ("GET", sidecred_proto::anthropic::OAUTH_USAGE_PATH) => {
+            s.counters.usage += 1;
+            api_call(&mut s, &authorization, &beta, &version, "user:inference")
+                .unwrap_or_else(|| json_response(StatusCode::OK, usage()))
+        }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     };
     Ok(resp)
+}
+
+/// What `GET /api/oauth/usage` answers: the account's windows, utilization in percent; a window the plan
+/// lacks is null.
+pub fn usage() -> Value {
+    json!({
+        "five_hour": {"utilization": 82.0, "resets_at": "2026-11-30T14:00:00.123456+00:00"},
+        "seven_day": {"utilization": 41.5, "resets_at": "2026-12-04T09:00:00+00:00"},
+        "seven_day_opus": null,
+    })
 }
 
 fn json_response(status: StatusCode, body: Value) -> Answer {

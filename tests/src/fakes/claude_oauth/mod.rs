@@ -16,6 +16,7 @@
 //!   (`invalid_scope`). Faults can be injected here.
 //! - `GET /v1/models`: 200 for a live token with the OAuth beta, 401 for an unknown one, 403 for one
 //!   minted without `user:inference`.
+//! - `GET /api/oauth/usage`: the account's usage windows ([`usage`]).
 //! - `GET /api/oauth/profile`: the account and organization of a live token; 403 for one minted without
 //!   `user:profile` (an inference-only token).
 //!
@@ -26,6 +27,7 @@
 mod book;
 mod endpoints;
 pub mod pkce;
+pub use endpoints::usage;
 
 use crate::fakes::server::FakeServer;
 use crate::fakes::upstream::TokenCheck;
@@ -78,6 +80,7 @@ struct Counters {
     invalid_grants: u64,
     models: u64,
     profile: u64,
+    usage: u64,
 }
 
 struct State {
@@ -270,6 +273,10 @@ impl FakeOAuth {
     }
     pub fn profile_requests(&self) -> u64 {
         self.st().counters.profile
+    }
+
+    pub fn usage_requests(&self) -> u64 {
+        self.st().counters.usage
     }
     /// Why requests were refused, in order: malformed requests as much as dead grants. Injected
     /// faults are not refusals and are not listed.

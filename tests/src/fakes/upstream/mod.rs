@@ -100,7 +100,23 @@ struct State {
     delay: Duration,
     /// The text of every answer that is not about a tool.
     answer: String,
+    /// The usage-window headers every Messages answer carries, names without their prefix.
+    usage: Vec<(String, String)>,
 }
+
+/// What the fake's Messages answers say of the account's usage windows unless a test sets others
+/// (names after `anthropic-ratelimit-unified-`), as the API sends them to an OAuth account.
+pub const DEFAULT_USAGE: &[(&str, &str)] = &[
+    ("status", "allowed"),
+    ("5h-status", "allowed"),
+    ("5h-utilization", "0.25"),
+    ("5h-reset", "1764511200"),
+    ("7d-status", "allowed"),
+    ("7d-utilization", "0.4"),
+    ("7d-reset", "1764900000"),
+    ("7d_oi-utilization", "0.125"),
+    ("representative-claim", "five_hour"),
+];
 
 #[derive(Default)]
 struct Counters {
@@ -157,6 +173,7 @@ impl FakeUpstream {
             sent_at: Vec::new(),
             delay: Duration::ZERO,
             answer: "hello".to_owned(),
+            usage: DEFAULT_USAGE.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         }));
         let counters = Arc::new(Counters::default());
         let (st, ct) = (state.clone(), counters.clone());
@@ -211,6 +228,12 @@ impl FakeUpstream {
     /// The text every answer that is not about a tool gives.
     pub fn set_answer(&self, text: &str) {
         self.state.lock().unwrap().answer = text.to_owned();
+    }
+
+    /// The usage-window headers of the Messages answers from now on (names after the prefix).
+    pub fn set_usage(&self, usage: &[(&str, &str)]) {
+        self.state.lock().unwrap().usage =
+            usage.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     }
 
     /// Every request so far, one line each: for assertion messages.
@@ -288,7 +311,7 @@ async fn handle(
         body: body.clone(),
         status: 0,
     };
-    let (authorized, failure, sse, delay, answer) = {
+    let (authorized, failure, sse, delay, answer, usage) = {
         let mut s = st.lock().unwrap();
         let valid = seen.bearer().is_some_and(|t| (s.check)(t));
         let forced = s.reject_next > 0;
@@ -297,7 +320,7 @@ async fn handle(
         }
         let authorized = valid && !forced;
         let failure = if authorized { s.fail_next.pop_front() } else { None };
-        (authorized, failure, s.sse, s.delay, s.answer.clone())
+        (authorized, failure, s.sse, s.delay, s.answer.clone(), s.usage.clone())
     };
     if !delay.is_zero() {
         // hyper drops this future when the client's connection closes first: the guard counts that.
@@ -318,6 +341,13 @@ async fn handle(
     };
     seen.status = resp.status().as_u16();
     resp.headers_mut().insert("request-id", "req_fake_upstream".parse().unwrap());
+    if authorized && parts.uri.path() == "/v1/messages" {
+        for (name, value) in usage {
+            let name = format!("{}{name}", sidecred_proto::anthropic::RATELIMIT_UNIFIED_PREFIX);
+            resp.headers_mut()
+                .insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+    }
     st.lock().unwrap().seen.push(seen);
     Ok(resp)
 }

@@ -1,0 +1,62 @@
+//! `sidecred-agent status --usage`: the account's usage windows read from the API with the token the
+//! running agent serves; plain `status` (the probe) never calls the API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use sidecred_tests::harness::{now_ms, Seeded, HOUR_MS};
+use sidecred_tests::oneshot::{os, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_usage_shows_the_windows_from_the_api() {
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 4 * HOUR_MS).await;
+    let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let args = |extra: &[&str]| {
+        let mut args = os(&[
+            &"status",
+            &"--socket",
+            &sb.socket(),
+            &"--credentials",
+            &sb.seed(),
+            &"--token-url",
+            &fake.token_url(),
+            &"--api-base",
+            &fake.api_base(),
+        ]);
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        args
+    };
+
+    let done = run(&sb, "status", &args(&[])).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    assert!(!done.stdout.contains("usage"), "{}", done.stdout);
+    assert_eq!(fake.usage_requests(), 0, "a status probe called the API");
+
+    let done = run(&sb, "status", &args(&["--usage"])).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    assert!(
+        done.stdout.contains("usage five_hour:")
+            && done.stdout.contains("82 %, resets 2026-11-30T14:00:00.123456+00:00"),
+        "{}",
+        done.stdout
+    );
+    assert!(done.stdout.contains("42 %, resets 2026-12-04T09:00:00+00:00"), "{}", done.stdout);
+    assert!(!done.stdout.contains("seven_day_opus"), "a window the plan lacks: {}", done.stdout);
+    assert_eq!(fake.usage_requests(), 1);
+
+    let done = run(&sb, "status", &args(&["--usage", "--json"])).await;
+    let v: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(v["source"], "agent");
+    let windows = v["usage"]["windows"].as_array().unwrap();
+    assert_eq!(windows[0]["name"], "five_hour");
+    assert_eq!(windows[0]["utilization_percent"], 82.0);
+    assert_eq!(windows[1]["utilization_percent"], 41.5);
+
+    // The API unreachable: status still reports the agent (and its exit code), and says why usage is missing.
+    let mut bad = args(&["--usage"]);
+    let i = bad.iter().position(|a| a == "--api-base").unwrap();
+    bad[i + 1] = "http://127.0.0.1:9".into();
+    let done = run(&sb, "status", &bad).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("usage:") && done.stdout.contains("not available"), "{}", done.stdout);
+    drop(agent);
+}
