@@ -6,7 +6,7 @@ use crate::fakes::claude_oauth::FakeOAuth;
 use crate::fakes::kube::{FakeKube, LeaseSpec};
 use crate::fakes::upstream::FakeUpstream;
 use crate::forwarder_harness::{forwarder_cmd, http_client, start_forwarder, Forwarder};
-use crate::harness::{now_ms, Proc, Sandbox};
+use crate::harness::{now_ms, refresh_token_of, Proc, Sandbox};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -67,11 +67,14 @@ impl Cluster {
     /// nothing.
     pub fn settled(&self) -> bool {
         let requests = self.fake.refresh_requests();
-        let doc: Option<serde_json::Value> =
-            self.kube.value(KEY).and_then(|b| serde_json::from_slice(&b).ok());
-        let in_secret = doc.and_then(|d| d["claudeAiOauth"]["refreshToken"].as_str().map(str::to_owned));
+        let in_secret = self.secret_doc().as_ref().and_then(refresh_token_of);
         requests == self.fake.rotations() + self.fake.invalid_grants()
             && in_secret.is_some_and(|rt| self.fake.is_live_refresh_token(&rt))
+    }
+
+    /// The credentials document the shared Secret holds now.
+    pub fn secret_doc(&self) -> Option<serde_json::Value> {
+        self.kube.value(KEY).and_then(|b| serde_json::from_slice(&b).ok())
     }
 }
 

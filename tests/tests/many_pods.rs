@@ -7,7 +7,7 @@
 use rand::Rng;
 use sidecred_proto::{Role, TokenState};
 use sidecred_tests::forwarder_harness::http_client;
-use sidecred_tests::harness::{now_ms, wait_until};
+use sidecred_tests::harness::{access_token_of, now_ms, refresh_token_of, wait_until};
 use sidecred_tests::pods::*;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -55,10 +55,8 @@ async fn converged(cluster: &Cluster, pods: &[Pod], what: &str) {
         for pod in pods {
             fingerprints.insert(pod.status().await.and_then(|s| s.token_fingerprint));
         }
-        let secret_doc: serde_json::Value =
-            serde_json::from_slice(&cluster.kube.value(KEY).unwrap()).unwrap();
         let secret_token =
-            secret_doc["claudeAiOauth"]["accessToken"].as_str().map(sidecred_proto::fingerprint);
+            cluster.secret_doc().as_ref().and_then(access_token_of).map(|t| sidecred_proto::fingerprint(&t));
         if fingerprints.len() == 1 && fingerprints.contains(&secret_token) {
             return;
         }
@@ -265,7 +263,9 @@ async fn three_pods_share_one_login_through_kills_an_outage_and_a_pause() {
     }
     assert_eq!(cluster.invalid_grants(), invalid + 1, "no invalid_grant but the one in the window");
     assert!(
-        cluster.fake.is_live_refresh_token(&secret_refresh_token(&cluster)),
+        cluster
+            .fake
+            .is_live_refresh_token(&cluster.secret_doc().as_ref().and_then(refresh_token_of).unwrap()),
         "the Secret holds a live login"
     );
     eprintln!(
@@ -278,11 +278,6 @@ async fn three_pods_share_one_login_through_kills_an_outage_and_a_pause() {
         cluster.invalid_grants(),
         cluster.refreshes_by_pod(),
     );
-}
-
-fn secret_refresh_token(cluster: &Cluster) -> String {
-    let doc: serde_json::Value = serde_json::from_slice(&cluster.kube.value(KEY).unwrap()).unwrap();
-    doc["claudeAiOauth"]["refreshToken"].as_str().unwrap().to_owned()
 }
 
 /// New pods start before old ones stop, one by one, while traffic runs: the lease moves with them and
