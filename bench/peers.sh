@@ -5,7 +5,7 @@
 #   - load:        wrk at 1, 64 and 256 connections -> req/s, p50/p99 ($ROUNDS alternating rounds, medians)
 #   - SSE:         what each adds to every event of streams of 50 events 20 ms apart (p50, p99, max)
 #   - memory:      RSS idle, and with 256 SSE streams held open
-#   - start-up:    process start to the first 200 (median of $STARTS starts)
+#   - start-up:    process start to the first 200, polled every 20 ms (median of $STARTS starts)
 #   - correctness, against the end-to-end tests' fakes of the token endpoint and the API
 #     (bench/src/bin/peers_world.rs): refresh calls for 50 concurrent requests on an expired token; requests
 #     that succeed after the first rotation when the credentials are mounted read-only (a private mount
@@ -63,11 +63,12 @@ RESULTS="$WORK/results.txt"
 result() { printf '%s %s\n' "$1" "${*:2}" >>"$RESULTS"; }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+ANTHROPIC_VERSION="$(anthropic_const ANTHROPIC_VERSION)"
 MESSAGE='{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"Say ok."}]}'
 # post URL: the status of one Messages request (000 when nothing answered).
 post() {
     curl -s -o /dev/null -w '%{http_code}' -m 30 -X POST -H 'content-type: application/json' \
-        -H "anthropic-version: $(anthropic_const ANTHROPIC_VERSION)" -H 'x-api-key: client-key' -d "$MESSAGE" "$1" || true
+        -H "anthropic-version: $ANTHROPIC_VERSION" -H 'x-api-key: client-key' -d "$MESSAGE" "$1" || true
 }
 answers_200() { [[ "$(post "$1")" == 200 ]]; }
 # A credentials file with a token valid for hours: the main runs never refresh (the token URL is never asked).
@@ -164,7 +165,7 @@ cat >"$WORK/post.lua" <<EOF
 wrk.method = "POST"
 wrk.body = '$MESSAGE'
 wrk.headers["content-type"] = "application/json"
-wrk.headers["anthropic-version"] = "$(anthropic_const ANTHROPIC_VERSION)"
+wrk.headers["anthropic-version"] = "$ANTHROPIC_VERSION"
 wrk.headers["x-api-key"] = "client-key"
 EOF
 # load SETUP CONNS DURATION: one wrk run; prints "rps p50_us p99_us errors".
@@ -186,7 +187,8 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in "${CONNECTIONS[@]}"; do
         for s in "${SETUPS[@]}"; do
             log "round $round/$ROUNDS: $s, $c connections, $DURATION"
-            read -r r p50 p99 e <<<"$(load "$s" "$c" "$DURATION")"
+            out="$(load "$s" "$c" "$DURATION")" || exit 1
+            read -r r p50 p99 e <<<"$out"
             RPS_ALL[$s.$c]+="$r " P50_ALL[$s.$c]+="${p50:-0} " P99_ALL[$s.$c]+="${p99:-0} " ERR_ALL[$s.$c]+="$e "
         done
     done
