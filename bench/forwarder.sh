@@ -28,35 +28,9 @@ STREAMS=256
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
-log() { printf '>> %s\n' "$*" >&2; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
-
-apt_install() {
-    # The package's post-install would start a system-wide nginx on port 80. Debian's invoke-rc.d asks
-    # /usr/sbin/policy-rc.d first; one that refuses every start (the usual container practice) keeps
-    # the machine as it was. It is put there only for the install, and only when none exists.
-    local policy=/usr/sbin/policy-rc.d placed=0
-    if [[ ! -e "$policy" ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
-    fi
-    local rc=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2 ||
-        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; } ||
-        rc=$?
-    if ((placed)); then rm -f "$policy"; fi
-    return "$rc"
-}
-
-find_nginx() { command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true; }
-
-command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
-NGINX="$(find_nginx)"
-if [[ -z "$NGINX" ]]; then
-    log "installing nginx"
-    apt_install nginx-light || apt_install nginx
-    NGINX="$(find_nginx)"
-fi
-[[ -n "$NGINX" ]] || die "nginx is not available"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+install_wrk_and_nginx
 
 log "building (release)"
 (cd "$ROOT" && cargo build --release -p sidecred-agent -p sidecred-forwarder -p sidecred-bench >&2)
@@ -71,26 +45,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Polls a condition (no fixed sleeps as synchronisation): wait_for WHAT SECONDS CMD...
-wait_for() {
-    local what="$1" secs="$2"
-    shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "timed out after ${secs}s waiting for $what"
-        sleep 0.02
-    done
-}
-alive() { kill -0 "$1" 2>/dev/null || die "$2 exited; its log:
-$(tail -n 30 "$3" 2>/dev/null)"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
-rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
-# A header value the API requires, read from where sidecred defines it, so that nginx and wrk send what
-# the forwarder sends: anthropic_const NAME
-anthropic_const() {
-    sed -n "s/^pub const $1: &str = \"\(.*\)\";\$/\1/p" "$ROOT/proto/src/anthropic.rs" | grep . ||
-        die "no string constant $1 in proto/src/anthropic.rs"
-}
 OAUTH_BETA="$(anthropic_const OAUTH_BETA)"
 ANTHROPIC_VERSION="$(anthropic_const ANTHROPIC_VERSION)"
 
@@ -134,36 +88,7 @@ wait_for "the forwarder's /readyz" 20 curl -fsS "http://$FORWARDER/readyz"
 # --- nginx: a static proxy that injects the same headers, keepalive to the upstream --------------
 NGINX_PORT="$(free_port)"
 mkdir -p "$WORK/nginx/tmp"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    upstream api { server $UPSTREAM; keepalive 128; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://api;
-            proxy_http_version 1.1;
-            proxy_buffering off;
-            proxy_set_header Connection "";
-            proxy_set_header Host $UPSTREAM;
-            proxy_set_header x-api-key "";
-            proxy_set_header authorization "Bearer bench-access-token";
-            proxy_set_header anthropic-beta "$OAUTH_BETA";
-            proxy_set_header anthropic-version "$ANTHROPIC_VERSION";
-        }
-    }
-}
-EOF
+nginx_config "$WORK/nginx" "$NGINX_PORT" "$UPSTREAM" bench-access-token >"$WORK/nginx/nginx.conf"
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
@@ -198,17 +123,6 @@ run_wrk() {
     alive "$FLOOR_PID" "the floor proxy" "$WORK/floor.log"
     echo "$out"
 }
-rps() { awk '/^Requests\/sec:/{printf "%.0f", $2}' "$1"; }
-# Latency percentile in microseconds from wrk's "Latency Distribution".
-pct_us() {
-    awk -v p="$2%" '$1 == p {
-        v = $2
-        if (v ~ /us$/) { sub(/us$/, "", v); m = 1 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); m = 1000 }
-        else if (v ~ /s$/) { sub(/s$/, "", v); m = 1000000 }
-        printf "%.0f", v * m; exit
-    }' "$1"
-}
 
 curl -fsS -X POST -d '{}' "${URL[sidecred]}" >/dev/null || die "a request through the forwarder failed"
 RSS_IDLE="$(rss_kib "$FORWARDER_PID")"
@@ -218,7 +132,6 @@ for s in "${SETUPS[@]}"; do f="$(run_wrk "$s" "$THREADS" "$CONNS" 1s)"; done
 
 # Rounds alternate the setups so that a noisy neighbour on a shared machine hits all four alike; the
 # median of the rounds is reported.
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A RPS_ALL P50_ALL P99_ALL RPS P50 P99
 for round in $(seq 1 "$ROUNDS"); do
     for s in "${SETUPS[@]}"; do
