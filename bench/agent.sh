@@ -3,12 +3,15 @@
 # Usage: bench/agent.sh [--smoke]     Targets: p99 <= 50 us (reused connection), >= 50,000 fetches/s, RSS <= 10 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT="$PWD"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 smoke=0
 [[ "${1:-}" == "--smoke" ]] && smoke=1
 if ((smoke)); then fetches=20000; duration=2s; else fetches=200000; duration=10s; fi
 
-cargo build --release --quiet -p sidecred-agent -p sidecred-bench
+build_release
 bin=target/release
 
 work=$(mktemp -d)
@@ -32,22 +35,19 @@ chmod 600 "$work/creds/.credentials.json"
 SIDECRED_LOG=warn "$bin/sidecred-agent" run --credentials "$work/creds/.credentials.json" \
   --socket "$work/agent.sock" --token-url http://127.0.0.1:9/unused 2>"$work/agent.log" &
 agent_pid=$!
-for _ in $(seq 1 500); do [[ -S "$work/agent.sock" ]] && break; sleep 0.01; done
-[[ -S "$work/agent.sock" ]] || { echo "agent did not start:"; cat "$work/agent.log"; exit 1; }
+(wait_for "the agent's socket" 5 test -S "$work/agent.sock") || { cat "$work/agent.log"; exit 1; }
 
 # The floor: a bare server that answers every request with a fixed frame (bench/src/bin/socket_floor.rs),
 # measured in the same run, so what the agent adds to the machine's own cost is visible.
 "$bin/socket_floor" --socket "$work/floor.sock" 2>"$work/floor.log" &
 floor_pid=$!
-for _ in $(seq 1 500); do [[ -S "$work/floor.sock" ]] && break; sleep 0.01; done
-[[ -S "$work/floor.sock" ]] || { echo "the floor server did not start:"; cat "$work/floor.log"; exit 1; }
+(wait_for "the floor server's socket" 5 test -S "$work/floor.sock") || { cat "$work/floor.log"; exit 1; }
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$agent_pid/status"; }
 sleep 1
-idle_before=$(rss_kib)
+idle_before=$(rss_kib "$agent_pid")
 result=$("$bin/agent_fetch" --socket "$work/agent.sock" --latency-fetches "$fetches" --duration "$duration")
 sleep 1
-idle_after=$(rss_kib)
+idle_after=$(rss_kib "$agent_pid")
 floor=$("$bin/agent_fetch" --socket "$work/floor.sock" --latency-fetches "$fetches" --duration "$duration")
 
 python3 - "$result" "$idle_before" "$idle_after" "$smoke" "$floor" <<'PY'

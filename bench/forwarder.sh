@@ -32,8 +32,7 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 source "$ROOT/bench/lib.sh"
 install_wrk_and_nginx
 
-log "building (release)"
-(cd "$ROOT" && cargo build --release -p sidecred-agent -p sidecred-forwarder -p sidecred-bench >&2)
+build_release
 
 WORK="$(mktemp -d -t sidecred-bench.XXXXXX)"
 PIDS=()

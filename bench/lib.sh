@@ -20,6 +20,13 @@ apt_install() {
     return "$rc"
 }
 
+# One release build of everything the benchmarks start, with the same package set in every script: a
+# different set unifies other features, and cargo would build the shared crates again for each script.
+build_release() {
+    log "building (release)"
+    (cd "$ROOT" && cargo build --release --locked -p sidecred-agent -p sidecred-forwarder -p sidecred-bench >&2)
+}
+
 find_nginx() { command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true; }
 
 # Installs wrk and nginx when missing; sets NGINX to nginx's path.

@@ -46,8 +46,7 @@ command -v gnuplot >/dev/null || { log "installing gnuplot"; apt_install gnuplot
 install_ccproxy
 command -v unshare >/dev/null || apt_install util-linux
 
-log "building (release)"
-(cd "$ROOT" && cargo build --release -p sidecred-agent -p sidecred-forwarder -p sidecred-bench >&2)
+build_release
 
 WORK="$(mktemp -d -t sidecred-peers.XXXXXX)"
 PIDS=()

@@ -17,7 +17,9 @@ esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-(cd "$ROOT" && cargo build --release --quiet -p sidecred-agent -p sidecred-forwarder -p sidecred-bench)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+build_release
 # Each stream holds a client socket and an API socket in this process.
 ulimit -n "$(ulimit -Hn)"
 exec "$BIN/soak" --agent "$BIN/sidecred-agent" --forwarder "$BIN/sidecred-forwarder" "${ARGS[@]}"
