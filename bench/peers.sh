@@ -279,6 +279,21 @@ for s in ccproxy sidecred; do
     stop_setup
 done
 
+# What the table claims for sidecred is checked, in the smoke run too: a regression turns CI red
+# instead of quietly changing a cell. (The peers' rows are what they are: measured, not asserted.)
+expect() { [[ "$2" == "$3" ]] || die "sidecred's $1: expected $3, measured $2"; }
+read -r refreshes ok < <(grep '^stampede.sidecred ' "$RESULTS" | cut -d' ' -f2-)
+expect "refresh calls for $STAMPEDE requests on an expired token" "$refreshes" 1
+expect "requests answered 200 of $STAMPEDE on an expired token" "$ok" "$STAMPEDE"
+read -r _ first ok refreshes < <(grep '^readonly.sidecred ' "$RESULTS" | cut -d' ' -f2-)
+expect "first request after a read-only rotation" "$first" 200
+expect "requests answered 200 after a read-only rotation" "$ok" "$AFTER_ROTATION"
+expect "refresh calls with a read-only mount" "$refreshes" 1
+read -r _ first refreshes ok < <(grep '^unauthorized.sidecred ' "$RESULTS" | cut -d' ' -f2-)
+expect "answer to the request the upstream refused with 401" "$first" 200
+expect "refresh calls after an upstream 401" "$refreshes" 1
+expect "requests answered 200 after an upstream 401" "$ok" "$LATER"
+
 # --- report --------------------------------------------------------------------------------------
 result machine "$(nproc) cores, $(awk '/^MemTotal:/{printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)"
 result load_at_start "$LOAD_AT_START"
