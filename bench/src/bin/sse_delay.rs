@@ -5,13 +5,9 @@
 //! same clock on the same machine. Exits non-zero when a stream fails or a delta is missing.
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::net::TcpStream;
 
 #[derive(Parser)]
 struct Args {
@@ -67,24 +63,7 @@ async fn one_stream(
     events: u64,
     gap_ms: u64,
 ) -> anyhow::Result<Vec<u64>> {
-    let stream = TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let body = serde_json::json!({
-        "model": "claude-sonnet-4-5",
-        "max_tokens": events,
-        "stream": true,
-        "metadata": {"user_id": format!("gap_ms={gap_ms}")},
-        "messages": [{"role": "user", "content": "hi"}],
-    });
-    let req = Request::post(format!("{path}?sse={events}&gap_ms={gap_ms}"))
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
-    let resp = sender.send_request(req).await?;
-    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
-    let mut body = resp.into_body();
+    let mut body = sidecred_bench::open_sse(addr, path, events, gap_ms).await?;
     let mut pending = Vec::new();
     let mut delays = Vec::new();
     while let Some(frame) = body.frame().await {

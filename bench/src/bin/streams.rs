@@ -5,15 +5,11 @@
 //! stream could not be opened or died before the measurement ended; with `--partial`, a proxy that
 //! cannot hold them all is measured with those it opened (`opened=` in the output says how many).
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 #[derive(Parser)]
 struct Args {
@@ -115,25 +111,7 @@ async fn hold_stream(
     gap_ms: u64,
     live: &AtomicUsize,
 ) -> anyhow::Result<()> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    // The shape is asked twice: in the query, and in the body for proxies that drop the query (see
-    // upstream.rs).
-    let body = serde_json::json!({
-        "model": "claude-sonnet-4-5",
-        "max_tokens": events,
-        "stream": true,
-        "metadata": {"user_id": format!("gap_ms={gap_ms}")},
-        "messages": [{"role": "user", "content": "hi"}],
-    });
-    let req = Request::post(format!("{path}?sse={events}&gap_ms={gap_ms}"))
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
-    let resp = sender.send_request(req).await?;
-    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
-    let mut body = resp.into_body();
+    let mut body = sidecred_bench::open_sse(addr, path, events, gap_ms).await?;
     let mut counted = false;
     while let Some(frame) = body.frame().await {
         let frame = frame?;
