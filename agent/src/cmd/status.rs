@@ -2,7 +2,7 @@
 //! Exit 0 only when a valid token is there, so it serves as an exec probe.
 
 use crate::cmd::args::{ApiArgs, LookupArgs, Source, TokenEndpointArgs};
-use crate::cmd::fields::{fields, human_ago, human_secs, rfc3339};
+use crate::cmd::fields::{fields, human_ago, human_secs, rfc3339, secs_until};
 use crate::cmd::usage;
 use crate::credentials::{now_ms, Credentials};
 use anyhow::Context;
@@ -117,7 +117,14 @@ fn render_agent_status(r: &StatusReport) -> String {
         ("scopes", (!r.scopes.is_empty()).then(|| r.scopes.join(" "))),
         ("credentials", r.seed_path.clone()),
         ("saves to", r.persist_path.clone()),
-        ("agent", Some(format!("{} (up {})", r.agent_version, human_secs(r.uptime_s as i64)))),
+        (
+            "agent",
+            Some(format!(
+                "{} (up {})",
+                r.agent_version,
+                human_secs(i64::try_from(r.uptime_s).unwrap_or(i64::MAX))
+            )),
+        ),
     ])
 }
 
@@ -212,7 +219,7 @@ pub fn file_status(path: &Path, now_ms: u64) -> FileStatus {
             status.state = if c.expires_at_ms > now_ms { FileState::Valid } else { FileState::Expired };
             status.token_fingerprint = Some(c.access_token.fingerprint());
             status.expires_at_ms = Some(c.expires_at_ms);
-            status.expires_in_s = Some((c.expires_at_ms as i64 - now_ms as i64) / 1000);
+            status.expires_in_s = Some(secs_until(c.expires_at_ms, now_ms));
             status.scopes = c.scopes;
             status.refreshable = Some(c.refresh_token.is_some());
             status.subscription_type = c.subscription_type;
@@ -255,7 +262,9 @@ pub fn render_file_status(s: &FileStatus) -> String {
         ("expires in", s.expires_in_s.filter(|secs| *secs > 0).map(human_secs)),
         (
             "expired",
-            s.expires_in_s.filter(|secs| *secs <= 0).map(|secs| format!("{} ago", human_secs(-secs))),
+            s.expires_in_s
+                .filter(|secs| *secs <= 0)
+                .map(|secs| format!("{} ago", human_secs(secs.saturating_neg()))),
         ),
         ("expires at", s.expires_at_ms.map(rfc3339)),
         ("scopes", (!s.scopes.is_empty()).then(|| s.scopes.join(" "))),
@@ -298,6 +307,21 @@ mod tests {
         let p = dir.join(".credentials.json");
         std::fs::write(&p, body).expect("write");
         p
+    }
+
+    #[test]
+    fn a_time_past_any_calendar_in_the_file_is_reported_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 2^63 ms: past i64 as milliseconds, and past year 9999 as a date.
+        let p = write(
+            dir.path(),
+            r#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":9223372036854775808}}"#,
+        );
+        let status = file_status(&p, 1_800_000_000_000);
+        assert_eq!(status.state, FileState::Valid);
+        assert_eq!(status.expires_in_s, Some(9_223_370_236_854_775));
+        let text = render_file_status(&status);
+        assert!(text.contains("expires at:    9999-12-31T23:59:59Z"), "{text}");
     }
 
     #[test]

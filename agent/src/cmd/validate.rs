@@ -67,7 +67,7 @@ pub async fn validate(args: AccountArgs) -> anyhow::Result<ExitCode> {
                 endpoint: Some(endpoint),
                 refreshed: got.refreshed,
                 token_fingerprint: Some(got.token.fingerprint()),
-                expires_in_s: Some((got.expires_at_ms as i64 - now_ms() as i64) / 1000),
+                expires_in_s: Some(crate::cmd::fields::secs_until(got.expires_at_ms, now_ms())),
             }
         }
     };

@@ -306,7 +306,7 @@ pub fn is_storable_token(text: &str) -> bool {
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in epoch milliseconds.
 pub(crate) const MAX_RFC3339_MS: u64 = 253_402_300_799_000;
 
-fn format_rfc3339(ms: u64) -> String {
+pub(crate) fn format_rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS))).to_string()
 }
 
