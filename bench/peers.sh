@@ -293,6 +293,9 @@ read -r _ first refreshes ok < <(grep '^unauthorized.sidecred ' "$RESULTS" | cut
 expect "answer to the request the upstream refused with 401" "$first" 200
 expect "refresh calls after an upstream 401" "$refreshes" 1
 expect "requests answered 200 after an upstream 401" "$ok" "$LATER"
+for c in "${CONNECTIONS[@]}"; do
+    expect "failed requests under load at $c connections" "$(awk -v k="errors.sidecred.$c" '$1 == k {print $2}' "$RESULTS")" 0
+done
 
 # --- report --------------------------------------------------------------------------------------
 result machine "$(nproc) cores, $(awk '/^MemTotal:/{printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)"
