@@ -1,12 +1,15 @@
 //! Errors the forwarder answers itself, shaped like the Anthropic API's own
 //! (`{"type":"error","error":{"type":...,"message":...}}`) so SDKs parse and report them as usual.
 
+use crate::agent::AgentError;
 use crate::body::ResponseBody;
 use crate::limiter::Refusal;
 use crate::metrics::Outcome;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
+use sidecred_proto::ErrorCode;
 use std::borrow::Cow;
+use tracing::{error, warn};
 
 /// An error the forwarder answers a client with itself, never one passed on from the upstream (those
 /// reach the client as the upstream sent them).
@@ -134,6 +137,58 @@ pub fn json_response(status: StatusCode, body: String) -> Response<ResponseBody>
     resp
 }
 
+/// The answer to a request the agent gave no token for.
+pub fn agent_failure(e: &AgentError) -> ErrorReply {
+    match e {
+        AgentError::ReauthRequired(m) => reauth(m),
+        AgentError::Refused(p) if p.code == ErrorCode::StaticTokenRejected => {
+            static_token_rejected(&p.message)
+        }
+        AgentError::Refused(p) => {
+            warn!(code = %p.code, error = %p.message, "the agent has no token to serve");
+            let e = ErrorReply::agent_unavailable(format_args!(
+                "it has no valid token ({}): {}",
+                p.code, p.message
+            ));
+            // These last until an operator changes the agent's configuration or the forwarder's.
+            match p.code {
+                ErrorCode::PermissionDenied | ErrorCode::UnsupportedVersion | ErrorCode::BadRequest => {
+                    e.final_answer()
+                }
+                _ => e,
+            }
+        }
+        AgentError::Unreachable { .. } | AgentError::Timeout(_) => {
+            warn!(error = %e, "the agent is not answering");
+            ErrorReply::agent_unavailable(e)
+        }
+        AgentError::Impostor { .. } => {
+            error!(error = %e, "not the agent: nothing was sent to it and nothing forwarded");
+            // Until someone removes that socket or corrects --agent-uid.
+            ErrorReply::agent_unavailable(e).final_answer()
+        }
+    }
+}
+
+pub fn reauth(agent_message: &str) -> ErrorReply {
+    warn!("the agent's refresh token was rejected: someone must log in again");
+    ErrorReply::unauthorized(format!(
+        "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
+         (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
+    ))
+    .counted_as(Outcome::ReauthRequired)
+}
+
+pub fn static_token_rejected(agent_message: &str) -> ErrorReply {
+    warn!("the upstream rejected the agent's static token, which cannot be refreshed");
+    ErrorReply::unauthorized(format!(
+        "the static token behind this forwarder was rejected, and a static token cannot be refreshed; an \
+         operator must replace it (sidecred-agent run --static-token-env) or run the agent on a login. Agent \
+         says: {agent_message}"
+    ))
+    .counted_as(Outcome::ReauthRequired)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -185,5 +240,27 @@ mod tests {
         let e = ErrorReply::agent_unavailable("quote \" and newline \n");
         let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert!(v["error"]["message"].as_str().unwrap().ends_with("quote \" and newline \n"));
+    }
+
+    #[test]
+    fn a_rejected_static_token_is_a_401_that_says_it_cannot_be_refreshed() {
+        let refused = AgentError::Refused(sidecred_proto::ProtoError::new(
+            ErrorCode::StaticTokenRejected,
+            "replace $T",
+        ));
+        let e = agent_failure(&refused);
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(e.kind, "authentication_error");
+        assert!(e.message.contains("a static token cannot be refreshed"), "{}", e.message);
+        assert!(e.message.contains("replace $T"), "{}", e.message);
+    }
+
+    #[test]
+    fn reauth_message_says_to_log_in_again() {
+        let e = reauth("invalid_grant");
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(e.kind, "authentication_error");
+        assert!(e.message.contains("log in again"));
+        assert_eq!(e.retry, Some(false), "Claude Code would retry it for minutes");
     }
 }

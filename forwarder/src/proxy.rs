@@ -4,12 +4,13 @@
 use crate::access::AccessLog;
 use crate::agent::{AgentError, Token, TokenSource};
 use crate::body::{discard, ResponseBody, Tee, UpstreamBody};
-use crate::errors::ErrorReply;
+use crate::errors::{agent_failure, reauth, static_token_rejected, ErrorReply};
 use crate::headers;
 use crate::health;
 use crate::keys::InboundKeys;
 use crate::limiter::Slot;
 use crate::metrics::{KeyLabels, Outcome, Route, METRICS};
+use crate::path::upstream_path;
 use crate::rejected::RejectedToken;
 use crate::upstream::Upstream;
 use http::header::CONTENT_LENGTH;
@@ -22,7 +23,7 @@ use sidecred_proto::{ErrorCode, Secret};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 pub struct Proxy {
     pub upstream: Upstream,
@@ -288,88 +289,8 @@ struct Rejection<'a> {
     log: &'a mut Option<AccessLog>,
 }
 
-/// Where a client path goes upstream, query kept: `/v1/...` as it is; `/api/v1/...` without `/api` (the
-/// base URL the deployment guide gives clients); and either with its `/v1` doubled (`/v1/v1/...`,
-/// `/api/v1/v1/...`) with one `/v1` fewer, since clients append `/v1/...` to their base URL themselves
-/// (One-Hub, the SDKs, Claude Code) and a base URL copied with `/v1` or `/api/v1` at its end doubles it.
-/// Anything else is not ours to forward.
-pub fn upstream_path(uri: &Uri) -> Option<PathAndQuery> {
-    let pq = uri.path_and_query()?;
-    match client_prefix(pq.path())? {
-        0 => Some(pq.clone()),
-        skip => PathAndQuery::try_from(&pq.as_str()[skip..]).ok(),
-    }
-}
-
-/// How many leading bytes of `path` are the client's base path, not the API's; `None` when what
-/// follows is not an API path either.
-fn client_prefix(path: &str) -> Option<usize> {
-    let is_v1 = |p: &str| p == "/v1" || p.starts_with("/v1/");
-    let api = match path.strip_prefix("/api") {
-        Some(rest) if is_v1(rest) => "/api".len(),
-        _ => 0,
-    };
-    let rest = &path[api..];
-    if !is_v1(rest) {
-        return None;
-    }
-    let doubled = is_v1(&rest["/v1".len()..]);
-    Some(api + if doubled { "/v1".len() } else { 0 })
-}
-
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
-}
-
-fn agent_failure(e: &AgentError) -> ErrorReply {
-    match e {
-        AgentError::ReauthRequired(m) => reauth(m),
-        AgentError::Refused(p) if p.code == ErrorCode::StaticTokenRejected => {
-            static_token_rejected(&p.message)
-        }
-        AgentError::Refused(p) => {
-            warn!(code = %p.code, error = %p.message, "the agent has no token to serve");
-            let e = ErrorReply::agent_unavailable(format_args!(
-                "it has no valid token ({}): {}",
-                p.code, p.message
-            ));
-            // These last until an operator changes the agent's configuration or the forwarder's.
-            match p.code {
-                ErrorCode::PermissionDenied | ErrorCode::UnsupportedVersion | ErrorCode::BadRequest => {
-                    e.final_answer()
-                }
-                _ => e,
-            }
-        }
-        AgentError::Unreachable { .. } | AgentError::Timeout(_) => {
-            warn!(error = %e, "the agent is not answering");
-            ErrorReply::agent_unavailable(e)
-        }
-        AgentError::Impostor { .. } => {
-            error!(error = %e, "not the agent: nothing was sent to it and nothing forwarded");
-            // Until someone removes that socket or corrects --agent-uid.
-            ErrorReply::agent_unavailable(e).final_answer()
-        }
-    }
-}
-
-fn reauth(agent_message: &str) -> ErrorReply {
-    warn!("the agent's refresh token was rejected: someone must log in again");
-    ErrorReply::unauthorized(format!(
-        "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
-         (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
-    ))
-    .counted_as(Outcome::ReauthRequired)
-}
-
-fn static_token_rejected(agent_message: &str) -> ErrorReply {
-    warn!("the upstream rejected the agent's static token, which cannot be refreshed");
-    ErrorReply::unauthorized(format!(
-        "the static token behind this forwarder was rejected, and a static token cannot be refreshed; an \
-         operator must replace it (sidecred-agent run --static-token-env) or run the agent on a login. Agent \
-         says: {agent_message}"
-    ))
-    .counted_as(Outcome::ReauthRequired)
 }
 
 /// The error and its causes on one line: hyper's top-level messages ("client error (Connect)") say
@@ -390,43 +311,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
-    fn path(s: &str) -> Option<String> {
-        upstream_path(&s.parse::<Uri>().unwrap()).map(|p| p.as_str().to_owned())
-    }
-
-    #[test]
-    fn paths() {
-        assert_eq!(path("/v1/messages").as_deref(), Some("/v1/messages"));
-        assert_eq!(path("/v1/messages?beta=true").as_deref(), Some("/v1/messages?beta=true"));
-        assert_eq!(path("/api/v1/messages").as_deref(), Some("/v1/messages"));
-        assert_eq!(path("/api/v1/models?limit=5").as_deref(), Some("/v1/models?limit=5"));
-        assert_eq!(path("/v1").as_deref(), Some("/v1"));
-        assert_eq!(path("http://h:1/v1/models").as_deref(), Some("/v1/models"));
-        assert_eq!(path("/"), None);
-        assert_eq!(path("/v2/messages"), None);
-        assert_eq!(path("/v1x"), None);
-        assert_eq!(path("/api/v2/messages"), None);
-        assert_eq!(path("/api"), None);
-        assert_eq!(path("/apiv1/messages"), None);
-        assert_eq!(path("/health/v1"), None);
-    }
-
-    #[test]
-    fn a_doubled_v1_is_served_once() {
-        assert_eq!(path("/v1/v1/messages").as_deref(), Some("/v1/messages"));
-        assert_eq!(path("/v1/v1/messages?beta=true").as_deref(), Some("/v1/messages?beta=true"));
-        assert_eq!(path("/api/v1/v1/messages?beta=true").as_deref(), Some("/v1/messages?beta=true"));
-        assert_eq!(path("/api/v1/v1/models").as_deref(), Some("/v1/models"));
-        assert_eq!(path("/api/v1/v1/messages/count_tokens").as_deref(), Some("/v1/messages/count_tokens"));
-        assert_eq!(path("/v1/v1").as_deref(), Some("/v1"));
-        assert_eq!(path("/api/v1/v1").as_deref(), Some("/v1"));
-        // Only a whole `/v1` segment counts, and only one of them is the client's.
-        assert_eq!(path("/v1/v1x").as_deref(), Some("/v1/v1x"));
-        assert_eq!(path("/v1/v1/v1/models").as_deref(), Some("/v1/v1/models"));
-        assert_eq!(path("/api/api/v1/messages"), None);
-        assert_eq!(path("/v1/api/v1/messages").as_deref(), Some("/v1/api/v1/messages"));
-    }
-
     #[test]
     fn declared_lengths() {
         let mut h = HeaderMap::new();
@@ -435,27 +319,5 @@ mod tests {
         assert_eq!(declared_length(&h), Some(42));
         h.insert(CONTENT_LENGTH, "nope".parse().unwrap());
         assert_eq!(declared_length(&h), None);
-    }
-
-    #[test]
-    fn a_rejected_static_token_is_a_401_that_says_it_cannot_be_refreshed() {
-        let refused = AgentError::Refused(sidecred_proto::ProtoError::new(
-            ErrorCode::StaticTokenRejected,
-            "replace $T",
-        ));
-        let e = agent_failure(&refused);
-        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(e.kind, "authentication_error");
-        assert!(e.message.contains("a static token cannot be refreshed"), "{}", e.message);
-        assert!(e.message.contains("replace $T"), "{}", e.message);
-    }
-
-    #[test]
-    fn reauth_message_says_to_log_in_again() {
-        let e = reauth("invalid_grant");
-        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(e.kind, "authentication_error");
-        assert!(e.message.contains("log in again"));
-        assert_eq!(e.retry, Some(false), "Claude Code would retry it for minutes");
     }
 }
