@@ -1,8 +1,8 @@
-//! Request paths: where a client's path goes upstream ([`upstream_path`]), and the paths that could leave
-//! the `/v1` allow-list once something downstream normalises them ([`check`]). The
-//! forwarder sends paths as they are, but the upstream (or a proxy in between) may resolve `..`, decode
-//! `%2e`, or read a backslash or an encoded slash as a separator: `/v1/../admin` would then carry the
-//! account's token somewhere that is not the API. Such paths are answered 400 here and never forwarded.
+//! Request paths: where a client's path goes upstream ([`upstream_path`]), and the paths that could
+//! leave the `/v1` allow-list once something downstream normalises them ([`check`]). The forwarder sends
+//! paths as they are, but the upstream (or a proxy in between) may resolve `..`, decode `%2e`, or read a
+//! backslash or an encoded slash as a separator: `/v1/../admin` would then carry the account's token
+//! somewhere that is not the API. Such paths are answered 400 here and never forwarded.
 
 use crate::errors::ErrorReply;
 use http::uri::PathAndQuery;
