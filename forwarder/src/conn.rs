@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -84,6 +84,10 @@ impl Drain {
 struct Activity {
     opened: Instant,
     asked: AtomicBool,
+    /// Wakes the watcher at the first request: its timer was set for `--first-request-timeout`, and
+    /// the idle timeout (which may be shorter) counts from then on. Later requests need no wake: a
+    /// timer set while one is in flight falls due no later than the idle deadline would.
+    first_request: Notify,
     http2: AtomicBool,
     in_flight: AtomicUsize,
     /// When `in_flight` last fell to zero, in milliseconds since `opened`.
@@ -92,7 +96,9 @@ struct Activity {
 
 impl Activity {
     fn begin(self: &Arc<Self>, version: Version) -> InFlight {
-        self.asked.store(true, Ordering::Relaxed);
+        if !self.asked.swap(true, Ordering::Relaxed) {
+            self.first_request.notify_one();
+        }
         if version == Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
@@ -165,6 +171,7 @@ impl Worker {
         let activity = Arc::new(Activity {
             opened: Instant::now(),
             asked: AtomicBool::new(false),
+            first_request: Notify::new(),
             http2: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -229,6 +236,7 @@ impl Watcher {
         let mut check = self.activity.opened;
         // Whether the acceptor still says when it is crowded (it stops when the drain starts).
         let mut crowding = true;
+        let mut asked = false;
         loop {
             let timer = match phase {
                 Phase::Closing(at) => at,
@@ -249,6 +257,10 @@ impl Watcher {
                         check = Instant::now() + self.limits.drain_linger;
                         phase = Phase::Lingering;
                     }
+                }
+                () = self.activity.first_request.notified(), if !asked && matches!(phase, Phase::Serving) => {
+                    asked = true;
+                    check = Instant::now();
                 }
                 changed = self.crowded.changed(), if crowding && matches!(phase, Phase::Serving) => {
                     crowding = changed.is_ok();
