@@ -3,15 +3,42 @@
 use k8s_openapi::api::core::v1::Secret;
 use tracing::warn;
 
-/// A client from the in-cluster service account, or `KUBECONFIG` outside a cluster. kube's errors name
-/// what is missing, never the bearer token.
-pub async fn client() -> Result<kube::Client, String> {
-    let config = kube::Config::infer().await.map_err(|e| {
-        format!("cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG): {e}")
-    })?;
-    kube::Client::try_from(config).map_err(|e| {
-        format!("cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG): {e}")
-    })
+/// A client from the in-cluster service account, or `KUBECONFIG` outside a cluster, for the flags in
+/// `needed_by`. kube's errors name what is missing, never the bearer token.
+pub async fn client(needed_by: &str) -> Result<kube::Client, String> {
+    let fail = |e: &dyn std::fmt::Display| {
+        format!(
+            "{needed_by} needs a Kubernetes client and none can be configured: neither an in-cluster service \
+             account (KUBERNETES_SERVICE_HOST and the mounted token) nor a usable KUBECONFIG: {e}"
+        )
+    };
+    let config = kube::Config::infer().await.map_err(|e| fail(&e))?;
+    kube::Client::try_from(config).map_err(|e| fail(&e))
+}
+
+/// What a failed call to the Kubernetes API means, in one wording for every caller: the verb, the kind
+/// and `namespace/name` of the object, and on 403 the RBAC verbs (`needs`) the role lacks. kube's errors
+/// describe the request and the status, never the bearer token.
+pub fn describe(
+    verb: &str,
+    kind: &str,
+    object: &dyn std::fmt::Display,
+    needs: &str,
+    e: &kube::Error,
+) -> String {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "the Kubernetes API refused to {verb} the {kind} {object}: {} (the RBAC role needs {needs} on this {kind})",
+            status.message
+        ),
+        kube::Error::Api(status) if status.code == 404 => format!(
+            "cannot {verb} the {kind} {object}: it does not exist (apply it with the manifests; the agent does not create it)"
+        ),
+        kube::Error::Api(status) if status.code == 409 => {
+            format!("cannot {verb} the {kind} {object}: it changed while it was being updated")
+        }
+        other => format!("cannot {verb} the {kind} {object}: {other}"),
+    }
 }
 
 /// Annotation and label prefixes of the controllers that render Secrets from elsewhere and put them
@@ -55,6 +82,23 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(kube::core::Status::failure(&format!("status {code}"), "").with_code(code).boxed())
+    }
+
+    #[test]
+    fn descriptions_name_the_verb_the_object_and_the_missing_rbac() {
+        let forbidden = describe("patch", "Secret", &"ns/creds", "`get` and `patch`", &api_error(403));
+        assert!(forbidden.contains("patch the Secret ns/creds"), "{forbidden}");
+        assert!(forbidden.contains("RBAC role needs `get` and `patch`"), "{forbidden}");
+        let missing = describe("get", "Lease", &"ns/lock", "`get`", &api_error(404));
+        assert!(missing.contains("get the Lease ns/lock") && missing.contains("does not exist"), "{missing}");
+        let conflict = describe("patch", "Secret", &"ns/creds", "`patch`", &api_error(409));
+        assert!(conflict.contains("changed while"), "{conflict}");
+        let other = describe("watch", "Secret", &"ns/creds", "`watch`", &api_error(500));
+        assert!(other.contains("watch the Secret ns/creds") && other.contains("status 500"), "{other}");
+    }
 
     #[test]
     fn owners_and_controller_annotations_are_named() {

@@ -234,16 +234,6 @@ impl Election {
     }
 
     fn describe(&self, verb: &str, e: kube::Error) -> String {
-        match e {
-            kube::Error::Api(status) if status.code == 404 => format!(
-                "the Lease {} does not exist: apply it with the manifests (the agent does not create it)",
-                self.config.lease
-            ),
-            kube::Error::Api(status) if status.code == 403 => format!(
-                "the Kubernetes API refused to {verb} the Lease {}: {} (the role needs get and update on it)",
-                self.config.lease, status.message
-            ),
-            other => format!("{verb} the Lease {}: {other}", self.config.lease),
-        }
+        crate::cluster::describe(verb, "Lease", &self.config.lease, "`get` and `update`", &e)
     }
 }

@@ -62,13 +62,7 @@ impl SharedSecret {
     }
 
     fn describe(&self, verb: &str, e: kube::Error) -> String {
-        match e {
-            kube::Error::Api(status) if status.code == 403 => format!(
-                "the Kubernetes API refused to {verb} secret {}: {} (the role needs get and watch on it)",
-                self.secret, status.message
-            ),
-            other => format!("{verb} secret {}: {other}", self.secret),
-        }
+        crate::cluster::describe(verb, "Secret", &self.secret, "`get` and `watch`", &e)
     }
 
     /// Watches the Secret until `inputs` closes, sending each new pair to the lifecycle.

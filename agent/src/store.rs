@@ -65,6 +65,8 @@ pub struct SeedRead {
     /// Set when the seed was read from the shared Secret through the Kubernetes API (`--lease`): its
     /// `resourceVersion`. Such a seed only moves forward, so the pair it replaces is spent.
     pub secret_rv: Option<String>,
+    /// Where the pair came from, for the logs: the file path, or the Secret, key and version.
+    pub origin: String,
 }
 
 impl SeedRead {
@@ -73,6 +75,7 @@ impl SeedRead {
         SeedRead {
             sha256: sha256_hex(bytes),
             credentials: Credentials::parse(bytes, label),
+            origin: format!("{} (resourceVersion {resource_version})", label.display()),
             secret_rv: Some(resource_version),
         }
     }
@@ -240,6 +243,7 @@ pub fn read_seed_file(path: &Path) -> Result<SeedRead, CredentialsError> {
         sha256: sha256_hex(&bytes),
         credentials: Credentials::parse(&bytes, path),
         secret_rv: None,
+        origin: path.display().to_string(),
     })
 }
 

@@ -69,10 +69,11 @@ pub struct WriteBack {
 impl WriteBack {
     /// Starts the writer task. Only the newest pair matters: offers that arrive while a write is in
     /// progress replace each other.
-    pub fn spawn(secret: SecretRef, key: String) -> WriteBack {
+    pub fn spawn(client: kube::Client, secret: SecretRef, key: String) -> WriteBack {
         let (tx, rx) = watch::channel(None);
         let (written_tx, written) = watch::channel(None);
-        tokio::spawn(writer(secret, key, rx, written_tx));
+        let api = Api::namespaced(client, &secret.namespace);
+        tokio::spawn(writer(api, secret, key, rx, written_tx));
         WriteBack { tx, written }
     }
 
@@ -108,16 +109,15 @@ impl WriteBack {
 /// Why the live pair did not reach the Kubernetes Secret (the file writes have `atomic::WriteError`).
 #[derive(Debug, thiserror::Error)]
 enum SecretWriteError {
+    // Each variant holds `cluster::describe`'s wording; the variant is what the writer acts on.
     #[error("{0}")]
-    Config(String),
-    #[error("the Kubernetes API refused to {verb} secret {secret}: {reason} (the RBAC role needs `get` and `patch` on this Secret)")]
-    Forbidden { verb: &'static str, secret: SecretRef, reason: String },
-    #[error("secret {0} does not exist")]
-    NotFound(SecretRef),
-    #[error("secret {secret} changed while it was being updated; retrying")]
-    Conflict { secret: SecretRef },
-    #[error("{verb} secret {secret}: {reason}")]
-    Api { verb: &'static str, secret: SecretRef, reason: String },
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}; retrying")]
+    Conflict(String),
+    #[error("{0}")]
+    Api(String),
 }
 
 enum Outcome {
@@ -132,12 +132,12 @@ const CONFLICT_PAUSE_MIN: Duration = Duration::from_millis(100);
 const CONFLICT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 async fn writer(
+    api: Api<KubeSecret>,
     secret: SecretRef,
     key: String,
     mut rx: watch::Receiver<Option<Offer>>,
     written: watch::Sender<Option<String>>,
 ) {
-    let mut api: Option<Api<KubeSecret>> = None;
     let mut delay = Duration::from_secs(1);
     let mut conflict_pause = CONFLICT_PAUSE_MIN;
     let mut checked_manager = false;
@@ -147,18 +147,7 @@ async fn writer(
         }
         loop {
             let Some(offer) = rx.borrow_and_update().clone() else { break };
-            let result = match &api {
-                Some(api) => write(api, &secret, &key, &offer, &mut checked_manager).await,
-                None => match connect(&secret).await {
-                    Ok(a) => {
-                        let r = write(&a, &secret, &key, &offer, &mut checked_manager).await;
-                        api = Some(a);
-                        r
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            match result {
+            match write(&api, &secret, &key, &offer, &mut checked_manager).await {
                 Ok(Outcome::Written) => {
                     info!(secret = %secret, refresh_token = %offer.refresh_fp, "wrote the live pair back to the Secret");
                     written.send_replace(Some(offer.refresh_fp.clone()));
@@ -178,7 +167,7 @@ async fn writer(
                     );
                     break;
                 }
-                Err(SecretWriteError::Conflict { .. }) => {
+                Err(SecretWriteError::Conflict(_)) => {
                     // Someone else wrote meanwhile: read again, after a pause that grows, so two writers
                     // (or an API server that conflicts every time) do not spin.
                     debug!(secret = %secret, retry_in = ?conflict_pause, "the Secret changed under the write; retrying");
@@ -197,11 +186,6 @@ async fn writer(
             }
         }
     }
-}
-
-async fn connect(secret: &SecretRef) -> Result<Api<KubeSecret>, SecretWriteError> {
-    let client = crate::cluster::client().await.map_err(SecretWriteError::Config)?;
-    Ok(Api::namespaced(client, &secret.namespace))
 }
 
 async fn write(
@@ -246,16 +230,12 @@ async fn write(
 }
 
 fn classify(e: kube::Error, verb: &'static str, secret: &SecretRef) -> SecretWriteError {
+    let text = crate::cluster::describe(verb, "Secret", secret, "`get` and `patch`", &e);
     match e {
-        kube::Error::Api(status) if status.code == 403 => {
-            SecretWriteError::Forbidden { verb, secret: secret.clone(), reason: status.message.clone() }
-        }
-        kube::Error::Api(status) if status.code == 404 => SecretWriteError::NotFound(secret.clone()),
-        kube::Error::Api(status) if status.code == 409 => {
-            SecretWriteError::Conflict { secret: secret.clone() }
-        }
-        // kube's errors describe the request and status, never the bearer token.
-        other => SecretWriteError::Api { verb, secret: secret.clone(), reason: other.to_string() },
+        kube::Error::Api(status) if status.code == 403 => SecretWriteError::Forbidden(text),
+        kube::Error::Api(status) if status.code == 404 => SecretWriteError::NotFound(text),
+        kube::Error::Api(status) if status.code == 409 => SecretWriteError::Conflict(text),
+        _ => SecretWriteError::Api(text),
     }
 }
 

@@ -161,6 +161,18 @@ async fn three_pods_share_one_login_through_kills_an_outage_and_a_pause() {
         pod_named(&mut pods, &victim).restart_agent(&cluster).await;
         set_targets(&targets, &pods, None);
         converged(&cluster, &pods, &format!("after kill {round}")).await;
+        if in_flight {
+            // The logs say the new login came from the Secret, at which version, not from a file.
+            let from_secret = |p: &Pod| {
+                p.agent.as_ref().is_some_and(|a| {
+                    a.log().lines().any(|l| {
+                        l.contains("adopting new credentials from the shared Secret")
+                            && l.contains("resourceVersion")
+                    })
+                })
+            };
+            assert!(pods.iter().any(from_secret), "no agent logged adopting the login from the Secret");
+        }
         // Requests that were already with the victim's forwarder when its agent died get a 503 that
         // names the agent; every other failure counts.
         let mut failures = tally.failures().split_off(failed_before);

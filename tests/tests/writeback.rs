@@ -6,7 +6,8 @@ use sidecred_tests::fakes::claude_oauth::{FakeOAuth, Pair};
 use sidecred_tests::fakes::kube::FakeKube;
 use sidecred_tests::fakes::kubelet::SecretDir;
 use sidecred_tests::harness::*;
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const NS: &str = "sidecred";
@@ -136,6 +137,27 @@ async fn a_forbidden_write_back_is_reported_and_tokens_keep_flowing() {
         sb.client().await.get_token().await.unwrap().access_token.expose(),
         fake.latest_access_token().unwrap()
     );
+}
+
+/// In a pod the in-cluster config is there at start or never: an agent that could not write back says so
+/// and stops before it refreshes anything, instead of spending refresh tokens no other pod will see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_kubernetes_config_stops_at_start_naming_the_flag() {
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+    // No kubeconfig is written and KUBERNETES_SERVICE_HOST is removed.
+    let mut cmd = agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"));
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut status = None;
+    wait_until("the agent stops", Duration::from_secs(10), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    })
+    .await;
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    assert!(stderr.contains("--write-back-secret needs a Kubernetes client"), "{stderr}");
+    assert!(stderr.contains("KUBECONFIG"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,6 +159,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         idle_timeout: args.idle_timeout,
         refresh_wait: args.endpoint.request_timeout.saturating_add(Duration::from_secs(5)),
     };
+    // One client for the write-back, the lease and the Secret watch. In a pod the in-cluster config is
+    // there at container start or never, so a client that cannot be built now is an operator error:
+    // the agent stops here, before it refreshes a pair it could not share.
+    let kube_client = match &args.write_back_secret {
+        Some(_) => {
+            let flags =
+                if args.lease.is_some() { "--write-back-secret with --lease" } else { "--write-back-secret" };
+            Some(crate::cluster::client(flags).await.map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     // What to serve is settled before the socket exists: a static token that is not there is an error
     // at start, not a socket that answers "no credentials" forever.
     let (lifecycle, snapshots, seed) = match &args.static_token_env {
@@ -173,10 +184,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let loaded = load(&store);
             let initial_sha = loaded.as_ref().ok().and_then(|l| l.seed_sha256.clone());
             let (mut lifecycle, snapshots) = Lifecycle::new(store, oauth, policy, loaded);
-            if let Some(secret) = &args.write_back_secret {
+            if let (Some(secret), Some(client)) = (&args.write_back_secret, &kube_client) {
                 info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
-                lifecycle =
-                    lifecycle.with_write_back(WriteBack::spawn(secret.clone(), args.write_back_key.clone()));
+                let write_back =
+                    WriteBack::spawn(client.clone(), secret.clone(), args.write_back_key.clone());
+                lifecycle = lifecycle.with_write_back(write_back);
             }
             if let Some(lease) = &args.lease {
                 lifecycle = lifecycle.with_lease(lease.to_string(), CONFIRM_WRITE);
@@ -197,8 +209,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
     let mut election = None;
-    if let (Some(lease), Some(secret)) = (&args.lease, &args.write_back_secret) {
-        let client = crate::cluster::client().await.map_err(anyhow::Error::msg)?;
+    if let (Some(lease), Some(secret), Some(client)) = (&args.lease, &args.write_back_secret, kube_client) {
         let shared = SharedSecret::new(client.clone(), secret.clone(), args.write_back_key.clone());
         shared.clone().spawn_watch(inputs_tx.clone());
         let config = lease::Config {

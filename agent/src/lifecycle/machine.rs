@@ -457,7 +457,7 @@ impl Machine {
         let credentials = match seed.credentials {
             Ok(c) => c,
             Err(e) => {
-                error!(file = %self.seed_path, error = %e, "ignoring the changed seed; still serving the last good credentials");
+                error!(source = %seed.origin, error = %e, "ignoring the changed seed; still serving the last good credentials");
                 self.last_error = Some((format!("seed change ignored: {e}"), now.wall_ms));
                 return;
             }
@@ -470,17 +470,18 @@ impl Machine {
         }
         if credentials.refresh_token.as_ref().is_some_and(|r| is_retired(&self.retired, &r.fingerprint())) {
             warn!(
-                file = %self.seed_path,
+                source = %seed.origin,
                 refresh_token = ?credentials.refresh_token,
                 "the seed holds a refresh token this agent already spent; keeping the live pair"
             );
             return;
         }
         info!(
-            file = %self.seed_path,
+            source = %seed.origin,
             access_token = %credentials.access_token,
             refresh_token = ?credentials.refresh_token,
-            "adopting new credentials from the seed"
+            "adopting new credentials from {}",
+            if seed.secret_rv.is_some() { "the shared Secret" } else { "the seed file" }
         );
         // The shared Secret only moves forward: the pair it replaces was spent by the lease holder, and
         // must never be taken back (from a lagging volume, or a state file) and refreshed.

@@ -23,7 +23,12 @@ fn holding_until(until: Instant) -> LeaseView {
 }
 
 fn from_secret(rv: &str, c: Credentials) -> SeedRead {
-    SeedRead { sha256: format!("sha-{rv}"), credentials: Ok(c), secret_rv: Some(rv.into()) }
+    SeedRead {
+        sha256: format!("sha-{rv}"),
+        credentials: Ok(c),
+        secret_rv: Some(rv.into()),
+        origin: format!("secret ns/creds key k (resourceVersion {rv})"),
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -50,7 +50,12 @@ fn creds(access: &str, refresh: &str, expires_at_ms: u64) -> Credentials {
 }
 
 fn seed(sha: &str, c: Credentials) -> SeedRead {
-    SeedRead { sha256: sha.to_owned(), credentials: Ok(c), secret_rv: None }
+    SeedRead {
+        sha256: sha.to_owned(),
+        credentials: Ok(c),
+        secret_rv: None,
+        origin: format!("seed file {sha}"),
+    }
 }
 
 fn machine(clock: &Clock, left: Duration, saves_to_state: bool) -> Machine {
