@@ -1,5 +1,5 @@
-//! What the benchmark programs share: a process's resources as `/proc` reports them, and opening an SSE
-//! stream of a given shape through a proxy.
+//! What the benchmark programs share: a process's resources as `/proc` reports them, opening an SSE
+//! stream of a given shape through a proxy, and reading a percentile off sorted samples.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -23,6 +23,13 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The nearest-rank `q` quantile (0 to 1) of `sorted`; the default value when there is no sample.
+pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    let last = sorted.len().saturating_sub(1);
+    let i = (last as f64 * q).round() as usize;
+    sorted.get(i.min(last)).copied().unwrap_or_default()
 }
 
 /// Opens a Messages stream of `events` deltas `gap_ms` apart from the bench upstream at `addr` (directly or

@@ -32,14 +32,6 @@ fn humantime_parse(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     // One thread, like the forwarder's calls: the agent, not the client, is what is measured.
@@ -88,9 +80,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "latency_fetches": samples.len(),
-            "p50_us": us(percentile(&samples, 0.50)),
-            "p99_us": us(percentile(&samples, 0.99)),
-            "p999_us": us(percentile(&samples, 0.999)),
+            "p50_us": us(sidecred_bench::percentile(&samples, 0.50)),
+            "p99_us": us(sidecred_bench::percentile(&samples, 0.99)),
+            "p999_us": us(sidecred_bench::percentile(&samples, 0.999)),
             "connections": args.connections,
             "fetches": total,
             "fetches_per_s": total as f64 / elapsed,

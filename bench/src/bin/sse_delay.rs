@@ -48,10 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         delays.extend(got);
     }
     delays.sort_unstable();
-    let at = |q: f64| {
-        let i = ((delays.len() as f64 - 1.0) * q).round() as usize;
-        delays.get(i).copied().unwrap_or(0)
-    };
+    let at = |q: f64| sidecred_bench::percentile(&delays, q);
     println!("events={} p50_us={} p99_us={} max_us={}", delays.len(), at(0.5), at(0.99), at(1.0));
     Ok(())
 }
