@@ -34,15 +34,7 @@ install_wrk_and_nginx
 
 build_release
 
-WORK="$(mktemp -d -t sidecred-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+start_work sidecred-bench
 
 OAUTH_BETA="$(anthropic_const OAUTH_BETA)"
 ANTHROPIC_VERSION="$(anthropic_const ANTHROPIC_VERSION)"

@@ -20,6 +20,20 @@ apt_install() {
     return "$rc"
 }
 
+# A run's scratch directory and the processes it started: start_work PREFIX sets WORK and PIDS (append
+# each started pid) and, on exit, stops them all and removes WORK (kept when KEEP_WORK is set).
+start_work() {
+    WORK="$(mktemp -d -t "$1.XXXXXX")"
+    PIDS=()
+    trap stop_work EXIT
+}
+stop_work() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -n "${KEEP_WORK:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+
 # One release build of everything the benchmarks start, with the same package set in every script: a
 # different set unifies other features, and cargo would build the shared crates again for each script.
 build_release() {

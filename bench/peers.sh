@@ -48,15 +48,7 @@ command -v unshare >/dev/null || apt_install util-linux
 
 build_release
 
-WORK="$(mktemp -d -t sidecred-peers.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ -n "${KEEP_WORK:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+start_work sidecred-peers
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 result() { printf '%s %s\n' "$1" "${*:2}" >>"$RESULTS"; }
