@@ -6,8 +6,7 @@ use sidecred_tests::fakes::claude_oauth::{FakeOAuth, Pair};
 use sidecred_tests::fakes::kube::FakeKube;
 use sidecred_tests::fakes::kubelet::SecretDir;
 use sidecred_tests::harness::*;
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const NS: &str = "sidecred";
@@ -145,17 +144,11 @@ async fn a_forbidden_write_back_is_reported_and_tokens_keep_flowing() {
 async fn an_agent_without_a_kubernetes_config_stops_at_start_naming_the_flag() {
     let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
     // No kubeconfig is written and KUBERNETES_SERVICE_HOST is removed.
-    let mut cmd = agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"));
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut status = None;
-    wait_until("the agent stops", Duration::from_secs(10), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    })
-    .await;
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    let cmd = agent_cmd(&sb, &fake, &format!("{NS}/{NAME}"));
+    let mut agent = Proc::spawn("agent", cmd, &sb.log("agent"));
+    let status = agent.wait_exit(Duration::from_secs(10));
+    let stderr = agent.log();
+    assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("--write-back-secret needs a Kubernetes client"), "{stderr}");
     assert!(stderr.contains("KUBECONFIG"), "{stderr}");
 }
