@@ -21,10 +21,10 @@
 //! - `atomic.rs`: crash-safe replacement of a file (through symlinks, keeping its mode).
 //! - `oauth.rs`: Claude's token endpoint: the refresh grant and the code exchange.
 //! - `api.rs`: the two API calls the commands make (model list, profile) and what a refusal means.
-//! - `writeback.rs`: copying the live pair into a Kubernetes Secret after each refresh.
-//! - Many agents on one login (`--lease`): `lease.rs` elects the one that refreshes (a Lease, with
-//!   fencing); `shared_secret.rs` reads and watches the Secret the others adopt each new pair from;
-//!   `cluster.rs` the Kubernetes client and the check for a controller that manages that Secret.
+//! - `cluster/`: everything Kubernetes: the client (`client.rs`), copying the live pair into a Secret
+//!   after each refresh (`writeback.rs`), reading and watching the Secret that other agents adopt
+//!   each new pair from (`secret_watch.rs`), and the Lease election with its fencing that picks the
+//!   one agent that refreshes (`election.rs`).
 //! - `metrics.rs`: `run --metrics-listen`: the lifecycle's snapshot as Prometheus gauges at scrape time,
 //!   and the counts of refreshes and failed saves.
 //! - `cmd/`: the command line.
@@ -47,15 +47,12 @@ mod atomic;
 mod cluster;
 mod cmd;
 mod credentials;
-mod lease;
 mod lifecycle;
 mod metrics;
 mod oauth;
-mod shared_secret;
 mod socket;
 mod store;
 mod watch;
-mod writeback;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -2,14 +2,14 @@
 //! and shuts them down in the order that loses nothing.
 
 use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
-use crate::lease;
+use crate::cluster::election;
 use crate::lifecycle::{Lifecycle, Policy, Snapshot};
 use crate::oauth::{OAuthClient, OAuthConfig};
-use crate::shared_secret::SharedSecret;
+use crate::cluster::secret_watch::SharedSecret;
 use crate::socket;
 use crate::store::Loaded;
 use crate::store::{Origin, Store};
-use crate::writeback::{SecretRef, WriteBack};
+use crate::cluster::writeback::{SecretRef, WriteBack};
 use anyhow::Context;
 use clap::Args;
 use sidecred_proto::{anthropic, Secret};
@@ -166,7 +166,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(_) => {
             let flags =
                 if args.lease.is_some() { "--write-back-secret with --lease" } else { "--write-back-secret" };
-            Some(crate::cluster::client(flags).await.map_err(anyhow::Error::msg)?)
+            Some(crate::cluster::client::client(flags).await.map_err(anyhow::Error::msg)?)
         }
         None => None,
     };
@@ -212,12 +212,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let (Some(lease), Some(secret), Some(client)) = (&args.lease, &args.write_back_secret, kube_client) {
         let shared = SharedSecret::new(client.clone(), secret.clone(), args.write_back_key.clone());
         shared.clone().spawn_watch(inputs_tx.clone());
-        let config = lease::Config {
+        let config = election::Config {
             lease: lease.clone(),
             identity: lease_identity(args.lease_holder.as_deref())?,
             duration: args.lease_duration,
         };
-        let task = lease::Election::new(config, client, shared).run(inputs_tx.clone(), lease_stop_rx);
+        let task = election::Election::new(config, client, shared).run(inputs_tx.clone(), lease_stop_rx);
         election = Some(tokio::spawn(task));
     }
     if let Some(metrics) = metrics_listener {

@@ -6,7 +6,7 @@ use super::machine::{Answer, Effect, Machine, Now, Paths, SaveJob};
 use super::{Input, Policy, Snapshot};
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
-use crate::writeback::WriteBack;
+use crate::cluster::writeback::WriteBack;
 use sidecred_proto::{ErrorCode, ProtoError, Secret};
 use std::future::Future;
 use std::pin::Pin;

@@ -7,7 +7,7 @@
 use crate::cluster::warn_if_managed;
 use crate::lifecycle::Input;
 use crate::store::SeedRead;
-use crate::writeback::SecretRef;
+use crate::cluster::writeback::SecretRef;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, WatchEvent, WatchParams};

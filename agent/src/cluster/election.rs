@@ -17,8 +17,8 @@
 //! so it never refreshes with a pair older than the Secret's.
 
 use crate::lifecycle::{Input, LeaseView};
-use crate::shared_secret::SharedSecret;
-use crate::writeback::SecretRef;
+use crate::cluster::secret_watch::SharedSecret;
+use crate::cluster::writeback::SecretRef;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;

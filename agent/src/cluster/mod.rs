@@ -1,0 +1,17 @@
+//! Everything the agent does with the Kubernetes API. The lifecycle decides; this wing talks to the
+//! API server.
+//!
+//! - `client.rs`: the client every other file here uses, and the checks on the shared Secret (a
+//!   controller that manages it, the wording of an API error).
+//! - `writeback.rs`: copying the live pair into the Secret after each refresh (compare-and-swap on
+//!   its resourceVersion).
+//! - `secret_watch.rs`: reading and watching the Secret that followers adopt each new pair from.
+//! - `election.rs`: many agents on one login (`--lease`): the Lease election, with fencing, that
+//!   decides which one refreshes.
+
+pub mod client;
+pub mod election;
+pub mod secret_watch;
+pub mod writeback;
+
+pub use client::{describe, warn_if_managed};
