@@ -1,6 +1,6 @@
 """The project's rules for every rendered kustomize bundle; a regression here is a security or safety regression.
 
-Usage: k8s.py BUNDLE.yaml...   (exits 1 and prints FAIL lines when a rule is broken)
+Usage: k8s.py BUNDLE.yaml...   (exits 1 and prints FAIL lines when a rule is broken; WARN lines do not fail)
 """
 
 import sys
@@ -9,14 +9,21 @@ import yaml
 
 from budget import (AGENT_REQUEST_TIMEOUT, FORWARDER_DRAIN_TIMEOUT, K8S_TERMINATION_GRACE, seconds, shortfall)
 from logins import check_logins, login_of
+from monitoring import check_monitoring
+from sidecar import SIDECAR_LABEL, check_sidecar_pod, is_sidecar
+from workloads import WORKLOAD_KINDS, pod_template, template_labels
 
 ALLOWED_EGRESS_PORTS = {53, 443, 6443}
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 problems = []
+warnings = []
 
 
 def fail(where, msg):
     problems.append(f"{where}: {msg}")
+
+
+def warn(where, msg):
+    warnings.append(f"{where}: {msg}")
 
 
 def subset(small, big):
@@ -53,6 +60,8 @@ def check_replicas(where, workload, login):
     why = "without a lease (SIDECRED_LEASE) a refresh token must have exactly one holder"
     if kind == "DaemonSet":
         fail(where, f"a DaemonSet runs one agent per node: {why}")
+    elif kind in ("Job", "CronJob"):
+        fail(where, f"a {kind}'s pods come and go, and a retry or the next run overlaps the last: {why}")
     elif spec.get("replicas") != 1:
         fail(where, f"replicas must be 1: {why}")
     if kind == "Deployment" and spec.get("strategy", {}).get("type") != "Recreate":
@@ -60,11 +69,13 @@ def check_replicas(where, workload, login):
                     "starts)")
 
 
-def check_security(where, pod, containers):
+def check_security(where, pod, containers, sidecar):
     psc = pod.get("securityContext", {})
-    if psc.get("fsGroup") != 65532:
-        fail(where, "pod securityContext.fsGroup must be 65532 (the agent reads the 0400 Secret through it)")
-    if pod.get("automountServiceAccountToken") is not False:
+    # Beside an app, the pod's settings are the app's: check_sidecar_pod holds them to what the agent needs.
+    if not sidecar and psc.get("fsGroup") != 65532:
+        fail(where, "pod securityContext.fsGroup must be 65532 (the agent reads the Secret, 0440 through that "
+                    "group, with it)")
+    if not sidecar and pod.get("automountServiceAccountToken") is not False:
         fail(where, "automountServiceAccountToken must be false (only the agent may get an API token)")
     for c in containers:
         cw = f"{where} container {c['name']}"
@@ -107,12 +118,30 @@ def check_shutdown_budget(where, pod, agent, forwarder):
                     f"({drain:g} s) plus a refresh in flight ({refresh:g} s) plus the margin")
 
 
+def check_state_volume(where, workload, agent, volumes):
+    """A state directory on a PersistentVolumeClaim is ReadWriteOnce: one pod, and the old one gone first."""
+    state = next((m["name"] for m in agent.get("volumeMounts", []) if m["mountPath"] == "/var/lib/sidecred"), None)
+    if state is None or "persistentVolumeClaim" not in volumes.get(state, {}):
+        return
+    spec = workload["spec"]
+    why = ("the state volume is a ReadWriteOnce PersistentVolumeClaim (components/persistent-state), which one "
+           "pod at a time can use: components/persistent-state and two-replicas cannot be combined; for several "
+           "replicas keep the pair in the Secret alone (write-back-secret)")
+    if workload["kind"] not in ("Deployment", "StatefulSet") or spec.get("replicas", 1) != 1:
+        fail(where, f"{workload['kind']} with replicas {spec.get('replicas', 1)}: {why}")
+    elif workload["kind"] == "Deployment" and spec.get("strategy", {}).get("type") != "Recreate":
+        fail(where, f"strategy.type must be Recreate: the new pod cannot start while the old one holds the volume "
+                    f"({why})")
+
+
 def check_workload(where, workload):
     """Checks one workload; returns (its pod labels, its login) when it runs sidecred, else None."""
     spec = workload["spec"]
-    pod = spec["template"]["spec"]
-    labels = spec["template"]["metadata"].get("labels", {})
-    if not subset(spec["selector"].get("matchLabels", {}), labels):
+    pod = pod_template(workload)["spec"]
+    labels = template_labels(workload)
+    sidecar = is_sidecar(workload)
+    # Jobs get their selector from the API server.
+    if "selector" in spec and not subset(spec["selector"].get("matchLabels", {}), labels):
         fail(where, "selector.matchLabels does not match the pod template's labels")
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     secret_volumes = {name for name, v in volumes.items() if "secret" in v}
@@ -121,7 +150,7 @@ def check_workload(where, workload):
             fail(where, f"Secret volume {name}: defaultMode must be 0400 (256)")
 
     containers = pod.get("initContainers", []) + pod.get("containers", [])
-    check_security(where, pod, containers)
+    check_security(where, pod, containers, sidecar)
     for c in containers:
         for m in c.get("volumeMounts", []):
             if m["name"] not in volumes:
@@ -131,7 +160,9 @@ def check_workload(where, workload):
     agents = [c for c in containers if binary(c) == "sidecred-agent"]
     forwarders = [c for c in containers if binary(c) == "sidecred-forwarder"]
     if len(agents) != 1 or len(forwarders) != 1:
-        fail(where, "needs exactly one sidecred-agent and one sidecred-forwarder container")
+        hint = (f": it is labelled {SIDECAR_LABEL}=true, but components/sidecar did not patch it (is the component "
+                "listed in its kustomization?)") if sidecar else ""
+        fail(where, f"needs exactly one sidecred-agent and one sidecred-forwarder container{hint}")
         return None
     agent, forwarder = agents[0], forwarders[0]
     # The forwarder faces the network: it must hold neither the credentials nor an API token.
@@ -152,6 +183,9 @@ def check_workload(where, workload):
     if len(set(sockets.values())) != 1 or None in sockets.values():
         fail(where, f"agent and forwarder must set the same SIDECRED_SOCKET, got {sockets}")
     check_shutdown_budget(where, pod, agent, forwarder)
+    check_state_volume(where, workload, agent, volumes)
+    if sidecar:
+        check_sidecar_pod(where, workload, pod, fail, warn)
 
     secret_names = {volumes[n]["secret"].get("secretName") for n in credentials & secret_volumes}
     login = login_of(where, workload, agent, secret_names, fail)
@@ -173,10 +207,19 @@ def check_role(where, role):
             fail(where, f"verbs {rule.get('verbs')} on {resources[0]} exceed {sorted(verbs)}")
 
 
+def restricts_egress(np):
+    return "Egress" in np["spec"].get("policyTypes", [])
+
+
 def check_networkpolicy(where, np):
+    """A policy restricts egress to the allowed ports, or is ingress-only (policyTypes [Ingress] and no egress
+    rules: it only opens a port, like components/monitoring's); each pod must still be under one that restricts
+    egress (check_bundle)."""
     spec = np["spec"]
-    if "Egress" not in spec.get("policyTypes", []):
-        fail(where, "must restrict Egress")
+    if not restricts_egress(np):
+        if spec.get("policyTypes") != ["Ingress"] or spec.get("egress"):
+            fail(where, "must restrict Egress, or be ingress-only (policyTypes: [Ingress], no egress rules)")
+        return
     for rule in spec.get("egress", []):
         ports = {p.get("port") for p in rule.get("ports", [])}
         if not ports or not ports <= ALLOWED_EGRESS_PORTS:
@@ -196,6 +239,9 @@ def check_bundle(path):
     workloads = []  # (where, pod labels, login)
     for d in docs:
         kind = d["kind"]
+        if is_sidecar(d) and kind not in WORKLOAD_KINDS:
+            fail(where(d), f"is labelled {SIDECAR_LABEL}=true, but components/sidecar patches only "
+                           f"{', '.join(WORKLOAD_KINDS)}: this {kind} gets no sidecars")
         if kind in WORKLOAD_KINDS:
             checked = check_workload(where(d), d)
             if checked:
@@ -208,7 +254,7 @@ def check_bundle(path):
             check_networkpolicy(where(d), d)
         elif kind == "Secret":
             fail(where(d), "a kustomization must not ship a Secret (it would overwrite the live credentials)")
-    all_templates = [d["spec"]["template"]["metadata"].get("labels", {}) for d in docs if d["kind"] in WORKLOAD_KINDS]
+    all_templates = [template_labels(d) for d in docs if d["kind"] in WORKLOAD_KINDS]
     for d in docs:
         if d["kind"] == "Service":
             n = sum(subset(d["spec"].get("selector", {}), t) for t in all_templates)
@@ -216,8 +262,7 @@ def check_bundle(path):
                 fail(where(d), f"selector matches {n} workloads, must match exactly one")
         if d["kind"] == "PodDisruptionBudget":
             matched = [w for w in docs if w["kind"] in WORKLOAD_KINDS
-                       and subset(d["spec"]["selector"].get("matchLabels", {}),
-                                  w["spec"]["template"]["metadata"].get("labels", {}))]
+                       and subset(d["spec"]["selector"].get("matchLabels", {}), template_labels(w))]
             if len(matched) != 1:
                 fail(where(d), f"selector matches {len(matched)} workloads, must match exactly one")
             elif d["spec"].get("minAvailable") == 1 and matched[0]["spec"].get("replicas", 1) < 2:
@@ -225,19 +270,44 @@ def check_bundle(path):
     policies = [np for np in docs if np["kind"] == "NetworkPolicy"]
     for w, labels, login in workloads:
         selecting = [np for np in policies if subset(np["spec"]["podSelector"].get("matchLabels", {}), labels)]
-        if not selecting:
-            fail(w, f"no NetworkPolicy selects the pods labelled {labels}")
+        if not any(restricts_egress(np) for np in selecting):
+            fail(w, f"no NetworkPolicy restricting egress selects the pods labelled {labels}")
         elif login.write_back and not any(6443 in egress_ports(np) for np in selecting):
             fail(w, "talks to the API server (the Lease, the Secret) but no NetworkPolicy allows egress to 6443")
     check_logins(name, docs, [(w, login) for w, _, login in workloads], fail)
+    check_monitoring(name, docs, fail)
+    check_version_labels(name, docs)
     if "sk-ant-" in text:
         fail(name, "contains something shaped like a real Anthropic token (sk-ant-...)")
 
 
-for bundle in sys.argv[1:]:
-    check_bundle(bundle)
-for p in problems:
-    print(f"FAIL {p}", file=sys.stderr)
-if problems:
-    sys.exit(1)
-print(f"{len(sys.argv) - 1} rendered bundles follow the rules")
+def check_version_labels(bundle, docs):
+    """app.kubernetes.io/version says what runs: the tag of the sidecred image in the same bundle."""
+    tags = {c["image"].rsplit(":", 1)[-1] for d in docs if d["kind"] in WORKLOAD_KINDS
+            for c in pod_template(d)["spec"].get("initContainers", []) + pod_template(d)["spec"].get("containers", [])
+            if binary(c).startswith("sidecred-") and ":" in c.get("image", "")}
+    for d in docs:
+        for labels in (d["metadata"].get("labels", {}),
+                       template_labels(d) if d["kind"] in WORKLOAD_KINDS else {}):
+            if labels.get("app.kubernetes.io/part-of") != "sidecred":
+                continue
+            version = labels.get("app.kubernetes.io/version")
+            if not version or (tags and version not in tags):
+                fail(f"{bundle} {d['kind']}/{d['metadata']['name']}",
+                     f"app.kubernetes.io/version {version!r} must be the sidecred image's tag ({sorted(tags)})")
+
+
+def main(bundles):
+    for bundle in bundles:
+        check_bundle(bundle)
+    for w in warnings:
+        print(f"WARN {w}", file=sys.stderr)
+    for p in problems:
+        print(f"FAIL {p}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    print(f"{len(bundles)} rendered bundles follow the rules ({len(warnings)} warnings)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -10,6 +10,8 @@ the Lease and never refreshes.
 import re
 from collections import namedtuple
 
+from workloads import pod_template
+
 Login = namedtuple("Login", "lease write_back service_account")
 
 _REFERENCE = re.compile(r"\$\((\w+)\)")
@@ -52,7 +54,7 @@ def _object_name(where, setting, value, defined, fail):
 
 
 def login_of(where, workload, agent, secret_names, fail):
-    pod = workload["spec"]["template"]["spec"]
+    pod = pod_template(workload)["spec"]
     settings, defined = _settings(agent, where, fail)
     lease = _object_name(where, "SIDECRED_LEASE", settings.get("SIDECRED_LEASE"), defined, fail)
     write_back = _object_name(where, "SIDECRED_WRITE_BACK_SECRET", settings.get("SIDECRED_WRITE_BACK_SECRET"),
