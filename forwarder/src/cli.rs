@@ -16,6 +16,11 @@ pub struct Cli {
     /// Address to accept clients on (HTTP/1.1 and cleartext HTTP/2).
     #[arg(long, env = "SIDECRED_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
+    /// Instead of serving: check that a forwarder answers `GET /livez` with 200 on --listen (0.0.0.0
+    /// and [::] mean loopback) within 2 s, and exit 0, or print why not and exit 1. For exec probes: the
+    /// kubelet's own HTTP probes reach the pod's IP, never a forwarder listening on loopback.
+    #[arg(long)]
+    pub probe: bool,
     /// The Anthropic API. Plain http is allowed (for tests and local fakes).
     #[arg(long, env = "SIDECRED_UPSTREAM", default_value = anthropic::DEFAULT_API_BASE, value_parser = parse_upstream)]
     pub upstream: http::Uri,

@@ -14,6 +14,9 @@ use crate::rejected::RejectedToken;
 use http::{Response, StatusCode};
 use serde_json::json;
 
+/// The liveness path, which `--probe` (probe.rs) asks too.
+pub const LIVEZ_PATH: &str = "/livez";
+
 pub fn livez() -> Response<ResponseBody> {
     json_response(StatusCode::OK, json!({"status": "ok"}).to_string())
 }

@@ -22,6 +22,7 @@ mod limiter;
 mod limits;
 mod metrics;
 mod path;
+mod probe;
 mod proxy;
 mod rejected;
 mod upstream;
@@ -45,6 +46,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if cli.probe {
+        // No logging set up: a probe's output is its one line, which the kubelet keeps in the pod's events.
+        return match probe::check(cli.listen, probe::PROBE_TIMEOUT) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sidecred-forwarder --probe: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     sidecred_logging::init(cli.log_format, tracing::Level::INFO);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,7 +44,7 @@ impl Proxy {
         // The probes' futures (a whole agent exchange) are boxed so they do not make every request's
         // future larger: hyper moves that future around, so its size is paid on each request.
         let resp = match req.uri().path() {
-            "/livez" => health::livez(),
+            health::LIVEZ_PATH => health::livez(),
             "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
             "/health" => Box::pin(health::health(&self.tokens, &self.rejected)).await,
             "/metrics" => crate::exposition::page(req.headers()),

@@ -57,3 +57,28 @@ async fn a_connection_header_naming_anthropic_version_keeps_the_default() {
     assert_eq!(seen.header("x-request-id").as_deref(), Some("raw-1"));
     assert!(seen.header("connection").is_none());
 }
+
+/// `sidecred-forwarder --probe`, as the sidecar's startup probe runs it: the listen address from
+/// SIDECRED_LISTEN (an unspecified one means loopback), exit 0 while a forwarder serves there, exit 1
+/// with the address in its message once none does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_passes_while_a_forwarder_listens_and_fails_once_it_is_gone() {
+    let backends = Backends::start().await;
+    let mut fwd = backends.forwarder("forwarder", &[]).await;
+    let probe = |listen: String| {
+        std::process::Command::new(sidecred_tests::harness::forwarder_bin())
+            .arg("--probe")
+            .env("SIDECRED_LISTEN", listen)
+            .output()
+            .unwrap()
+    };
+    for listen in [fwd.addr.to_string(), format!("0.0.0.0:{}", fwd.addr.port())] {
+        let out = probe(listen.clone());
+        assert!(out.status.success(), "{listen}: {out:?}");
+    }
+    fwd.proc.kill9();
+    let out = probe(fwd.addr.to_string());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&fwd.addr.to_string()) && stderr.contains("--probe"), "{stderr}");
+}
