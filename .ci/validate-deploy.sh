@@ -121,6 +121,17 @@ render_chart() {
         helm_quiet template sidecred "$CHART" -f "$values" >"$out" || die "helm could not render $CHART with $values"
         printf '%-45s %s objects\n' "$CHART ($case)" "$(grep -c '^kind:' "$out")"
     done
+    # Values that would lose the login must not render, and must say why (the `# refused:` line).
+    local why err
+    for values in "$CHART"/ci/refused/*.values.yaml; do
+        why=$(sed -n 's/^# *refused: *//p' "$values")
+        [[ -n $why ]] || die "$values has no '# refused:' line"
+        if err=$("$HELM" template sidecred "$CHART" -f "$values" 2>&1 >/dev/null); then
+            die "$CHART rendered $values, which it must refuse ($why)"
+        fi
+        grep -qF "$why" <<<"$err" || die "$CHART refused $values without saying '$why': $err"
+        printf '%-45s refused: %s\n' "$CHART ($(basename "$values" .values.yaml))" "$why"
+    done
 }
 
 validate_schemas() {
