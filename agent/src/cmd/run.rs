@@ -1,15 +1,15 @@
 //! `sidecred-agent run`: wires the store, the token lifecycle, the seed watcher and the socket together,
 //! and shuts them down in the order that loses nothing.
 
-use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
 use crate::cluster::election;
+use crate::cluster::secret_watch::SharedSecret;
+use crate::cluster::writeback::{SecretRef, WriteBack};
+use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
 use crate::lifecycle::{Lifecycle, Policy, Snapshot};
 use crate::oauth::{OAuthClient, OAuthConfig};
-use crate::cluster::secret_watch::SharedSecret;
 use crate::socket;
 use crate::store::Loaded;
 use crate::store::{Origin, Store};
-use crate::cluster::writeback::{SecretRef, WriteBack};
 use anyhow::Context;
 use clap::Args;
 use sidecred_proto::{anthropic, Secret};
@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// Off by default.
     #[arg(long, env = "SIDECRED_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Report a login older than this (in `status`, and as `sidecred_agent_login_max_age_seconds` for
+    /// the alert to compare the login's age with): refresh tokens no person renews have been seen to
+    /// stop working after about 55 days.
+    #[arg(long, env = "SIDECRED_LOGIN_MAX_AGE", default_value = "50days", value_parser = humantime::parse_duration)]
+    pub login_max_age: Duration,
 }
 
 fn parse_lease_duration(s: &str) -> Result<Duration, String> {
@@ -138,8 +143,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let own_uid = nix::unistd::getuid().as_raw();
     let allowed_uids = if args.allow_uids.is_empty() { vec![own_uid] } else { args.allow_uids.clone() };
 
-    let mut policy =
-        Policy { backoff_min: args.backoff_min, backoff_max: args.backoff_max, ..Policy::default() };
+    let mut policy = Policy {
+        backoff_min: args.backoff_min,
+        backoff_max: args.backoff_max,
+        login_max_age: args.login_max_age,
+        ..Policy::default()
+    };
     if let Some(margin) = args.refresh_margin {
         policy.margin_min = margin;
         policy.margin_fraction = 0.0;
