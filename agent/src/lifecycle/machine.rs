@@ -312,6 +312,11 @@ impl Machine {
 
     /// The seed file changed on disk.
     pub fn seed_changed(&mut self, seed: SeedRead, now: Now) -> Vec<Effect> {
+        // Noted at once, even while a refresh is in flight: a refusal of that refresh is judged by it.
+        if seed.secret_rv.is_some() {
+            let held = seed.credentials.as_ref().ok().and_then(|c| c.refresh_token.as_ref());
+            self.refusals.secret_read(held.map(|r| r.fingerprint()));
+        }
         if let Phase::Serving { refresh: Refresh::Never { why: Unrefreshable::Static { .. }, .. }, .. } =
             &self.phase
         {
@@ -463,8 +468,6 @@ impl Machine {
     fn apply_seed(&mut self, seed: SeedRead, now: Now) {
         if let Some(rv) = &seed.secret_rv {
             self.secret_rv = Some(rv.clone());
-            let held = seed.credentials.as_ref().ok().and_then(|c| c.refresh_token.as_ref());
-            self.refusals.secret_read(held.map(|r| r.fingerprint()));
         }
         if self.seed_sha256.as_deref() == Some(seed.sha256.as_str()) {
             return;
