@@ -1,6 +1,7 @@
 //! The credentials file: its two shapes, parsing with errors that name the field at fault, and
 //! updating the tokens while every field we do not know survives untouched. [`document`] judges what a
-//! file holds as a whole (a login, none, a damaged one) and removes a login.
+//! file holds as a whole (a login, none, a damaged one) and removes a login; [`login_clock`] is the
+//! record of when the login was made.
 
 pub mod document;
 mod login_clock;
