@@ -16,7 +16,8 @@
 //!   each request gets).
 //! - `watch.rs`: noticing when the seed file changes from outside (a Kubernetes Secret update).
 //! - `credentials/`: the credentials file's shapes: parse, update while keeping unknown fields, judge
-//!   what a file holds (a login, none, a damaged one) and remove a login (`document.rs`).
+//!   what a file holds (a login, none, a damaged one) and remove a login (`document.rs`); the record of
+//!   when the login was made, kept in the document itself (`login_clock.rs`).
 //! - `store.rs`: where credentials come from and go: the seed, the state directory, which one wins.
 //! - `atomic.rs`: crash-safe replacement of a file (through symlinks, keeping its mode).
 //! - `oauth.rs`: Claude's token endpoint: the refresh grant and the code exchange.
@@ -26,7 +27,8 @@
 //!   each new pair from (`secret_watch.rs`), and the Lease election with its fencing that picks the
 //!   one agent that refreshes (`election.rs`).
 //! - `metrics.rs`: `run --metrics-listen`: the lifecycle's snapshot as Prometheus gauges at scrape time,
-//!   and the counts of refreshes and failed saves.
+//!   and the counts of refreshes and failed saves; how many connections its port holds and for how
+//!   long (`metrics/connections.rs`).
 //! - `cmd/`: the command line.
 //!   - `mod.rs`: the `Cli` and the `Command` enum; `args.rs`: the flag groups several commands share.
 //!   - `run.rs`: starts the agent: wires store, lifecycle, watcher and socket (or, with

@@ -7,6 +7,9 @@
 //! A new fact in the snapshot (the lease role, say) becomes a metric by one more block in
 //! [`SnapshotCollector::encode`].
 
+mod connections;
+
+use crate::credentials::now_ms;
 use crate::lifecycle::Snapshot;
 use crate::oauth::{TokenError, TokenResponse};
 use http::header::{ACCEPT, CONTENT_TYPE};
@@ -66,6 +69,9 @@ const STATES: [TokenState; 6] = [
     TokenState::ReauthRequired,
     TokenState::NoCredentials,
 ];
+
+/// Every cause of [`crate::lifecycle::Refusal`], so each series exists (at 0) before the first refusal.
+const REFUSALS: [&str; 3] = ["foreign", "ours_spent", "raced"];
 
 /// The lifecycle's latest snapshot, as gauges.
 #[derive(Debug)]
@@ -142,6 +148,46 @@ impl Collector for SnapshotCollector {
             "1 when the agent serves a static token from the environment (never refreshed)",
             i64::from(snap.static_token),
         )?;
+        if let Some(clock) = snap.login_clock {
+            gauge(
+                &mut encoder,
+                "login_age_seconds",
+                "How old the login is: since it was made, or, for a login without that record, since an \
+                 agent first saw it (see login_started_timestamp_seconds' clock label)",
+                i64::try_from(clock.age(now_ms()).as_secs()).unwrap_or(i64::MAX),
+            )?;
+            let mut family = encoder.encode_descriptor(
+                "login_started_timestamp_seconds",
+                "When the login was made (clock=\"login\"), or first seen by an agent when it carries no \
+                 record of that (clock=\"first_seen\": the login is at least that old); epoch seconds",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [("clock", clock.start.as_str())];
+            let secs = i64::try_from(clock.started_at_ms / 1000).unwrap_or(i64::MAX);
+            ConstGauge::new(secs).encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut encoder,
+            "login_max_age_seconds",
+            "--login-max-age: a login older than this should be renewed by a person (logins not renewed \
+             have been seen to die after about 55 days)",
+            i64::try_from(snap.login_max_age.as_secs()).unwrap_or(i64::MAX),
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "refresh_refused",
+                "1 while the live refresh token stands refused, by who spent it: foreign (something else \
+                 is using this login), ours_spent (an agent of ours), raced (the previous lease holder)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for cause in REFUSALS {
+                let labels = [("cause", cause)];
+                let on = snap.refusal.is_some_and(|r| r.as_str() == cause);
+                ConstGauge::new(i64::from(on)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         if let Some(at) = snap.last_refresh_at_ms {
             gauge(
                 &mut encoder,
@@ -156,6 +202,11 @@ impl Collector for SnapshotCollector {
 
 fn registry(snapshots: watch::Receiver<Arc<Snapshot>>) -> Registry {
     let mut registry = Registry::with_prefix("sidecred_agent");
+    // Every outcome is there from the start, at 0: Prometheus's increase() sees no rise in a series
+    // that first appears at 1, so an alert on the first refused refresh would never fire.
+    for outcome in ["ok", "transient_error", "rejected"] {
+        let _ = COUNTERS.refreshes.get_or_create(&RefreshLabels { outcome });
+    }
     registry.register(
         "refreshes",
         "Refreshes of the token by outcome (ok, transient_error, rejected)",
@@ -180,9 +231,11 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(listener).context("cannot register the metrics listener")
 }
 
-/// Serves `/metrics` on `listener` for as long as the task lives.
+/// Serves `/metrics` on `listener` for as long as the task lives, holding at most
+/// [`connections::MAX_CONNECTIONS`] connections and none idle past [`connections::IDLE_TIMEOUT`].
 pub async fn serve(listener: tokio::net::TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>) {
     let registry = Arc::new(registry(snapshots));
+    let slots = connections::Slots::new(connections::MAX_CONNECTIONS);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -193,7 +246,15 @@ pub async fn serve(listener: tokio::net::TcpListener, snapshots: watch::Receiver
             }
         };
         let registry = registry.clone();
+        // Past the cap a connection is closed at once: its descriptor is back within the moment, and
+        // the scraper that hit the cap tries again at its next scrape.
+        let Some(slot) = slots.try_take() else {
+            debug!(peer = %peer, max = connections::MAX_CONNECTIONS, "too many metrics connections; closing this one");
+            continue;
+        };
+        let stream = connections::IdleTimeout::new(stream, connections::IDLE_TIMEOUT);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &registry)) }
@@ -259,6 +320,21 @@ mod tests {
         assert!(page.contains("sidecred_agent_static_token 1"), "{page}");
         assert!(page.contains("sidecred_agent_token_refreshable 0"), "{page}");
         assert!(!page.contains("sctest"), "the token leaked: {page}");
+    }
+
+    #[tokio::test]
+    async fn every_refresh_outcome_and_refusal_cause_is_there_before_the_first() {
+        let page = page_of(static_snapshots());
+        for outcome in ["ok", "transient_error", "rejected"] {
+            let series = format!("sidecred_agent_refreshes_total{{outcome=\"{outcome}\"}}");
+            assert!(page.contains(&series), "{series} missing: {page}");
+        }
+        for cause in REFUSALS {
+            let series = format!("sidecred_agent_refresh_refused{{cause=\"{cause}\"}} 0");
+            assert!(page.contains(&series), "{series} missing: {page}");
+        }
+        assert!(page.contains("sidecred_agent_login_max_age_seconds 4320000"), "{page}");
+        assert!(!page.contains("login_age_seconds"), "a static token has no login: {page}");
     }
 
     #[tokio::test]

@@ -167,6 +167,23 @@ pub struct StatusReport {
     /// The `resourceVersion` of the shared Secret the live pair was last read from or checked against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_resource_version: Option<String>,
+    /// When the login was made (epoch ms): `login_clock` says whether that is the login itself
+    /// (`login`) or, for a login that carries no record of it, when an agent first saw it (`first_seen`:
+    /// the login is at least that old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_clock: Option<String>,
+    /// The login's age in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_age_s: Option<u64>,
+    /// `--login-max-age` in seconds: past it the login is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_max_age_s: Option<u64>,
+    /// Who spent the refresh token the endpoint refused, while that refusal stands: `foreign`
+    /// (something else is using this login), `ours_spent` or `raced`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_refused_by: Option<String>,
 }
 
 /// Who refreshes a login shared by several agents.

@@ -308,6 +308,20 @@ impl Seeded {
 }
 
 pub const HOUR_MS: u64 = 3_600_000;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// A loopback port free a moment ago, for a program that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The value of the one sample of a Prometheus text `page` whose line starts with `series` (name and
+/// labels as written).
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
 
 impl Pair {
     /// Claude Code's credentials file holding this pair (see [`claude_code_credentials`]).

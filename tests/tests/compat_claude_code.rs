@@ -133,3 +133,31 @@ async fn a_login_that_needs_renewing_ends_promptly_with_an_error() {
     assert_eq!(stack.upstream.seen_count(), 0);
     stack.assert_nothing_left();
 }
+
+/// A credentials file as the agent writes it (with its record of when the login was made, beside
+/// Claude Code's block) is still a file Claude Code logs in with: pointed straight at the API, it sends
+/// the file's access token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_credentials_file_that_carries_the_login_clock() {
+    let stack = Stack::start(Setup::default()).await;
+    stack.upstream.set_answer(ANSWER);
+    let mut agent = stack.sandbox.client().await;
+    agent.refresh().await.expect("a refresh writes the file back");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stack.sandbox.seed()).unwrap()).unwrap();
+    assert!(doc["sidecred"]["loginStartedAt"].is_u64(), "the record is in the file: {doc}");
+    let dot_claude = stack.home().join(".claude");
+    std::fs::create_dir_all(&dot_claude).unwrap();
+    std::fs::write(dot_claude.join(".credentials.json"), serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+
+    let mut cmd = stack.client(Clients::installed().claude());
+    cmd.arg("-p")
+        .arg("Say hello.")
+        .env("ANTHROPIC_BASE_URL", stack.upstream.url())
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    let run = run(cmd, LIMIT).await;
+    assert!(run.succeeded(), "{run}\nthe API saw:\n{}", stack.upstream.log());
+    assert_eq!(run.stdout.trim(), ANSWER, "{run}");
+    let seen = stack.upstream.last_seen().unwrap();
+    assert_eq!(seen.bearer(), doc["claudeAiOauth"]["accessToken"].as_str(), "{}", seen.summary());
+}

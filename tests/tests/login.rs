@@ -178,7 +178,11 @@ async fn paste_login_creates_the_directory_and_accepts_the_callback_url() {
     assert_eq!(mode_of(creds.parent().unwrap()), 0o700);
     let doc = read_json(&creds);
     assert_fresh_login(&fake, &doc, before);
-    assert_eq!(doc.as_object().unwrap().len(), 1, "a fresh file holds only claudeAiOauth: {doc}");
+    let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["claudeAiOauth", "sidecred"], "a fresh file holds the login and when it was made");
+    assert_eq!(doc["sidecred"]["loginClock"], "login", "a login starts a new clock");
+    let started = doc["sidecred"]["loginStartedAt"].as_u64().unwrap();
+    assert!(started >= before && started <= now_ms(), "{started} not in [{before}, now]");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

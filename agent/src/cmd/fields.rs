@@ -48,9 +48,44 @@ pub fn secs_until(at_ms: u64, now_ms: u64) -> i64 {
     i64::try_from(ms / 1000).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
 }
 
+/// The `login age` line: how old the login is, since when, and from when it is reported.
+/// `clock` is `login` (the login's own time) or `first_seen` (a login that carried no record of it).
+pub fn login_age(started_at_ms: u64, clock: &str, now_ms: u64, max_age_s: Option<u64>) -> String {
+    let age_s = now_ms.saturating_sub(started_at_ms) / 1000;
+    let days = age_s / 86_400;
+    let age =
+        if days > 0 { format!("{days} days {}h", age_s % 86_400 / 3600) } else { human_secs(age_s as i64) };
+    let since = rfc3339(started_at_ms);
+    let limit = max_age_s.map(|m| format!("; reported past {} days", m / 86_400)).unwrap_or_default();
+    match clock {
+        "login" => format!("{age} (logged in {since}{limit})"),
+        _ => format!(
+            "at least {age} (no record of when it was made: counted from {since}, when an agent first saw it{limit})"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_age_says_how_sure_it_is() {
+        let day = 86_400_000;
+        let start = 1_800_000_000_000;
+        assert_eq!(
+            login_age(start, "login", start + 12 * day + 3_600_000, Some(50 * 86_400)),
+            "12 days 1h (logged in 2027-01-15T08:00:00Z; reported past 50 days)"
+        );
+        assert_eq!(
+            login_age(start, "first_seen", start + 90_000, None),
+            "at least 1m 30s (no record of when it was made: counted from 2027-01-15T08:00:00Z, when an \
+             agent first saw it)"
+        );
+        // A start in the future, or any absurd time, is a number, not an overflow.
+        assert!(login_age(u64::MAX, "login", 0, None).starts_with("0s (logged in 9999-12-31"));
+        assert!(login_age(0, "login", u64::MAX, Some(u64::MAX)).starts_with("213503982334 days"));
+    }
 
     #[test]
     fn rows_without_a_value_are_skipped_and_values_line_up() {

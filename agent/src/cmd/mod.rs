@@ -140,6 +140,7 @@ mod tests {
             ("run", "lease-holder", Some("SIDECRED_LEASE_HOLDER"), None),
             ("run", "lease-duration", Some("SIDECRED_LEASE_DURATION"), Some("15s")),
             ("run", "metrics-listen", Some("SIDECRED_METRICS_LISTEN"), None),
+            ("run", "login-max-age", Some("SIDECRED_LOGIN_MAX_AGE"), Some("50days")),
             ("status", "usage", None, None),
             ("login", "output", Some("SIDECRED_OUTPUT"), None),
             ("login", "mode", Some("SIDECRED_MODE"), None),

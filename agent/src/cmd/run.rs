@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// Off by default.
     #[arg(long, env = "SIDECRED_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Report a login older than this (in `status`, and as `sidecred_agent_login_max_age_seconds` for
+    /// the alert to compare the login's age with): refresh tokens no person renews have been seen to
+    /// stop working after about 55 days.
+    #[arg(long, env = "SIDECRED_LOGIN_MAX_AGE", default_value = "50days", value_parser = humantime::parse_duration)]
+    pub login_max_age: Duration,
 }
 
 fn parse_lease_duration(s: &str) -> Result<Duration, String> {
@@ -138,8 +143,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let own_uid = nix::unistd::getuid().as_raw();
     let allowed_uids = if args.allow_uids.is_empty() { vec![own_uid] } else { args.allow_uids.clone() };
 
-    let mut policy =
-        Policy { backoff_min: args.backoff_min, backoff_max: args.backoff_max, ..Policy::default() };
+    let mut policy = Policy {
+        backoff_min: args.backoff_min,
+        backoff_max: args.backoff_max,
+        login_max_age: args.login_max_age,
+        ..Policy::default()
+    };
     if let Some(margin) = args.refresh_margin {
         policy.margin_min = margin;
         policy.margin_fraction = 0.0;

@@ -2,8 +2,9 @@
 //! Exit 0 only when a valid token is there, so it serves as an exec probe.
 
 use crate::cmd::args::{ApiArgs, LookupArgs, Source, TokenEndpointArgs};
-use crate::cmd::fields::{fields, human_ago, human_secs};
+use crate::cmd::fields::{fields, human_ago, human_secs, login_age};
 use crate::cmd::usage;
+use crate::credentials::now_ms;
 use anyhow::Context;
 use clap::Args;
 use sidecred_proto::client::{Client, ClientError};
@@ -108,6 +109,13 @@ fn render_agent_status(r: &StatusReport) -> String {
         ("token", r.token_fingerprint.clone()),
         ("expires in", r.expires_in_s.map(human_secs)),
         ("next refresh", r.next_refresh_in_s.map(|s| format!("in {}", human_secs(s)))),
+        (
+            "login age",
+            r.login_started_at_ms.map(|at| {
+                login_age(at, r.login_clock.as_deref().unwrap_or_default(), now_ms(), r.login_max_age_s)
+            }),
+        ),
+        ("refused by", r.refresh_refused_by.as_deref().map(describe_refusal)),
         ("role", r.role.map(|role| describe_role(role, r))),
         ("secret version", r.secret_resource_version.clone()),
         ("refreshes", Some(r.refresh_count.to_string())),
@@ -125,6 +133,16 @@ fn render_agent_status(r: &StatusReport) -> String {
             )),
         ),
     ])
+}
+
+/// Who spent the refresh token the endpoint refused, in words.
+fn describe_refusal(cause: &str) -> String {
+    match cause {
+        "foreign" => "SOMETHING ELSE (another client is using this login)".to_owned(),
+        "ours_spent" => "an agent of ours (see message)".to_owned(),
+        "raced" => "the previous lease holder (see message)".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 /// `single`, or with a lease who holds it: "holder of ns/name", "follower (pod-b holds ns/name)".

@@ -1,9 +1,13 @@
 //! The credentials file: its two shapes, parsing with errors that name the field at fault, and
 //! updating the tokens while every field we do not know survives untouched. [`document`] judges what a
-//! file holds as a whole (a login, none, a damaged one) and removes a login.
+//! file holds as a whole (a login, none, a damaged one) and removes a login; [`login_clock`] is the
+//! record of when the login was made.
 
 pub mod document;
+mod login_clock;
 mod shapes;
+
+pub use login_clock::{ClockStart, LoginClock};
 
 use serde_json::{Map, Value};
 use shapes::{has_flat_login, login_shape};
@@ -196,9 +200,22 @@ impl Credentials {
 
     /// The same document holding a new login: unlike a refresh, a login that brings no refresh token
     /// leaves none, since the old one belongs to the login it replaces.
+    /// A login starts a new clock ([`LoginClock`]): the record of the login it replaces goes with it.
     pub fn with_login(&self, update: TokenUpdate) -> Self {
         let refresh_token = update.refresh_token.clone();
-        self.with_tokens(update, refresh_token)
+        self.with_tokens(update, refresh_token).with_login_clock(LoginClock::login(now_ms()))
+    }
+
+    /// When this login was made, if the document records it.
+    pub fn login_clock(&self) -> Option<LoginClock> {
+        LoginClock::read(&self.doc)
+    }
+
+    /// The same document recording `clock` as the start of the login.
+    pub fn with_login_clock(&self, clock: LoginClock) -> Self {
+        let mut next = self.clone();
+        clock.write(&mut next.doc);
+        next
     }
 
     fn with_tokens(&self, update: TokenUpdate, refresh_token: Option<Secret>) -> Self {

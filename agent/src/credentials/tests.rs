@@ -259,3 +259,44 @@ fn unknown_numbers_survive_a_write_back_exactly() {
     let back = Credentials::parse(&bytes, p()).expect("reparse");
     assert_eq!(back.to_json()["stats"], c.to_json()["stats"]);
 }
+
+/// The record of when the login was made rides in the document: a refresh keeps it, a login replaces
+/// it, and the file keeps Claude Code's block exactly as it was.
+#[test]
+fn the_login_clock_survives_a_refresh_and_a_login_starts_a_new_one() {
+    let c = Credentials::parse(CLAUDE.as_bytes(), p()).expect("parse");
+    assert_eq!(c.login_clock(), None, "an older file has no record");
+    let seen = c.with_login_clock(LoginClock::first_seen(1_000));
+    let refreshed = seen.with_update(TokenUpdate {
+        access_token: Secret::new("A2"),
+        refresh_token: Some(Secret::new("R2")),
+        expires_at_ms: 1_900_000_000_000,
+        scopes: None,
+    });
+    let back = Credentials::parse(&refreshed.to_bytes(), p()).expect("parse");
+    assert_eq!(back.login_clock(), Some(LoginClock::first_seen(1_000)));
+    let before = serde_json::to_value(c.to_json()[CLAUDE_KEY].clone()).expect("json");
+    let mut expected = before;
+    expected["accessToken"] = "A2".into();
+    expected["refreshToken"] = "R2".into();
+    expected["expiresAt"] = 1_900_000_000_000u64.into();
+    assert_eq!(back.to_json()[CLAUDE_KEY], expected, "Claude Code's block holds nothing of ours");
+
+    let before_login = now_ms();
+    let relogged = back.with_login(TokenUpdate {
+        access_token: Secret::new("N"),
+        refresh_token: Some(Secret::new("NR")),
+        expires_at_ms: 1_900_000_000_000,
+        scopes: None,
+    });
+    let clock = relogged.login_clock().expect("a login records itself");
+    assert_eq!(clock.start, ClockStart::Login);
+    assert!(clock.started_at_ms >= before_login, "{clock:?}");
+    let first = Credentials::new_claude_code(TokenUpdate {
+        access_token: Secret::new("F"),
+        refresh_token: None,
+        expires_at_ms: 1,
+        scopes: None,
+    });
+    assert_eq!(first.login_clock().map(|c| c.start), Some(ClockStart::Login));
+}

@@ -3,7 +3,9 @@
 //! sleeps, reads a clock or touches the network, so every transition is unit-tested with chosen times.
 
 use super::authority::{Authority, LeaseView};
+use super::login_age;
 use super::policy::Policy;
+use super::refusal::Witness;
 use super::snapshot::{Served, Snapshot, REAUTH_HINT};
 use super::state::{served, Live, Phase, Refresh, Save, Unrefreshable};
 use crate::credentials::{now_ms, Credentials};
@@ -80,6 +82,8 @@ pub struct Machine {
     authority: Authority,
     /// The shared Secret's `resourceVersion` last read (with `--lease`).
     secret_rv: Option<String>,
+    /// What decides who spent a refused refresh token ([`super::refusal`]).
+    refusals: Witness,
 }
 
 /// Where the store reads and writes, for logs and the status report.
@@ -109,6 +113,7 @@ impl Machine {
             jitter: rand::random::<f64>,
             authority: Authority::Single,
             secret_rv: None,
+            refusals: Witness::default(),
         };
         match start {
             Ok(loaded) => {
@@ -307,6 +312,11 @@ impl Machine {
 
     /// The seed file changed on disk.
     pub fn seed_changed(&mut self, seed: SeedRead, now: Now) -> Vec<Effect> {
+        // Noted at once, even while a refresh is in flight: a refusal of that refresh is judged by it.
+        if seed.secret_rv.is_some() {
+            let held = seed.credentials.as_ref().ok().and_then(|c| c.refresh_token.as_ref());
+            self.refusals.secret_read(held.map(|r| r.fingerprint()));
+        }
         if let Phase::Serving { refresh: Refresh::Never { why: Unrefreshable::Static { .. }, .. }, .. } =
             &self.phase
         {
@@ -344,14 +354,21 @@ impl Machine {
                 let delay = self.policy.backoff(attempts, (self.jitter)(), retry_after);
                 warn!(error = %reason, attempt = attempts, retry_in = ?delay, "token refresh failed; will retry");
                 let at = now.at.checked_add(delay).unwrap_or_else(far_future);
+                if let Some(sent) = &live.credentials.refresh_token {
+                    self.refusals.sent_without_answer(sent.fingerprint());
+                }
                 self.last_error = Some((reason.clone(), now.wall_ms));
                 self.phase =
                     Phase::Serving { live, refresh: Refresh::Scheduled { at, failures: attempts }, save };
                 effects.push(Effect::AnswerWaiters(Err(unavailable(&format!("refresh failed: {reason}")))));
             }
             Err(TokenError::Rejected { reason }) => {
-                let message = format!("{reason}. {REAUTH_HINT}");
-                error!(error = %reason, "the refresh token is dead; a new login is needed (watching the seed for one)");
+                let refused = live.credentials.refresh_token.as_ref().map(|r| r.fingerprint());
+                // The election's takeover of an unreleased lease is what makes a refusal "raced".
+                let verdict =
+                    self.refusals.judge(refused.as_deref().unwrap_or_default(), &self.retired, false);
+                let message = format!("{reason}. {}. {REAUTH_HINT}", verdict.explain());
+                error!(error = %reason, cause = verdict.as_str(), "the refresh token is dead; a new login is needed (watching the seed for one): {}", verdict.explain());
                 self.last_error = Some((reason, now.wall_ms));
                 let refresh = Refresh::ReauthRequired { reason: message.clone(), token_rejected: false };
                 self.phase = Phase::Serving { live, refresh, save };
@@ -397,6 +414,7 @@ impl Machine {
         self.last_refresh_at_ms = Some(now.wall_ms);
         self.last_success = Some(now.at);
         self.last_error = None;
+        self.refusals.moved_on();
         let mut effects: Vec<Effect> = self.save_job().map(Effect::Save).into_iter().collect();
         if let Some((credentials, retired)) = self.live_pair() {
             effects.push(Effect::WriteBack { credentials: credentials.clone(), retired: retired.to_vec() });
@@ -463,8 +481,11 @@ impl Machine {
             }
         };
         self.seed_sha256 = Some(seed.sha256);
-        if let Some((live, _)) = self.live_pair() {
-            if live.same_tokens(&credentials) {
+        if let Phase::Serving { live, .. } = &mut self.phase {
+            if live.credentials.same_tokens(&credentials) {
+                if let Some(better) = login_age::carried(&live.credentials, &credentials) {
+                    live.credentials = better;
+                }
                 return;
             }
         }
@@ -506,6 +527,8 @@ impl Machine {
     /// Makes `credentials` the live pair, timing the next refresh from its expiry. A save still due
     /// stays due: it writes whatever pair is live when it runs.
     fn adopt(&mut self, credentials: Credentials, now: Now) {
+        let credentials = login_age::with_clock(credentials, now.wall_ms);
+        self.refusals.moved_on();
         let remaining = Duration::from_millis(credentials.remaining_ms(now.wall_ms));
         let lifetime = self.policy.assumed_lifetime.max(remaining);
         let deadline = now.at.checked_add(remaining).unwrap_or_else(far_future);
@@ -549,6 +572,9 @@ impl Machine {
             lease: self.authority.lease().map(|l| l.lease.clone()),
             lease_holder: self.authority.lease().and_then(|l| l.holder.clone()),
             secret_resource_version: self.secret_rv.clone(),
+            login_clock: None,
+            login_max_age: self.policy.login_max_age,
+            refusal: self.refusals.last(),
         };
         self.phase.describe(now, &mut snap);
         if let Some(problem) = self.authority.lease().and_then(|l| l.problem.as_ref()) {

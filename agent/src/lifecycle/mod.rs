@@ -8,13 +8,18 @@
 //! - [`state`]: the phases as types, and what each shows to readers.
 //! - [`snapshot`]: what readers see: the token to hand out and the status report.
 //! - [`policy`]: refresh margins, backoff, the expiry guard.
+//! - [`login_age`]: the login's clock (when it was made) as the lifecycle starts, carries and judges it.
+//! - [`refusal`]: who spent a refresh token the endpoint refused: something else (a foreign refresher),
+//!   one of ours, or the previous lease holder in a race.
 //!
 //! Everyone else sends the task an [`Input`] or reads the latest [`Snapshot`] from a watch channel,
 //! which is how a token request is answered from memory.
 
 mod authority;
+mod login_age;
 mod machine;
 mod policy;
+mod refusal;
 mod snapshot;
 mod state;
 mod task;

@@ -19,7 +19,13 @@ pub struct Policy {
     /// After a successful refresh, a report that the new token was rejected does not cause another
     /// refresh within this time: an upstream that rejects every token must not drain the endpoint.
     pub rejection_cooldown: Duration,
+    /// A login older than this is reported (`status`, the metric the alert compares with): refresh
+    /// tokens nobody renews have been seen to stop working after about 55 days.
+    pub login_max_age: Duration,
 }
+
+/// `--login-max-age`'s default: some days before the ~55 at which such logins were seen to die.
+pub const LOGIN_MAX_AGE: Duration = Duration::from_secs(50 * 86_400);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -30,6 +36,7 @@ impl Default for Policy {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             rejection_cooldown: Duration::from_secs(10),
+            login_max_age: LOGIN_MAX_AGE,
         }
     }
 }

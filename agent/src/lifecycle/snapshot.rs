@@ -3,8 +3,10 @@
 //! lifecycle task anything.
 
 use super::policy::EXPIRY_GUARD;
-use crate::credentials::now_ms;
+use super::refusal::Refusal;
+use crate::credentials::{now_ms, LoginClock};
 use sidecred_proto::{ErrorCode, ProtoError, Secret, StatusReport, TokenGrant, TokenState};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// The token being served.
@@ -61,6 +63,11 @@ pub struct Snapshot {
     pub lease: Option<String>,
     pub lease_holder: Option<String>,
     pub secret_resource_version: Option<String>,
+    /// When the live login was made (or first seen), from its credentials document.
+    pub login_clock: Option<LoginClock>,
+    pub login_max_age: Duration,
+    /// Who spent the refresh token the endpoint refused, while that refusal stands.
+    pub refusal: Option<Refusal>,
 }
 
 pub(super) const REAUTH_HINT: &str = "the refresh token was rejected; log in again (`sidecred-agent login`, \
@@ -114,12 +121,15 @@ impl Snapshot {
                 i64::try_from(now.duration_since(t).as_secs()).map_or(i64::MIN, |s| -s)
             }
         };
+        let wall_ms = now_ms();
+        let age_warning =
+            self.login_clock.and_then(|c| super::login_age::warning(c, self.login_max_age, wall_ms));
         // A static token's expiry is unknown: it is shown as such, not as a date decades away.
         let known_expiry = self.token.as_ref().filter(|_| !self.static_token);
         StatusReport {
             state: Some(self.state),
             message: self.message.clone(),
-            warning: self.warning.clone(),
+            warning: self.warning.clone().or(age_warning),
             token_fingerprint: self.token.as_ref().map(|t| t.access_token.fingerprint()),
             expires_at_ms: known_expiry.map(|t| t.expires_at_ms),
             expires_in_s: known_expiry.map(|t| signed_secs(t.deadline)),
@@ -139,6 +149,11 @@ impl Snapshot {
             lease: self.lease.clone(),
             lease_holder: self.lease_holder.clone(),
             secret_resource_version: self.secret_resource_version.clone(),
+            login_started_at_ms: self.login_clock.map(|c| c.started_at_ms),
+            login_clock: self.login_clock.map(|c| c.start.as_str().to_owned()),
+            login_age_s: self.login_clock.map(|c| c.age(wall_ms).as_secs()),
+            login_max_age_s: Some(self.login_max_age.as_secs()),
+            refresh_refused_by: self.refusal.map(|r| r.as_str().to_owned()),
         }
     }
 }

@@ -156,6 +156,7 @@ impl Phase {
         );
         let valid = token.is_valid(now) && !snap.token_rejected;
         snap.subscription_type = live.credentials.subscription_type.clone();
+        snap.login_clock = live.credentials.login_clock();
         snap.scopes = live.credentials.scopes.clone();
         snap.next_refresh = match refresh {
             Refresh::Scheduled { at, .. } => Some(*at),

@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 
 mod files;
 mod fixed_tokens;
+mod login_clock;
+mod metrics_flood;
 mod process;
 mod refresh;
+mod refusals;
 mod socket;
 
 fn agent_code(err: &ClientError) -> Option<ErrorCode> {

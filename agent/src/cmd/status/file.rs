@@ -1,7 +1,7 @@
 //! `status` when no agent answers: the login in the credentials file, judged by itself.
 
 use super::{print_usage_text, with_usage, Usage};
-use crate::cmd::fields::{fields, human_secs, rfc3339, secs_until};
+use crate::cmd::fields::{fields, human_secs, login_age, rfc3339, secs_until};
 use crate::credentials::{now_ms, Credentials};
 use serde::Serialize;
 use std::path::Path;
@@ -54,6 +54,14 @@ pub struct FileStatus {
     pub subscription_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// When the login was made (epoch ms), if the file records it; `login_clock` says whether that is
+    /// the login itself (`login`) or when an agent first saw it (`first_seen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_started_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_clock: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_age_s: Option<u64>,
     /// Why no agent answered, when the file stood in for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
@@ -74,10 +82,18 @@ pub fn file_status(path: &Path, now_ms: u64) -> FileStatus {
         refreshable: None,
         subscription_type: None,
         account: None,
+        login_started_at_ms: None,
+        login_clock: None,
+        login_age_s: None,
         agent: None,
     };
     match Credentials::read(path) {
         Ok(c) => {
+            if let Some(clock) = c.login_clock() {
+                status.login_started_at_ms = Some(clock.started_at_ms);
+                status.login_clock = Some(clock.start.as_str());
+                status.login_age_s = Some(clock.age(now_ms).as_secs());
+            }
             status.state = if c.expires_at_ms > now_ms { FileState::Valid } else { FileState::Expired };
             status.token_fingerprint = Some(c.access_token.fingerprint());
             status.expires_at_ms = Some(c.expires_at_ms);
@@ -135,8 +151,24 @@ pub fn render_file_status(s: &FileStatus) -> String {
             (s.refreshable == Some(false))
                 .then(|| "never (no refresh token: a long-lived login, served until it expires)".to_owned()),
         ),
+        ("login age", login_age_line(s)),
         ("next step", next_step),
     ])
+}
+
+const UNKNOWN_AGE: &str = "unknown: the file carries no record of when this login was made (an agent \
+                           counts its age from when it first sees it)";
+
+fn login_age_line(s: &FileStatus) -> Option<String> {
+    if !matches!(s.state, FileState::Valid | FileState::Expired) {
+        return None;
+    }
+    Some(match (s.login_started_at_ms, s.login_clock, s.login_age_s) {
+        (Some(at), Some(clock), Some(age_s)) => {
+            login_age(at, clock, at.saturating_add(age_s.saturating_mul(1000)), None)
+        }
+        _ => UNKNOWN_AGE.to_owned(),
+    })
 }
 
 /// Prints the file's status and returns the exit code: success only for a valid token.
@@ -225,6 +257,29 @@ mod tests {
     }
 
     #[test]
+    fn the_login_age_is_read_from_the_file_or_said_to_be_unknown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let day = 86_400_000;
+        let now = 1_800_000_000_000u64;
+        let p = write(
+            dir.path(),
+            &format!(
+                r#"{{"claudeAiOauth":{{"accessToken":"a","refreshToken":"r","expiresAt":{}}},"sidecred":{{"loginStartedAt":{},"loginClock":"login"}}}}"#,
+                now + 3_600_000,
+                now - 51 * day
+            ),
+        );
+        let s = file_status(&p, now);
+        assert_eq!((s.login_clock, s.login_age_s), (Some("login"), Some(51 * 86_400)));
+        let text = render_file_status(&s);
+        assert!(text.contains("login age:     51 days 0h (logged in 2026-11-25T08:00:00Z)"), "{text}");
+        let p =
+            write(dir.path(), r#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":1}}"#);
+        let text = render_file_status(&file_status(&p, now));
+        assert!(text.contains("login age:     unknown: the file carries no record"), "{text}");
+    }
+
+    #[test]
     fn file_status_text_is_aligned_and_says_what_to_do_next() {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = 1_800_000_000_000u64;
@@ -247,7 +302,8 @@ mod tests {
                  token:         {fp}\n\
                  expires in:    10m\n\
                  expires at:    2027-01-15T08:10:00Z\n\
-                 scopes:        user:inference\n"
+                 scopes:        user:inference\n\
+                 login age:     {UNKNOWN_AGE}\n"
             )
         );
         let expired = file_status(&p, now + 3_600_000);
@@ -263,6 +319,7 @@ mod tests {
                  expired:       50m ago\n\
                  expires at:    2027-01-15T08:10:00Z\n\
                  scopes:        user:inference\n\
+                 login age:     {UNKNOWN_AGE}\n\
                  next step:     sidecred-agent validate --credentials {shown} (refreshes it), or start the agent\n"
             )
         );

@@ -424,3 +424,63 @@ async fn clocks_that_agree_leave_the_schedule_alone() {
     assert!(m.tick(clock.now()).is_empty());
     assert_eq!(m.next_wake(Instant::now()), Some(clock.at(4320)), "a second of drift is not a suspend");
 }
+
+fn secret(rv: &str, c: Credentials) -> SeedRead {
+    SeedRead { secret_rv: Some(rv.to_owned()), ..seed(&format!("secret{rv}"), c) }
+}
+
+fn refused(effects: &[Effect]) -> String {
+    match effects {
+        [Effect::AnswerWaiters(Err(e))] if e.code == ErrorCode::ReauthRequired => e.message.clone(),
+        other => panic!("not a refusal: {other:?}"),
+    }
+}
+
+/// With the shared Secret agreeing that the refused token was the live one, something else spent it;
+/// with the Secret holding another pair by the time the refusal comes (even one that arrived while the
+/// refresh was in flight), an agent of ours did, and the pair it holds is adopted.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_judged_by_our_records_and_the_shared_secret() {
+    let clock = Clock::new();
+    let invalid_grant = || Err(TokenError::Rejected { reason: "invalid_grant".into() });
+    let mut m = machine(&clock, Duration::from_secs(600), false);
+    m.seed_changed(secret("1", creds("A0", "R0", WALL0 + 600_000)), clock.now());
+    start_due_refresh(&mut m, &clock);
+    let message = refused(&m.refresh_done(invalid_grant(), clock.now()));
+    assert!(message.starts_with("invalid_grant. SOMETHING ELSE IS USING THIS LOGIN"), "{message}");
+    assert_eq!(m.snapshot(Instant::now()).refusal.map(|r| r.as_str()), Some("foreign"));
+
+    let mut m = machine(&clock, Duration::from_secs(600), false);
+    m.seed_changed(secret("1", creds("A0", "R0", WALL0 + 600_000)), clock.now());
+    start_due_refresh(&mut m, &clock);
+    m.seed_changed(secret("2", creds("A1", "R1", WALL0 + 90_000_000)), clock.now());
+    let message = refused(&m.refresh_done(invalid_grant(), clock.now()));
+    assert!(message.contains("the shared Secret holds another pair"), "{message}");
+    assert!(!message.contains("SOMETHING ELSE"), "{message}");
+    assert_eq!(served_token(&m).as_deref(), Some("A1"), "the Secret's pair is adopted");
+    assert_eq!(m.snapshot(Instant::now()).refusal, None, "and the refusal is behind it");
+}
+
+/// A login without a record starts its clock when first seen; the same pair arriving with a record of
+/// the login itself (another pod's write-back) takes that one, so every pod shows the same age.
+#[tokio::test(start_paused = true)]
+async fn the_login_clock_starts_when_first_seen_and_follows_a_better_record() {
+    use crate::credentials::{ClockStart, LoginClock};
+    let clock = Clock::new();
+    let mut m = machine(&clock, Duration::from_secs(3600), false);
+    let first = m.snapshot(Instant::now()).login_clock.expect("a clock");
+    assert_eq!(first, LoginClock::first_seen(WALL0));
+    advance(Duration::from_secs(60)).await;
+    let with_record =
+        creds("A0", "R0", WALL0 + 3_600_000).with_login_clock(LoginClock::login(WALL0 - 86_400_000));
+    m.seed_changed(secret("1", with_record), clock.now());
+    let clock_now = m.snapshot(Instant::now()).login_clock.expect("a clock");
+    assert_eq!((clock_now.start, clock_now.started_at_ms), (ClockStart::Login, WALL0 - 86_400_000));
+    m.refresh_requested(clock.now());
+    let effects = m.refresh_done(Ok(response("A1", Some("R1"), 28_800)), clock.now());
+    let saved = effects.iter().find_map(|e| match e {
+        Effect::Save(job) => Some(job.credentials.login_clock()),
+        _ => None,
+    });
+    assert_eq!(saved, Some(Some(LoginClock::login(WALL0 - 86_400_000))), "the save carries the clock");
+}

@@ -180,6 +180,14 @@ impl FakeOAuth {
         self.st().book.mint()
     }
 
+    /// Another client of the same login (a laptop's Claude Code, another deployment) refreshes with
+    /// `refresh_token`, as if through this endpoint: the token rotates, so whoever else holds it is
+    /// refused next. Not counted among [`FakeOAuth::refresh_requests`]; counted among the rotations.
+    /// `None` when `refresh_token` is not live.
+    pub fn refresh_from_outside(&self, refresh_token: &str) -> Option<Pair> {
+        self.st().book.redeem_refresh(refresh_token, true, None).map(|(pair, _)| pair)
+    }
+
     pub fn set_expires_in(&self, secs: u64) {
         self.st().expires_in = secs;
     }
