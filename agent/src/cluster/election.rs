@@ -16,13 +16,14 @@
 //! When the holder becomes the holder, it reads the shared Secret before it reports holding the lease,
 //! so it never refreshes with a pair older than the Secret's.
 
+use crate::cluster::client::{clip, ApiClient, CallError, Objects};
 use crate::cluster::secret_watch::SharedSecret;
 use crate::cluster::writeback::SecretRef;
 use crate::lifecycle::{Input, LeaseView};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::PostParams;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -64,7 +65,7 @@ struct Observed {
 
 pub struct Election {
     config: Config,
-    api: Api<Lease>,
+    api: Objects<Lease>,
     secret: SharedSecret,
     observed: Option<Observed>,
     held_until: Option<Instant>,
@@ -75,8 +76,8 @@ pub struct Election {
 }
 
 impl Election {
-    pub fn new(config: Config, client: kube::Client, secret: SharedSecret) -> Election {
-        let api = Api::namespaced(client, &config.lease.namespace);
+    pub fn new(config: Config, client: ApiClient, secret: SharedSecret) -> Election {
+        let api = Objects::namespaced(client, &config.lease.namespace);
         Election { config, api, secret, observed: None, held_until: None, holding: false, holder: None }
     }
 
@@ -167,6 +168,8 @@ impl Election {
         }
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let mine = holder.as_deref() == Some(self.config.identity.as_str());
+        // Whatever another writer put there goes into status frames, logs and metrics: clipped.
+        let holder = holder.map(|h| clip(&h));
         // The holder's own duration counts, clamped: a record saying 0 or a year is not believed.
         let duration = spec
             .lease_duration_seconds
@@ -194,7 +197,7 @@ impl Election {
         update.spec = Some(next);
         match self.api.replace(name, &PostParams::default(), &update).await {
             Ok(_) => Ok(Round::Held { taken: !mine }),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Round::Other(holder)),
+            Err(e) if e.code() == Some(409) => Ok(Round::Other(holder)),
             Err(e) => Err(self.describe("update", e)),
         }
     }
@@ -233,7 +236,7 @@ impl Election {
         }
     }
 
-    fn describe(&self, verb: &str, e: kube::Error) -> String {
+    fn describe(&self, verb: &str, e: CallError) -> String {
         crate::cluster::describe(verb, "Lease", &self.config.lease, "`get` and `update`", &e)
     }
 }

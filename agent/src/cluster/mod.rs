@@ -1,7 +1,8 @@
 //! Everything the agent does with the Kubernetes API. The lifecycle decides; this wing talks to the
 //! API server.
 //!
-//! - `client.rs`: the client every other file here uses, and the checks on the shared Secret (a
+//! - `client.rs`: the client every other file here uses (each call with a deadline, each answer and
+//!   watch event capped at 1 MiB, outside strings clipped), and the checks on the shared Secret (a
 //!   controller that manages it, the wording of an API error).
 //! - `writeback.rs`: copying the live pair into the Secret after each refresh (compare-and-swap on
 //!   its resourceVersion).

@@ -10,9 +10,10 @@
 //! one it spent earlier), and uses the Secret's `resourceVersion` so a concurrent update makes the patch
 //! fail with a conflict instead of being lost.
 
+use crate::cluster::client::{is_object, ApiClient, CallError, Objects};
 use crate::credentials::Credentials;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,17 +65,47 @@ pub struct WriteBack {
     tx: watch::Sender<Option<Offer>>,
     /// The fingerprint of the refresh token the Secret is known to hold, after each write or check.
     written: watch::Receiver<Option<String>>,
+    api: Objects<KubeSecret>,
+    secret: SecretRef,
 }
+
+/// The annotation on the shared Secret through which a follower tells the lease holder that the API
+/// rejected an access token: its value is the token's fingerprint and the report's time (`FP MS`, so a
+/// report repeated is a change the watch sees). The holder watches the Secret, and refreshes when the
+/// fingerprint is its live token's.
+pub const REJECTED_ANNOTATION: &str = "sidecred.dev/rejected-access-token";
 
 impl WriteBack {
     /// Starts the writer task. Only the newest pair matters: offers that arrive while a write is in
     /// progress replace each other.
-    pub fn spawn(client: kube::Client, secret: SecretRef, key: String) -> WriteBack {
+    pub fn spawn(client: ApiClient, secret: SecretRef, key: String) -> WriteBack {
         let (tx, rx) = watch::channel(None);
         let (written_tx, written) = watch::channel(None);
-        let api = Api::namespaced(client, &secret.namespace);
-        tokio::spawn(writer(api, secret, key, rx, written_tx));
-        WriteBack { tx, written }
+        let api = Objects::namespaced(client, &secret.namespace);
+        tokio::spawn(writer(api.clone(), secret.clone(), key, rx, written_tx));
+        WriteBack { tx, written, api, secret }
+    }
+
+    /// Tells the lease holder, through an annotation on the Secret, that the API rejected the access
+    /// token with fingerprint `access_fp` (a follower does not refresh itself). One attempt, in the
+    /// background: the follower asks again at the next rejection.
+    pub fn report_rejected(&self, access_fp: String) {
+        let (api, secret) = (self.api.clone(), self.secret.clone());
+        tokio::spawn(async move {
+            let value = format!("{access_fp} {}", crate::credentials::now_ms());
+            let patch = serde_json::json!({ "metadata": { "annotations": { REJECTED_ANNOTATION: value } } });
+            let params =
+                PatchParams { field_manager: Some("sidecred-agent".to_owned()), ..PatchParams::default() };
+            match api.patch(&secret.name, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(secret = %secret, token = %access_fp, "told the lease holder through the Secret that the API rejected the token")
+                }
+                Err(e) => warn!(
+                    error = %classify(e, "patch", &secret),
+                    "cannot tell the lease holder that the API rejected the token; serving what the Secret brings next"
+                ),
+            }
+        });
     }
 
     /// Offers the pair and waits, at most `limit`, until the Secret holds it. The lease holder serves a
@@ -116,6 +147,9 @@ enum SecretWriteError {
     NotFound(String),
     #[error("{0}; retrying")]
     Conflict(String),
+    /// No answer, or a 5xx: the API server is away. The writer tries again as soon as it answers.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Api(String),
 }
@@ -132,7 +166,7 @@ const CONFLICT_PAUSE_MIN: Duration = Duration::from_millis(100);
 const CONFLICT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 async fn writer(
-    api: Api<KubeSecret>,
+    api: Objects<KubeSecret>,
     secret: SecretRef,
     key: String,
     mut rx: watch::Receiver<Option<Offer>>,
@@ -140,6 +174,7 @@ async fn writer(
 ) {
     let mut delay = Duration::from_secs(1);
     let mut conflict_pause = CONFLICT_PAUSE_MIN;
+    let mut answered = api.client().answered();
     let mut checked_manager = false;
     loop {
         if rx.changed().await.is_err() {
@@ -176,10 +211,27 @@ async fn writer(
                 }
                 Err(e) => {
                     warn!(secret = %secret, error = %e, retry_in = ?delay, "writing the live pair back to the Secret failed");
+                    // After an outage the API server's first answer (to the election or the watch) ends
+                    // the pause: the Secret must catch up at once, not when a pause grown during the
+                    // outage runs out. Refusals (403, 404) wait their pause: the API answering says
+                    // nothing about them.
+                    let away = matches!(e, SecretWriteError::Unavailable(_));
+                    answered.borrow_and_update();
+                    let api_back = async {
+                        if !away || answered.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     // A newer pair cuts the wait short; it is retried from the top. The agent going away
                     // ends the wait too, without turning it into a spin.
-                    if let Ok(Err(_)) = tokio::time::timeout(delay, rx.changed()).await {
-                        return;
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { return },
+                        () = api_back => {
+                            info!(secret = %secret, "the Kubernetes API answers again; writing the live pair back now");
+                            delay = Duration::from_secs(1);
+                            continue;
+                        }
+                        () = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(60));
                 }
@@ -189,13 +241,20 @@ async fn writer(
 }
 
 async fn write(
-    api: &Api<KubeSecret>,
+    api: &Objects<KubeSecret>,
     secret: &SecretRef,
     key: &str,
     offer: &Offer,
     checked_manager: &mut bool,
 ) -> Result<Outcome, SecretWriteError> {
     let current = api.get(&secret.name).await.map_err(|e| classify(e, "get", secret))?;
+    if !is_object(&current.metadata, &secret.namespace, &secret.name) {
+        return Err(SecretWriteError::Api(format!(
+            "the answer to get the Secret {secret} is another object ({:?}/{:?}); not writing",
+            current.metadata.namespace.as_deref().map(crate::cluster::client::clip),
+            current.metadata.name.as_deref().map(crate::cluster::client::clip),
+        )));
+    }
     if !*checked_manager {
         crate::cluster::warn_if_managed(&current, &secret.to_string());
         *checked_manager = true;
@@ -229,12 +288,14 @@ async fn write(
     Ok(Outcome::Written)
 }
 
-fn classify(e: kube::Error, verb: &'static str, secret: &SecretRef) -> SecretWriteError {
+fn classify(e: CallError, verb: &'static str, secret: &SecretRef) -> SecretWriteError {
     let text = crate::cluster::describe(verb, "Secret", secret, "`get` and `patch`", &e);
-    match e {
-        kube::Error::Api(status) if status.code == 403 => SecretWriteError::Forbidden(text),
-        kube::Error::Api(status) if status.code == 404 => SecretWriteError::NotFound(text),
-        kube::Error::Api(status) if status.code == 409 => SecretWriteError::Conflict(text),
+    match (e.code(), &e) {
+        (Some(403), _) => SecretWriteError::Forbidden(text),
+        (Some(404), _) => SecretWriteError::NotFound(text),
+        (Some(409), _) => SecretWriteError::Conflict(text),
+        (Some(code), _) if code >= 500 => SecretWriteError::Unavailable(text),
+        (None, CallError::Timeout(_) | CallError::Kube(_)) => SecretWriteError::Unavailable(text),
         _ => SecretWriteError::Api(text),
     }
 }

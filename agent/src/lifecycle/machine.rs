@@ -327,8 +327,7 @@ impl Machine {
             *pending_seed = Some(seed);
             return Vec::new();
         }
-        self.apply_seed(seed, now);
-        Vec::new()
+        self.apply_seed(seed, now)
     }
 
     /// The request to the token endpoint came back.
@@ -376,7 +375,7 @@ impl Machine {
             }
         }
         if let Some(seed) = pending_seed {
-            self.apply_seed(seed, now);
+            effects.extend(self.apply_seed(seed, now));
         }
         effects
     }
@@ -465,19 +464,19 @@ impl Machine {
         vec![Effect::Refresh(refresh_token)]
     }
 
-    fn apply_seed(&mut self, seed: SeedRead, now: Now) {
+    fn apply_seed(&mut self, seed: SeedRead, now: Now) -> Vec<Effect> {
         if let Some(rv) = &seed.secret_rv {
             self.secret_rv = Some(rv.clone());
         }
         if self.seed_sha256.as_deref() == Some(seed.sha256.as_str()) {
-            return;
+            return Vec::new();
         }
         let credentials = match seed.credentials {
             Ok(c) => c,
             Err(e) => {
                 error!(source = %seed.origin, error = %e, "ignoring the changed seed; still serving the last good credentials");
                 self.last_error = Some((format!("seed change ignored: {e}"), now.wall_ms));
-                return;
+                return Vec::new();
             }
         };
         self.seed_sha256 = Some(seed.sha256);
@@ -486,7 +485,7 @@ impl Machine {
                 if let Some(better) = login_age::carried(&live.credentials, &credentials) {
                     live.credentials = better;
                 }
-                return;
+                return Vec::new();
             }
         }
         if credentials.refresh_token.as_ref().is_some_and(|r| is_retired(&self.retired, &r.fingerprint())) {
@@ -495,7 +494,12 @@ impl Machine {
                 refresh_token = ?credentials.refresh_token,
                 "the seed holds a refresh token this agent already spent; keeping the live pair"
             );
-            return;
+            return Vec::new();
+        }
+        if seed.secret_rv.is_some() {
+            if let Some(effects) = self.refuse_expired(&credentials, now) {
+                return effects;
+            }
         }
         info!(
             source = %seed.origin,
@@ -522,6 +526,36 @@ impl Machine {
                 *save = Save::Due(now.at);
             }
         }
+        Vec::new()
+    }
+
+    /// A pair in the shared Secret that has already expired (a backup restored, a GitOps revert) never
+    /// replaces a live pair that is still valid: its refresh token is most likely spent, and adopting it
+    /// would lose the login. It is marked stale, so the holder's write-back may put the live pair back
+    /// over it (the effect returned). `None`: nothing to refuse.
+    fn refuse_expired(&mut self, incoming: &Credentials, now: Now) -> Option<Vec<Effect>> {
+        let (live, _) = self.live_pair()?;
+        if incoming.remaining_ms(now.wall_ms) > 0 || live.remaining_ms(now.wall_ms) == 0 {
+            return None;
+        }
+        warn!(
+            refresh_token = ?incoming.refresh_token,
+            live = %live.access_token,
+            "the shared Secret now holds a pair that has already expired (a restored backup? a revert?); \
+             keeping the live pair, which is still valid"
+        );
+        self.last_error = Some((
+            "the shared Secret was set to an expired pair; kept the live one and put it back".to_owned(),
+            now.wall_ms,
+        ));
+        if let Some(fp) = incoming.refresh_token.as_ref().map(|r| r.fingerprint()) {
+            retire(&mut self.retired, fp);
+        }
+        if self.authority.may_refresh(now.at).is_err() {
+            return Some(Vec::new());
+        }
+        let (credentials, retired) = self.live_pair()?;
+        Some(vec![Effect::WriteBack { credentials: credentials.clone(), retired: retired.to_vec() }])
     }
 
     /// Makes `credentials` the live pair, timing the next refresh from its expiry. A save still due

@@ -50,4 +50,7 @@ pub enum Input {
     Waiting,
     /// The lease task's latest view of the election (`--lease`).
     Lease(LeaseView),
+    /// Another agent sharing the login reports, through the shared Secret, that the upstream rejected
+    /// the access token with this fingerprint (`--lease`).
+    PeerRejected { fingerprint: String },
 }

@@ -7,7 +7,7 @@ use super::{Input, Policy, Snapshot};
 use crate::cluster::writeback::WriteBack;
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
-use sidecred_proto::{ErrorCode, ProtoError, Secret};
+use sidecred_proto::{ErrorCode, ProtoError, Role, Secret};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +20,18 @@ type Waiter = super::Reply;
 
 /// The longest the task sleeps without comparing the monotonic and wall clocks.
 const CLOCK_CHECK: Duration = Duration::from_secs(30);
+/// How long a follower holds a client whose token the upstream rejected, waiting for the pair the
+/// holder refreshes when told (through the shared Secret) before answering with the error.
+const PEER_REFRESH_WAIT: Duration = Duration::from_secs(10);
+
+/// A client of a follower waiting for the pair that replaces the token the upstream rejected.
+struct AwaitingPair {
+    reply: Waiter,
+    rejected: Secret,
+    until: Instant,
+    /// The answer if no new pair comes in time.
+    otherwise: ProtoError,
+}
 type RefreshFuture = Pin<Box<dyn Future<Output = Result<TokenResponse, TokenError>> + Send>>;
 
 pub struct Lifecycle {
@@ -33,6 +45,11 @@ pub struct Lifecycle {
     waiters: Vec<Waiter>,
     /// With a lease, a new pair is served only once the shared Secret holds it (waiting at most this).
     confirm_write_back: Option<Duration>,
+    awaiting_pair: Vec<AwaitingPair>,
+    /// The access token this follower last told the holder about, and when: many clients make one
+    /// report, repeated after [`PEER_REFRESH_WAIT`] if no new pair came (the holder may have been in its
+    /// cooldown after a refresh).
+    reported: Option<(String, Instant)>,
 }
 
 impl Lifecycle {
@@ -83,6 +100,8 @@ impl Lifecycle {
             inflight: None,
             waiters: Vec::new(),
             confirm_write_back: None,
+            awaiting_pair: Vec::new(),
+            reported: None,
         };
         (lifecycle, rx)
     }
@@ -119,6 +138,7 @@ impl Lifecycle {
                 .machine
                 .next_wake(Instant::now())
                 .map_or(Instant::now() + CLOCK_CHECK, |w| w.min(Instant::now() + CLOCK_CHECK));
+            let wake = self.awaiting_pair.iter().map(|a| a.until).fold(wake, Instant::min);
             tokio::select! {
                 biased;
                 result = poll_inflight(&mut self.inflight), if self.inflight.is_some() => {
@@ -145,6 +165,10 @@ impl Lifecycle {
                 }
             }
             self.publish();
+            self.answer_awaiting_pair(Instant::now());
+        }
+        for awaiting in self.awaiting_pair.drain(..) {
+            let _ = awaiting.reply.send(Err(awaiting.otherwise));
         }
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(Err(ProtoError::new(ErrorCode::Unavailable, "the agent is shutting down")));
@@ -160,7 +184,25 @@ impl Lifecycle {
             }
             Input::Rejected { token, reply } => {
                 let (answer, effects) = self.machine.rejected(&token, now);
-                (answer, reply, effects)
+                match answer {
+                    Answer::Now(Err(otherwise)) if self.ask_the_holder(&token, &otherwise) => {
+                        let until = Instant::now() + PEER_REFRESH_WAIT;
+                        self.awaiting_pair.push(AwaitingPair { reply, rejected: token, until, otherwise });
+                        return self.perform(effects).await;
+                    }
+                    answer => (answer, reply, effects),
+                }
+            }
+            Input::PeerRejected { fingerprint } => {
+                let live = self.machine.live_pair().map(|(c, _)| c.access_token.clone());
+                let Some(token) = live.filter(|t| t.fingerprint() == fingerprint) else { return };
+                if self.machine.snapshot(Instant::now()).role != Role::Holder {
+                    return;
+                }
+                info!(token = %token, "another agent reports that the upstream rejected the live token; refreshing");
+                // No client waits on this one: the followers get the new pair through the Secret.
+                let (_, effects) = self.machine.rejected(&token, now);
+                return self.perform(effects).await;
             }
             Input::SeedChanged(seed) => {
                 let effects = self.machine.seed_changed(seed, now);
@@ -232,6 +274,50 @@ impl Lifecycle {
                         let _ = waiter.send(answer.clone());
                     }
                 }
+            }
+        }
+    }
+
+    /// A follower does not refresh: when the upstream rejects the live token, it tells the holder
+    /// (once per token) and holds the client until the next pair arrives.
+    fn ask_the_holder(&mut self, token: &Secret, otherwise: &ProtoError) -> bool {
+        let live = self.machine.live_pair().is_some_and(|(c, _)| c.access_token == *token);
+        let follower = self.machine.snapshot(Instant::now()).role == Role::Follower;
+        let Some(write_back) = self.write_back.as_ref().filter(|_| {
+            live && follower && otherwise.code == ErrorCode::Unavailable && self.confirm_write_back.is_some()
+        }) else {
+            return false;
+        };
+        let fingerprint = token.fingerprint();
+        let now = Instant::now();
+        let again = match &self.reported {
+            Some((fp, at)) => *fp != fingerprint || now.saturating_duration_since(*at) >= PEER_REFRESH_WAIT,
+            None => true,
+        };
+        if again {
+            write_back.report_rejected(fingerprint.clone());
+            self.reported = Some((fingerprint, now));
+        }
+        true
+    }
+
+    /// Answers the clients held by [`Self::ask_the_holder`] once a new pair is live, or their wait is over.
+    fn answer_awaiting_pair(&mut self, now: Instant) {
+        if self.awaiting_pair.is_empty() {
+            return;
+        }
+        let live = self.machine.live_pair().map(|(c, _)| c.access_token.clone());
+        let snapshot = self.machine.snapshot(now);
+        for awaiting in std::mem::take(&mut self.awaiting_pair) {
+            let replaced = live.as_ref().is_some_and(|t| *t != awaiting.rejected);
+            match snapshot.immediate_answer(now).filter(|_| replaced) {
+                Some(answer) => {
+                    let _ = awaiting.reply.send(answer);
+                }
+                None if now >= awaiting.until => {
+                    let _ = awaiting.reply.send(Err(awaiting.otherwise));
+                }
+                None => self.awaiting_pair.push(awaiting),
             }
         }
     }

@@ -7,9 +7,11 @@
 //!
 //! It speaks the real JSON (objects with `metadata.resourceVersion`, base64 Secret `data`, `Status`
 //! errors), counts every request with its verb and status, and can be taken down (`set_down`: every
-//! request answers 503 and open watches end) to play an API server outage.
+//! request answers 503 and open watches end) to play an API server outage. `misbehave.rs` holds the
+//! switches that make it hang a call, break a watch or send what no client should take.
 
 mod lease;
+mod misbehave;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub use lease::LeaseSpec;
+pub use misbehave::WatchMode;
 
 /// A request as the API server saw it.
 #[derive(Debug, Clone)]
@@ -69,6 +72,8 @@ pub(crate) struct State {
     down: bool,
     /// The Secret's labels (a controller that manages it marks it so).
     labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    switches: misbehave::Switches,
     /// Tells open watches that the server went down.
     down_tx: tokio::sync::watch::Sender<bool>,
 }
@@ -120,6 +125,8 @@ impl FakeKube {
             conflicting_patches: 0,
             down: false,
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            switches: misbehave::Switches::default(),
             down_tx,
         };
         let object = secret_object(&state);
@@ -170,6 +177,11 @@ impl FakeKube {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.st().seen.clone()
+    }
+
+    /// The Secret's annotation `key`.
+    pub fn annotation(&self, key: &str) -> Option<String> {
+        self.st().annotations.get(key).cloned()
     }
 
     /// Labels the Secret, as External Secrets does the Secrets it renders.
@@ -266,6 +278,7 @@ fn secret_object(st: &State) -> Value {
             "resourceVersion": st.secret_rv.to_string(),
             "uid": "00000000-0000-0000-0000-000000000001",
             "labels": st.labels,
+            "annotations": st.annotations,
         },
         "type": "Opaque",
         "data": data,
@@ -292,6 +305,26 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = req.into_body().collect().await?.to_bytes();
 
+    let hang = {
+        let mut s = st.lock().unwrap();
+        let hang = verb == "get"
+            && path == format!("/api/v1/namespaces/{}/secrets/{}", s.namespace, s.name)
+            && misbehave::hangs(&s);
+        if hang {
+            s.seen.push(Seen {
+                verb: verb.clone(),
+                path: path.clone(),
+                content_type: None,
+                status: 0,
+                holder: None,
+                at,
+            });
+        }
+        hang
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
     let mut s = st.lock().unwrap();
     let secret_path = format!("/api/v1/namespaces/{}/secrets/{}", s.namespace, s.name);
     let secrets_path = format!("/api/v1/namespaces/{}/secrets", s.namespace);
@@ -302,7 +335,10 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
     } else if auth != Some(format!("Bearer {}", s.token)) {
         status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     } else if path == secret_path && verb == "get" {
-        respond(StatusCode::OK, secret_object(&s))
+        match s.switches.huge_secret {
+            Some(bytes) => misbehave::huge_secret(&s, bytes),
+            None => respond(StatusCode::OK, secret_object(&s)),
+        }
     } else if path == secret_path && verb == "patch" {
         patch_secret(&mut s, content_type.as_deref(), &body)
     } else if path == secrets_path && verb == "watch" {
@@ -410,6 +446,14 @@ fn patch_secret(s: &mut State, content_type: Option<&str>, body: &[u8]) -> Respo
     }
     for (k, bytes) in decoded {
         s.data.insert(k, bytes);
+    }
+    if let Some(annotations) = patch.pointer("/metadata/annotations").and_then(Value::as_object) {
+        for (k, v) in annotations {
+            match v.as_str() {
+                Some(v) => s.annotations.insert(k.clone(), v.to_owned()),
+                None => s.annotations.remove(k),
+            };
+        }
     }
     s.secret_changed();
     respond(StatusCode::OK, secret_object(s))

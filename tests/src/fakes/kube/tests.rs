@@ -117,3 +117,48 @@ async fn the_secret_watch_streams_changes_bookmarks_and_gone() {
     assert_eq!(gone["object"]["code"], 410);
     assert!(next_event(&mut lines, &mut buf).await.is_none(), "the stream ends after 410");
 }
+
+#[tokio::test]
+async fn the_switches_misbehave_as_named() {
+    let k = fake().await;
+    let secret = url(&k, "/api/v1/namespaces/sc/secrets/creds");
+    let watch = url(&k, "/api/v1/namespaces/sc/secrets?watch=true&fieldSelector=metadata.name%3Dcreds&allowWatchBookmarks=true&timeoutSeconds=10");
+    // A hung GET is accepted and never answered; after the window GETs answer again.
+    k.hang_secret_gets_for(Duration::from_millis(300));
+    let hung = client().get(&secret).bearer_auth(TOKEN).timeout(Duration::from_millis(500)).send().await;
+    assert!(hung.is_err_and(|e| e.is_timeout()));
+    assert_eq!(client().get(&secret).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(k.seen().iter().filter(|s| s.status == 0).count(), 1);
+    // 410 on every watch, from any version.
+    k.set_watch_mode(WatchMode::Gone);
+    for _ in 0..2 {
+        let mut lines =
+            Box::pin(client().get(&watch).bearer_auth(TOKEN).send().await.unwrap().bytes_stream());
+        let mut buf = Vec::new();
+        assert_eq!(next_event(&mut lines, &mut buf).await.unwrap()["object"]["code"], 410);
+    }
+    assert_eq!(k.watch_requests(), 2);
+    // Garbage, and an event for another object first.
+    k.set_watch_mode(WatchMode::Garbage);
+    let resp = client().get(&watch).bearer_auth(TOKEN).send().await.unwrap();
+    let mut stream = Box::pin(resp.bytes_stream());
+    let text = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut stream))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(text.starts_with(b"this is not"), "{text:?}");
+    k.set_watch_mode(WatchMode::Normal);
+    k.send_other_object_on_watch("other", b"{\"x\":1}");
+    let mut lines = Box::pin(client().get(&watch).bearer_auth(TOKEN).send().await.unwrap().bytes_stream());
+    let mut buf = Vec::new();
+    let first = next_event(&mut lines, &mut buf).await.unwrap();
+    assert_eq!(first["object"]["metadata"]["name"], "other");
+    assert_eq!(next_event(&mut lines, &mut buf).await.unwrap()["object"]["metadata"]["name"], "creds");
+    // A huge Secret is a valid Secret, just large.
+    k.serve_huge_secret(2 * 1024 * 1024);
+    let body = client().get(&secret).bearer_auth(TOKEN).send().await.unwrap().bytes().await.unwrap();
+    assert!(body.len() > 2 * 1024 * 1024);
+    let parsed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(parsed["metadata"]["name"], "creds");
+}

@@ -3,6 +3,7 @@
 //! an ERROR event with `410 Gone` (the client must list again); BOOKMARK events carry the current version
 //! when asked for; the stream ends at `timeoutSeconds`, or when the server goes down.
 
+use super::misbehave::{self, WatchMode};
 use super::{secret_object, status_object, Body, State};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -23,6 +24,8 @@ struct Stream {
     events: broadcast::Receiver<(u64, Value)>,
     down: tokio::sync::watch::Receiver<bool>,
     bookmarks: Option<tokio::time::Interval>,
+    /// Never send an event but bookmarks (a broken server).
+    bookmarks_only: bool,
     deadline: Instant,
     last_rv: u64,
 }
@@ -36,7 +39,14 @@ pub(super) fn start(s: &mut State, params: &BTreeMap<String, String>) -> Respons
     let timeout = params.get("timeoutSeconds").and_then(|v| v.parse::<u64>().ok()).unwrap_or(300).min(3600);
     let mut pending = VecDeque::new();
     let mut finish = false;
+    let mode = s.switches.watch;
+    pending.extend(misbehave::other_object_event(s));
     match from {
+        _ if mode == WatchMode::Gone => {
+            let gone = status_object(StatusCode::GONE, "Expired", "too old resource version (always, fake)");
+            pending.push_back(event("ERROR", gone));
+            finish = true;
+        }
         None => pending.push_back(event("ADDED", secret_object(s))),
         Some(rv) if rv < s.oldest_rv => {
             let msg = format!("too old resource version: {rv} ({})", s.oldest_rv);
@@ -53,20 +63,27 @@ pub(super) fn start(s: &mut State, params: &BTreeMap<String, String>) -> Respons
         let every = s.bookmark_every.max(Duration::from_millis(10));
         tokio::time::interval_at(Instant::now() + every, every)
     });
+    let bookmarks_only = mode == WatchMode::BookmarksOnly;
+    if bookmarks_only {
+        pending.retain(|e| e["type"] == "BOOKMARK");
+    }
     let stream = Stream {
         pending,
         finish,
         events: s.events.subscribe(),
         down: s.down_tx.subscribe(),
         bookmarks,
+        bookmarks_only,
         deadline: Instant::now() + Duration::from_secs(timeout),
         last_rv: s.secret_rv,
     };
-    let lines = futures_util::stream::unfold(stream, next_line)
-        .map(|line| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{line}\n")))));
-    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(lines)));
-    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
-    resp
+    misbehave::watch_answer(mode, move || {
+        let lines = futures_util::stream::unfold(stream, next_line)
+            .map(|line| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{line}\n")))));
+        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(lines)));
+        resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        resp
+    })
 }
 
 async fn next_line(mut st: Stream) -> Option<(Value, Stream)> {
@@ -87,6 +104,7 @@ async fn next_line(mut st: Stream) -> Option<(Value, Stream)> {
         };
         tokio::select! {
             ev = st.events.recv() => match ev {
+                Ok((rv, _)) if st.bookmarks_only => st.last_rv = rv,
                 Ok((rv, object)) => {
                     st.last_rv = rv;
                     return Some((event("MODIFIED", object), st));
