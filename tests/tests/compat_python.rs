@@ -253,7 +253,8 @@ async fn a_billed_request_stops_the_next_with_a_rate_limit_error_it_does_not_ret
         (got["type"].as_str(), got["should_retry"].as_str()),
         (Some("rate_limit_error"), Some("false"))
     );
-    assert_eq!(got["retry_after"], "300", "{got}");
+    let after: u64 = got["retry_after"].as_str().unwrap().parse().unwrap();
+    assert!((200..=300).contains(&after), "to the end of the 5 min probe interval: {got}");
     assert!(got["message"].as_str().unwrap().contains("--allow-extra-usage"), "{got}");
     assert!(got["seconds"].as_f64().unwrap() < 5.0, "it did not retry: {got}");
     assert_eq!((stack.upstream.seen_count(), stack.upstream.billed()), (1, 1), "{}", stack.upstream.log());
