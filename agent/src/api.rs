@@ -8,6 +8,8 @@ use sidecred_proto::{anthropic, Secret};
 
 const MODELS_PATH: &str = "/v1/models";
 const PROFILE_PATH: &str = "/api/oauth/profile";
+/// The largest answer read from the API.
+const MAX_ANSWER_LEN: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -122,10 +124,7 @@ impl Api {
                 detail: describe_request_error(&e, "API", url),
             })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ApiError::Transport {
-            endpoint: url.to_owned(),
-            detail: describe_request_error(&e, "API", url),
-        })?;
+        let bytes = read_bounded(response, url).await?;
         if !status.is_success() {
             let (error_type, message) = error_details(&bytes);
             return Err(ApiError::Status {
@@ -140,6 +139,28 @@ impl Api {
             detail: crate::credentials::json_fault(&e),
         })
     }
+}
+
+/// Reads an answer's body, at most [`MAX_ANSWER_LEN`] bytes: the answers these calls read are a few
+/// KiB, and an endless one must not take the command's memory.
+async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| ApiError::Transport {
+        endpoint: url.to_owned(),
+        detail: describe_request_error(&e, "API", url),
+    })? {
+        if bytes.len().saturating_add(chunk.len()) > MAX_ANSWER_LEN {
+            return Err(ApiError::Malformed {
+                endpoint: url.to_owned(),
+                detail: format!(
+                    "the answer is larger than {} KiB; nothing of it was used",
+                    MAX_ANSWER_LEN / 1024
+                ),
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// `{"type":"error","error":{"type":"authentication_error","message":"..."}}`: the type, and the message

@@ -38,6 +38,9 @@ pub struct AccessLog {
     pub retried: bool,
     /// Response body bytes delivered to the client.
     pub bytes: u64,
+    /// What the upstream's answer said of the account (`account/outcome.rs`), and the client's shape.
+    pub account: &'static str,
+    pub client: &'static str,
 }
 
 impl AccessLog {
@@ -49,7 +52,18 @@ impl AccessLog {
     }
 
     fn new(method: Method, uri: Uri, request_id: HeaderValue, started: Instant) -> Self {
-        AccessLog { method, uri, request_id, started, status: 0, upstream: None, retried: false, bytes: 0 }
+        AccessLog {
+            method,
+            uri,
+            request_id,
+            started,
+            status: 0,
+            upstream: None,
+            retried: false,
+            bytes: 0,
+            account: "-",
+            client: "-",
+        }
     }
 
     pub fn emit(self, outcome: Outcome) {
@@ -65,6 +79,8 @@ impl AccessLog {
             bytes = self.bytes,
             retried = self.retried,
             outcome = %outcome.as_str(),
+            account = %self.account,
+            client = %self.client,
             request_id = %self.request_id.to_str().unwrap_or("-"),
             "request"
         );

@@ -231,6 +231,19 @@ impl ResponseBody {
         ResponseBody { source: Source::Upstream(body, stream), log: None }
     }
 
+    /// An upstream answer as the account's shell passed it on: still streaming, or a short error it read.
+    pub fn answer(
+        body: crate::account::AnswerBody,
+        route: Route,
+        arrived: Instant,
+        slot: Option<Slot>,
+    ) -> Self {
+        match body {
+            crate::account::AnswerBody::Streaming(body) => ResponseBody::upstream(body, route, arrived, slot),
+            crate::account::AnswerBody::Read(bytes) => ResponseBody::full(bytes),
+        }
+    }
+
     /// Attaches the access-log line, written when the body ends or is dropped.
     pub fn with_log(mut self, log: AccessLog) -> Self {
         self.log = Some(log);

@@ -89,6 +89,32 @@ pub struct Cli {
     /// reach. `/metrics` is on --listen in any case, unauthenticated like the probes.
     #[arg(long, env = "SIDECRED_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Let requests through that the API bills to the account's extra usage (paid) instead of its
+    /// plan. Off by default: once an answer shows a request was billed, requests that would be billed
+    /// the same way are answered 429 here until the plan pays again. Billed answers are counted and
+    /// shown either way.
+    #[arg(long, env = "SIDECRED_ALLOW_EXTRA_USAGE")]
+    pub allow_extra_usage: bool,
+    /// Which clients to serve: `any`, or `claude-code` (Claude Code's own requests, by its user-agent
+    /// and x-app headers; others get 403). A guard for the operator's own traffic, not a security
+    /// boundary: any client can send those headers.
+    #[arg(long, env = "SIDECRED_CLIENTS", value_enum, default_value = "any")]
+    pub clients: crate::account::guard::Clients,
+    /// A pause after a billed answer with no window reset to wait for lasts this long; then one request
+    /// is let through to see whether the plan pays again.
+    #[arg(long, env = "SIDECRED_PLAN_PROBE_INTERVAL", default_value = "5m", value_parser = parse_timeout)]
+    pub plan_probe_interval: Duration,
+}
+
+impl Cli {
+    /// The account guard's configuration.
+    pub fn account(&self) -> crate::account::guard::Config {
+        crate::account::guard::Config {
+            allow_extra_usage: self.allow_extra_usage,
+            clients: self.clients,
+            probe_interval: self.plan_probe_interval,
+        }
+    }
 }
 
 pub use sidecred_logging::LogFormat;
@@ -191,6 +217,21 @@ mod tests {
         assert_eq!(cli.max_connections, None);
         assert_eq!(cli.agent_uid, None);
         assert_eq!(cli.metrics_listen, None);
+        assert!(!cli.allow_extra_usage, "the plan only, unless the operator says otherwise");
+        assert_eq!(cli.clients, crate::account::guard::Clients::Any);
+        assert_eq!(cli.plan_probe_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_account_flags() {
+        let cli =
+            Cli::try_parse_from(["sidecred-forwarder", "--allow-extra-usage", "--clients", "claude-code"])
+                .expect("parse");
+        assert!(cli.allow_extra_usage);
+        assert_eq!(cli.clients, crate::account::guard::Clients::ClaudeCode);
+        let err =
+            Cli::try_parse_from(["sidecred-forwarder", "--clients", "sdk"]).expect_err("sdk").to_string();
+        assert!(err.contains("claude-code"), "{err}");
     }
 
     #[test]

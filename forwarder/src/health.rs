@@ -6,6 +6,7 @@
 //! `/readyz` does not: no other replica of this account would do better, so taking this one out of
 //! service helps nobody.
 
+use crate::account::Account;
 use crate::agent::{AgentError, TokenSource};
 use crate::body::ResponseBody;
 use crate::errors::json_response;
@@ -31,7 +32,11 @@ pub async fn readyz(tokens: &TokenSource) -> Response<ResponseBody> {
     }
 }
 
-pub async fn health(tokens: &TokenSource, rejected: &RejectedToken) -> Response<ResponseBody> {
+pub async fn health(
+    tokens: &TokenSource,
+    rejected: &RejectedToken,
+    account: &Account,
+) -> Response<ResponseBody> {
     match tokens.probe().await {
         Ok(grant) => match rejected.since(&grant.access_token) {
             Some(ago) => json_response(
@@ -64,6 +69,7 @@ pub async fn health(tokens: &TokenSource, rejected: &RejectedToken) -> Response<
                 if let Some(usage) = METRICS.usage.summary() {
                     body["usage"] = usage;
                 }
+                body["account"] = account.summary();
                 json_response(StatusCode::OK, body.to_string())
             }
         },

@@ -9,6 +9,7 @@
 //! most of a proxy's time goes to. How a connection is served and ends is in `conn.rs`.
 
 mod access;
+mod account;
 mod agent;
 mod body;
 mod cli;
@@ -84,6 +85,7 @@ struct Shared {
     retry_body_limit: u64,
     drain_timeout: Duration,
     rejected: Arc<rejected::RejectedToken>,
+    account: Arc<account::Account>,
     limits: conn::Limits,
     max_connections: u32,
     /// True while connections wait for a slot: connections that ask nothing then make room sooner.
@@ -103,6 +105,7 @@ impl Shared {
             max_request_body: self.max_request_body,
             retry_body_limit: self.retry_body_limit,
             rejected: self.rejected.clone(),
+            account: self.account.clone(),
         })
     }
 }
@@ -139,6 +142,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         retry_body_limit: cli.retry_body_limit,
         drain_timeout: cli.drain_timeout,
         rejected: Arc::default(),
+        account: Arc::new(account::Account::new(cli.account())),
         limits: conn::Limits {
             first_request: cli.first_request_timeout,
             idle: cli.idle_timeout,

@@ -102,6 +102,9 @@ pub enum Outcome {
     RateLimited,
     /// Refused by the forwarder: bad path, too large, not found.
     InvalidRequest,
+    /// Answered by the account guard (`account/`): a paused window or extra usage, or a client that
+    /// `--clients` does not serve.
+    AccountGuard,
 }
 
 label_values!(Outcome {
@@ -113,9 +116,10 @@ label_values!(Outcome {
     RejectedKey => "rejected_key",
     RateLimited => "rate_limited",
     InvalidRequest => "invalid_request",
+    AccountGuard => "account_guard",
 });
 
-const OUTCOMES: usize = 8;
+const OUTCOMES: usize = 9;
 
 impl Outcome {
     /// The outcome of an answer the upstream gave.
@@ -233,6 +237,7 @@ pub struct Metrics {
     agent_failures: Family<AgentFailureLabels, Counter>,
     pub key_rate_limited: Family<KeyLabels, Counter>,
     pub usage: crate::usage::UsageGauges,
+    pub account: crate::account::metrics::AccountMetrics,
 }
 
 impl Metrics {
@@ -295,6 +300,7 @@ impl Metrics {
             key_rate_limited.clone(),
         );
         let usage = crate::usage::UsageGauges::register(&mut registry);
+        let account = crate::account::metrics::AccountMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -311,6 +317,7 @@ impl Metrics {
             agent_failures,
             key_rate_limited,
             usage,
+            account,
         }
     }
 

@@ -2,6 +2,7 @@
 //! retry once on 401, stream the answer back.
 
 use crate::access::AccessLog;
+use crate::account::{self, Account, AnswerBody};
 use crate::agent::{AgentError, Token, TokenSource};
 use crate::body::{discard, ResponseBody, Tee, UpstreamBody};
 use crate::errors::{agent_failure, reauth, static_token_rejected, ErrorReply};
@@ -33,6 +34,8 @@ pub struct Proxy {
     pub retry_body_limit: u64,
     /// Shared by all workers, so `/health` on any of them knows.
     pub rejected: Arc<RejectedToken>,
+    /// What the answers say of the account, and the guard that keeps it on its plan; shared by all workers.
+    pub account: Arc<Account>,
 }
 
 impl Proxy {
@@ -46,7 +49,7 @@ impl Proxy {
         let resp = match req.uri().path() {
             health::LIVEZ_PATH => health::livez(),
             "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
-            "/health" => Box::pin(health::health(&self.tokens, &self.rejected)).await,
+            "/health" => Box::pin(health::health(&self.tokens, &self.rejected, &self.account)).await,
             "/metrics" => crate::exposition::page(req.headers()),
             _ => return Ok(self.forward(req).await),
         };
@@ -65,9 +68,9 @@ impl Proxy {
         // request, and the slot lives as long as the connection (a whole stream). A pointer is cheaper
         // to move and to keep than the 2 KiB this future holds while it waits.
         let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log, route)).await {
-            Ok((rparts, incoming, slot)) => {
+            Ok((rparts, answer, slot)) => {
                 METRICS.request(route, rparts.status, Outcome::of_upstream(rparts.status));
-                Response::from_parts(rparts, ResponseBody::upstream(incoming, route, arrived, slot))
+                Response::from_parts(rparts, ResponseBody::answer(answer, route, arrived, slot))
             }
             Err(e) => {
                 METRICS.request(route, e.status, e.outcome);
@@ -90,8 +93,8 @@ impl Proxy {
         body: Incoming,
         log: &mut Option<AccessLog>,
         route: Route,
-    ) -> Result<(http::response::Parts, Incoming, Option<Slot>), ErrorReply> {
-        let (path, declared, token, slot) = match self.admit(&mut parts).await {
+    ) -> Result<(http::response::Parts, AnswerBody, Option<Slot>), ErrorReply> {
+        let (path, declared, token, slot, admitted) = match self.admit(&mut parts).await {
             Ok(admitted) => admitted,
             Err(e) => {
                 // Answered without reading the body: read it away in the background so the client,
@@ -143,12 +146,15 @@ impl Proxy {
             log.upstream = Some(took);
         }
 
-        let (mut rparts, incoming) = resp.into_parts();
+        let (mut rparts, answer, outcome) = self.account.answered(admitted, resp).await?;
+        if let Some(log) = log.as_mut() {
+            (log.account, log.client) = (outcome.as_str(), admitted.shape.as_str());
+        }
         METRICS.usage.observe(&rparts.headers);
         headers::to_client(&mut rparts.headers);
         // The client's protocol is not the upstream's; the server picks the right framing.
         rparts.version = Version::default();
-        Ok((rparts, incoming, slot))
+        Ok((rparts, answer, slot))
     }
 
     /// Everything that can refuse a request before its body is touched: the client's key, the path,
@@ -170,10 +176,11 @@ impl Proxy {
         if declared.is_some_and(|n| n > self.max_request_body) {
             return Err(ErrorReply::too_large(self.max_request_body));
         }
+        let admitted = self.account.admit(&parts.headers, Route::of(parts.uri.path()))?;
         let token = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
         let authorization = token.authorization().map_err(ErrorReply::agent_unavailable)?;
         headers::to_upstream(&mut parts.headers, authorization, &self.upstream.host);
-        Ok((path, declared, token, slot))
+        Ok((path, declared, token, slot, admitted))
     }
 
     async fn send(
@@ -269,9 +276,9 @@ impl Proxy {
     }
 }
 
-/// What admission settles: the upstream path, the declared body size, the token, and the key's place
-/// under its concurrency cap (held until the response ends).
-type Admitted = (PathAndQuery, Option<u64>, Arc<Token>, Option<Slot>);
+/// What admission settles: the upstream path, the declared body size, the token, the key's place
+/// under its concurrency cap (held until the response ends), and the account guard's admission.
+type Admitted = (PathAndQuery, Option<u64>, Arc<Token>, Option<Slot>, account::Admitted);
 
 /// A request the upstream answered 401, with what sending it again needs.
 struct Rejection<'a> {

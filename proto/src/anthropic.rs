@@ -20,6 +20,45 @@ pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
 /// (`anthropic-ratelimit-unified-5h-utilization`, `...-7d-reset`, `...-status`, ...).
 pub const RATELIMIT_UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
 
+/// What follows [`RATELIMIT_UNIFIED_PREFIX`] in the headers that say how an answer was paid for and why
+/// a window refused it (`../shared/reference/account-signals.md` in the project's notes lists them with
+/// sources; none is a documented contract, so every value may be missing or malformed).
+pub mod unified {
+    /// `allowed`, `allowed_warning`, `rejected`: the account as a whole (`status`) or one window
+    /// (`5h-status`, `7d-status`, `7d_oi-status`).
+    pub const STATUS: &str = "status";
+    /// When the account-wide decision clears; windows have `<window>-reset`.
+    pub const RESET: &str = "reset";
+    /// `true` when this answer was billed to the account's extra usage instead of its plan.
+    pub const OVERAGE_IN_USE: &str = "overage-in-use";
+    /// `allowed` or `rejected`: whether extra usage may be spent at all.
+    pub const OVERAGE_STATUS: &str = "overage-status";
+    pub const OVERAGE_RESET: &str = "overage-reset";
+    /// Which window decided `status`: `five_hour`, `seven_day`, `seven_day_overage_included`.
+    pub const REPRESENTATIVE_CLAIM: &str = "representative-claim";
+    /// The windows every plan has, account-wide; the rest (`7d_oi`, ...) are per model.
+    pub const FIVE_HOUR: &str = "5h";
+    pub const SEVEN_DAY: &str = "7d";
+}
+
+/// The start of the `400 invalid_request_error` message of a request judged not to come from Claude
+/// Code, on an account that does not allow extra usage (since April 2026).
+pub const THIRD_PARTY_REFUSAL: &str = "Third-party apps now draw from your extra usage";
+
+/// In the message of the `429` that the 1M-context beta gets without extra usage: about the request,
+/// not the account's windows.
+pub const LONG_CONTEXT_EXTRA_USAGE: &str = "Extra usage is required for long context requests";
+
+/// In the message of the `400` the long-context beta gets on a subscription without it.
+pub const LONG_CONTEXT_UNAVAILABLE: &str = "long context beta is not yet available for this subscription";
+
+/// How Claude Code names itself, as a real request of Claude Code 2.1.332 showed (print mode sends
+/// `user-agent: claude-cli/2.1.332 (external, sdk-cli)`, interactive `(external, cli)`; both send
+/// `x-app: cli`).
+pub const CLAUDE_CODE_USER_AGENT_PREFIX: &str = "claude-cli/";
+pub const X_APP_HEADER: &str = "x-app";
+pub const CLAUDE_CODE_X_APP: &str = "cli";
+
 /// The subscription's usage windows without a message (Bearer token and [`OAUTH_BETA`]).
 pub const OAUTH_USAGE_PATH: &str = "/api/oauth/usage";
 

@@ -107,7 +107,26 @@ def wrong_key():
     raise SystemExit("the request succeeded with a wrong key")
 
 
-CASES = {f.__name__: f for f in (create, stream, concurrent_streams, count_tokens, models, betas, cancel, large_prompt, wrong_key)}
+def refused():
+    """A request the forwarder or the API refuses: what the SDK raises, and how soon."""
+    started = time.monotonic()
+    try:
+        client().messages.create(model=MODEL, max_tokens=64, messages=ask())
+    except anthropic.APIStatusError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        return {
+            "error": type(e).__name__,
+            "status": e.status_code,
+            "type": (body.get("error") or {}).get("type"),
+            "should_retry": e.response.headers.get("x-should-retry"),
+            "retry_after": e.response.headers.get("retry-after"),
+            "message": str(e),
+            "seconds": time.monotonic() - started,
+        }
+    raise SystemExit("the request was served")
+
+
+CASES = {f.__name__: f for f in (create, stream, concurrent_streams, count_tokens, models, betas, cancel, large_prompt, wrong_key, refused)}
 
 if __name__ == "__main__":
     print(json.dumps(CASES[sys.argv[1]]()), flush=True)

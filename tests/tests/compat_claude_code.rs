@@ -15,7 +15,7 @@
 
 use sidecred_proto::anthropic::OAUTH_BETA;
 use sidecred_tests::compat::{run, Clients, Login, Run, Setup, Stack};
-use sidecred_tests::fakes::upstream::USE_TOOL;
+use sidecred_tests::fakes::upstream::{Billing, USE_TOOL};
 use std::time::Duration;
 
 const ANSWER: &str = "Hello from the fake API, through sidecred.";
@@ -160,4 +160,30 @@ async fn reads_a_credentials_file_that_carries_the_login_clock() {
     assert_eq!(run.stdout.trim(), ANSWER, "{run}");
     let seen = stack.upstream.last_seen().unwrap();
     assert_eq!(seen.bearer(), doc["claudeAiOauth"]["accessToken"].as_str(), "{}", seen.summary());
+}
+
+/// `--clients claude-code`, the mode for teams that run Claude Code itself: its requests pass untouched
+/// and are answered; the API (which would bill other clients) bills nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_through_clients_claude_code() {
+    let stack =
+        answered(Setup { forwarder_args: &["--clients", "claude-code"], ..Setup::default() }, "").await;
+    assert_forwarded(&stack);
+    assert_eq!(stack.upstream.billed(), 0);
+}
+
+/// The default guard on an account that bills other clients: Claude Code is recognised as itself,
+/// answered on the plan, and nothing is billed or paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_served_on_the_plan_where_other_clients_are_billed() {
+    let stack = Stack::start(Setup::default()).await;
+    stack.upstream.set_answer(ANSWER);
+    stack.upstream.set_billing(Billing::BillsOthers);
+    for _ in 0..2 {
+        let run = claude(&stack, "Say hello.", "", "unused-by-sidecred").await;
+        assert!(run.succeeded(), "{run}\nthe API saw:\n{}", stack.upstream.log());
+        assert_eq!(run.stdout.trim(), ANSWER);
+    }
+    assert_eq!(stack.upstream.billed(), 0, "{}", stack.upstream.log());
+    stack.assert_nothing_left();
 }

@@ -8,7 +8,8 @@
 use serde_json::Value;
 use sidecred_proto::anthropic::OAUTH_BETA;
 use sidecred_tests::compat::{run, Clients, Run, Setup, Stack};
-use sidecred_tests::fakes::upstream::{count_tokens, Seen, MODELS};
+use sidecred_tests::fakes::upstream::account::now_epoch;
+use sidecred_tests::fakes::upstream::{count_tokens, Billing, Seen, MODELS};
 use sidecred_tests::harness::wait_until;
 use std::time::Duration;
 
@@ -217,4 +218,66 @@ async fn a_wrong_key_is_an_authentication_error_at_once() {
     let mut cmd = stack.python_sdk(&Clients::installed(), "create", "");
     cmd.env("SIDECRED_API_KEY", "sctest-compat-key");
     assert_eq!(result(&stack, &run(cmd, LIMIT).await)["text"], ANSWER);
+}
+
+/// `--clients claude-code`: the SDK is refused with 403 and the explanation, raises
+/// `PermissionDeniedError` at once, and nothing reaches the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_refused_with_the_explanation_under_clients_claude_code() {
+    let stack = stack(Setup { forwarder_args: &["--clients", "claude-code"], ..Setup::default() }).await;
+    let got = result(&stack, &python(&stack, "refused", "").await);
+    assert_eq!(
+        (got["error"].as_str(), got["status"].as_u64()),
+        (Some("PermissionDeniedError"), Some(403)),
+        "{got}"
+    );
+    assert_eq!(
+        (got["type"].as_str(), got["should_retry"].as_str()),
+        (Some("permission_error"), Some("false"))
+    );
+    assert!(got["message"].as_str().unwrap().contains("--clients claude-code"), "{got}");
+    assert!(got["seconds"].as_f64().unwrap() < 5.0, "{got}");
+    assert_eq!(stack.upstream.seen_count(), 0);
+}
+
+/// The account billed the SDK's first request as extra usage: the next is answered by the forwarder,
+/// and the SDK raises `RateLimitError` at once (no retries: `x-should-retry: false`), with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billed_request_stops_the_next_with_a_rate_limit_error_it_does_not_retry() {
+    let stack = stack(Setup::default()).await;
+    stack.upstream.set_billing(Billing::BillsOthers);
+    assert_eq!(result(&stack, &python(&stack, "create", "").await)["text"], ANSWER);
+    let got = result(&stack, &python(&stack, "refused", "").await);
+    assert_eq!((got["error"].as_str(), got["status"].as_u64()), (Some("RateLimitError"), Some(429)), "{got}");
+    assert_eq!(
+        (got["type"].as_str(), got["should_retry"].as_str()),
+        (Some("rate_limit_error"), Some("false"))
+    );
+    let after: u64 = got["retry_after"].as_str().unwrap().parse().unwrap();
+    assert!((200..=300).contains(&after), "to the end of the 5 min probe interval: {got}");
+    assert!(got["message"].as_str().unwrap().contains("--allow-extra-usage"), "{got}");
+    assert!(got["seconds"].as_f64().unwrap() < 5.0, "it did not retry: {got}");
+    assert_eq!((stack.upstream.seen_count(), stack.upstream.billed()), (1, 1), "{}", stack.upstream.log());
+}
+
+/// A used-up window: the API's own 429 reaches the SDK with the honest `retry-after` the forwarder
+/// added (its reset, hours away) and `x-should-retry: false`, so the SDK raises at once instead of
+/// retrying; the next request is answered by the forwarder without reaching the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_window_is_a_rate_limit_error_with_its_reset() {
+    let stack = stack(Setup::default()).await;
+    let until = now_epoch() + 3 * 3600;
+    stack.upstream.set_billing(Billing::WindowExhausted { reset: until.to_string(), until });
+    for (attempt, upstream) in [(0, 1), (1, 1)] {
+        let got = result(&stack, &python(&stack, "refused", "").await);
+        assert_eq!(
+            (got["error"].as_str(), got["status"].as_u64()),
+            (Some("RateLimitError"), Some(429)),
+            "{got}"
+        );
+        assert_eq!(got["should_retry"], "false", "{attempt}: {got}");
+        let after: u64 = got["retry_after"].as_str().unwrap().parse().unwrap();
+        assert!((3 * 3600 - 60..=3 * 3600).contains(&after), "{attempt}: {got}");
+        assert_eq!(stack.upstream.seen_count(), upstream, "{attempt}: {}", stack.upstream.log());
+    }
 }

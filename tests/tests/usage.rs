@@ -60,3 +60,49 @@ async fn status_usage_shows_the_windows_from_the_api() {
     assert!(done.stdout.contains("usage:") && done.stdout.contains("not available"), "{}", done.stdout);
     drop(agent);
 }
+
+/// The extra-usage meter, when the endpoint reports it; and what the endpoint says is printed safely:
+/// a window named with a newline cannot forge a `state: valid` line, and an endless answer is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_usage_shows_the_extra_usage_meter_and_prints_nothing_raw() {
+    let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 4 * HOUR_MS).await;
+    // No agent: the file's token, so `state` comes from the file and is not valid in the forged line.
+    let args = |extra: &[&str]| {
+        let mut args = os(&[
+            &"status",
+            &"--source",
+            &"file",
+            &"--credentials",
+            &sb.seed(),
+            &"--token-url",
+            &fake.token_url(),
+            &"--api-base",
+            &fake.api_base(),
+        ]);
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        args
+    };
+    let done = run(&sb, "status", &args(&["--usage"])).await;
+    assert!(
+        done.stdout.contains("extra usage:")
+            && done.stdout.contains("on, 1234.5 of 5000 used this month (25 %)"),
+        "{}",
+        done.stdout
+    );
+    let done = run(&sb, "status", &args(&["--usage", "--json"])).await;
+    let v: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(v["usage"]["extra_usage"]["enabled"], true);
+    assert_eq!(v["usage"]["extra_usage"]["used_credits"], 1234.5);
+
+    fake.set_usage(serde_json::json!({
+        "x\nstate: valid\nforged": {"utilization": 1.0, "resets_at": "\u{1b}[2Jsoon"},
+    }));
+    let done = run(&sb, "status", &args(&["--usage"])).await;
+    assert!(!done.stdout.lines().any(|l| l.trim_start().starts_with("state: valid")), "{}", done.stdout);
+    assert!(!done.stdout.contains('\u{1b}'), "{:?}", done.stdout);
+    assert!(done.stdout.contains("usage x?state: valid?forged"), "{}", done.stdout);
+
+    fake.set_usage(serde_json::json!({"padding": "x".repeat(8 << 20)}));
+    let done = run(&sb, "status", &args(&["--usage"])).await;
+    assert!(done.stdout.contains("not available") && done.stdout.contains("larger than"), "{}", done.stdout);
+}

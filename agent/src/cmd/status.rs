@@ -34,13 +34,13 @@ pub struct StatusArgs {
     pub api: ApiArgs,
 }
 
-type Usage = Result<Vec<usage::Window>, String>;
+type Usage = Result<usage::Usage, String>;
 
 /// Adds the usage windows to a JSON status, or prints them after a text one.
 fn with_usage(value: &mut serde_json::Value, usage: Option<&Usage>) {
     if let (Some(u), Some(obj)) = (usage, value.as_object_mut()) {
         let v = match u {
-            Ok(windows) => serde_json::json!({ "windows": windows }),
+            Ok(usage) => serde_json::json!(usage),
             Err(e) => serde_json::json!({ "error": e }),
         };
         obj.insert("usage".into(), v);

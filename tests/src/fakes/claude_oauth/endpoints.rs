@@ -69,7 +69,7 @@ pub(super) async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Han
         ("GET", sidecred_proto::anthropic::OAUTH_USAGE_PATH) => {
             s.counters.usage += 1;
             api_call(&mut s, &authorization, &beta, &version, "user:inference")
-                .unwrap_or_else(|| json_response(StatusCode::OK, usage()))
+                .unwrap_or_else(|| json_response(StatusCode::OK, s.usage.clone()))
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     };
@@ -83,6 +83,7 @@ pub fn usage() -> Value {
         "five_hour": {"utilization": 82.0, "resets_at": "2026-11-30T14:00:00.123456+00:00"},
         "seven_day": {"utilization": 41.5, "resets_at": "2026-12-04T09:00:00+00:00"},
         "seven_day_opus": null,
+        "extra_usage": {"is_enabled": true, "monthly_limit": 5000, "used_credits": 1234.5, "utilization": 24.69},
     })
 }
 

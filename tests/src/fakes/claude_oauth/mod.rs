@@ -93,6 +93,8 @@ struct State {
     /// The next code is bound to a different challenge than the client sent (a verifier mismatch).
     swap_next_challenge: bool,
     profile: Value,
+    /// What `GET /api/oauth/usage` answers: [`usage`] unless a test sets another.
+    usage: Value,
     counters: Counters,
     rejections: Vec<String>,
     user_agents: Vec<String>,
@@ -131,6 +133,7 @@ impl FakeOAuth {
             queued: VecDeque::new(),
             swap_next_challenge: false,
             profile: default_profile(),
+            usage: usage(),
             counters: Counters::default(),
             rejections: Vec::new(),
             user_agents: Vec::new(),
@@ -218,6 +221,10 @@ impl FakeOAuth {
     }
     pub fn set_profile(&self, profile: Value) {
         self.st().profile = profile;
+    }
+    /// What the usage endpoint answers from now on: any JSON, hostile ones included.
+    pub fn set_usage(&self, usage: Value) {
+        self.st().usage = usage;
     }
     /// The access tokens issued so far stop being accepted (a revocation upstream); refresh tokens
     /// stay live.

@@ -7,9 +7,11 @@
 //! parse (`messages.rs`): whole messages, event streams with a configurable gap between the deltas (noting
 //! when a client goes away in the middle, `sse.rs`), tool calls, token counts and the model list.
 
+pub mod account;
 mod messages;
 mod sse;
 
+pub use account::{Billing, Canned};
 pub use messages::{count_tokens, Reply, MODELS, USE_TOOL};
 
 use crate::fakes::server::{accept_each, Acceptor};
@@ -102,6 +104,10 @@ struct State {
     answer: String,
     /// The usage-window headers every Messages answer carries, names without their prefix.
     usage: Vec<(String, String)>,
+    /// How the account pays for Messages requests.
+    billing: Billing,
+    /// Answers about the account the next Messages requests get, in order.
+    canned: VecDeque<Canned>,
 }
 
 /// What the fake's Messages answers say of the account's usage windows unless a test sets others
@@ -129,6 +135,8 @@ struct Counters {
     connections: AtomicU64,
     /// Messages answered, for their ids.
     messages: AtomicU64,
+    /// Messages served and billed to the account's extra usage.
+    billed: AtomicU64,
 }
 
 pub struct FakeUpstream {
@@ -174,6 +182,8 @@ impl FakeUpstream {
             delay: Duration::ZERO,
             answer: "hello".to_owned(),
             usage: DEFAULT_USAGE.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            billing: Billing::OnPlan,
+            canned: VecDeque::new(),
         }));
         let counters = Arc::new(Counters::default());
         let (st, ct) = (state.clone(), counters.clone());
@@ -234,6 +244,21 @@ impl FakeUpstream {
     pub fn set_usage(&self, usage: &[(&str, &str)]) {
         self.state.lock().unwrap().usage =
             usage.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    }
+
+    /// How the account pays for Messages requests from now on.
+    pub fn set_billing(&self, billing: Billing) {
+        self.state.lock().unwrap().billing = billing;
+    }
+
+    /// The next Messages request that carries a valid token gets this answer (after those queued).
+    pub fn answer_next(&self, canned: Canned) {
+        self.state.lock().unwrap().canned.push_back(canned);
+    }
+
+    /// Messages served and billed to the account's extra usage: what the account paid for.
+    pub fn billed(&self) -> u64 {
+        self.counters.billed.load(Ordering::SeqCst)
     }
 
     /// Every request so far, one line each: for assertion messages.
@@ -311,7 +336,8 @@ async fn handle(
         body: body.clone(),
         status: 0,
     };
-    let (authorized, failure, sse, delay, answer, usage) = {
+    let is_message = parts.method == Method::POST && parts.uri.path() == "/v1/messages";
+    let (authorized, failure, canned, sse, delay, answer, usage, billing) = {
         let mut s = st.lock().unwrap();
         let valid = seen.bearer().is_some_and(|t| (s.check)(t));
         let forced = s.reject_next > 0;
@@ -320,7 +346,8 @@ async fn handle(
         }
         let authorized = valid && !forced;
         let failure = if authorized { s.fail_next.pop_front() } else { None };
-        (authorized, failure, s.sse, s.delay, s.answer.clone(), s.usage.clone())
+        let canned = if authorized && failure.is_none() && is_message { s.canned.pop_front() } else { None };
+        (authorized, failure, canned, s.sse, s.delay, s.answer.clone(), s.usage.clone(), s.billing.clone())
     };
     if !delay.is_zero() {
         // hyper drops this future when the client's connection closes first: the guard counts that.
@@ -336,18 +363,25 @@ async fn handle(
         resp.headers_mut().insert("retry-after", "1".parse().unwrap());
         resp.headers_mut().insert("retry-after-ms", "20".parse().unwrap());
         resp
+    } else if let Some(canned) = canned {
+        canned_answer(&canned)
+    } else if is_message {
+        match account::judge(&billing, &parts.headers) {
+            account::Verdict::Refuse(canned) => canned_answer(&canned),
+            account::Verdict::Serve { unified, billed } => {
+                if billed {
+                    counters.billed.fetch_add(1, Ordering::SeqCst);
+                }
+                let mut resp = route(&parts, &body, &seen, sse, &answer, &st, &counters);
+                set_unified(resp.headers_mut(), usage.iter().chain(&unified));
+                resp
+            }
+        }
     } else {
         route(&parts, &body, &seen, sse, &answer, &st, &counters)
     };
     seen.status = resp.status().as_u16();
     resp.headers_mut().insert("request-id", "req_fake_upstream".parse().unwrap());
-    if authorized && parts.uri.path() == "/v1/messages" {
-        for (name, value) in usage {
-            let name = format!("{}{name}", sidecred_proto::anthropic::RATELIMIT_UNIFIED_PREFIX);
-            resp.headers_mut()
-                .insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
-        }
-    }
     st.lock().unwrap().seen.push(seen);
     Ok(resp)
 }
@@ -396,6 +430,29 @@ fn route(
         }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint on the fake"),
     }
+}
+
+/// Sets `anthropic-ratelimit-unified-NAME: VALUE` for each pair, later ones over earlier ones. Values
+/// are sent as bytes, so a test can send any malformed value a header can carry.
+fn set_unified<'a>(headers: &mut HeaderMap, pairs: impl Iterator<Item = &'a (String, String)>) {
+    for (name, value) in pairs {
+        let name = format!("{}{name}", sidecred_proto::anthropic::RATELIMIT_UNIFIED_PREFIX);
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+        );
+    }
+}
+
+/// One of the API's answers about the account or the request, as `account.rs` describes it.
+fn canned_answer(canned: &Canned) -> Answer {
+    let mut resp = json_answer(StatusCode::from_u16(canned.status).unwrap(), canned.body.clone());
+    set_unified(resp.headers_mut(), canned.unified.iter());
+    for (name, value) in &canned.headers {
+        resp.headers_mut()
+            .insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+    }
+    resp
 }
 
 /// Counts a request as abandoned unless disarmed before it is dropped.
