@@ -33,6 +33,8 @@ pub struct Proxy {
     pub retry_body_limit: u64,
     /// Shared by all workers, so `/health` on any of them knows.
     pub rejected: Arc<RejectedToken>,
+    /// Set on SIGTERM, for `/readyz`.
+    pub leaving: Arc<health::Leaving>,
 }
 
 impl Proxy {
@@ -45,7 +47,7 @@ impl Proxy {
         // future larger: hyper moves that future around, so its size is paid on each request.
         let resp = match req.uri().path() {
             "/livez" => health::livez(),
-            "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
+            "/readyz" => Box::pin(health::readyz(&self.tokens, &self.leaving)).await,
             "/health" => Box::pin(health::health(&self.tokens, &self.rejected)).await,
             "/metrics" => crate::exposition::page(req.headers()),
             _ => return Ok(self.forward(req).await),
