@@ -4,9 +4,9 @@
 
 use super::machine::{Answer, Effect, Machine, Now, Paths, SaveJob};
 use super::{Input, Policy, Snapshot};
+use crate::cluster::writeback::WriteBack;
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
-use crate::cluster::writeback::WriteBack;
 use sidecred_proto::{ErrorCode, ProtoError, Secret};
 use std::future::Future;
 use std::pin::Pin;
