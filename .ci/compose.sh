@@ -3,9 +3,9 @@
 # .ci/image.sh built (it runs first):
 #
 #   demo   compose.yaml + compose.demo.yaml, as docs/deploy.md's demo runs it;
-#   plain  compose.yaml alone, its credentials directory holding a login the demo backend issued and its
-#          token URL and upstream (SIDECRED_TOKEN_URL, SIDECRED_UPSTREAM) pointing at that backend, which runs
-#          beside it on the project's network.
+#   plain  compose.yaml, its credentials directory holding a login the demo backend issued, and an override
+#          of two environment values only: the agent's token URL and the forwarder's upstream, at that backend,
+#          which runs beside it on the project's network.
 #
 # Each: `up -d`; every service's healthcheck passes (`podman healthcheck run`: no systemd here to run
 # them on a timer); /readyz through the published port (127.0.0.1 only); a streamed POST /v1/messages;
@@ -86,9 +86,8 @@ wait_ready() {
     done
 }
 
-# `down -v`, then nothing of the project may be left.
-down_and_check() {
-    compose down -v >/dev/null
+# After `down -v` (and removing the stand-in), nothing of the project may be left.
+check_nothing_left() {
     local left
     left=$(leftovers)
     [[ -z $left ]] || die "$PROJECT: \`down -v\` left:
@@ -105,7 +104,8 @@ run_demo() {
     wait_healthy demo-backend agent forwarder
     wait_ready
     check_stream "http://127.0.0.1:$PORT" "$WORK/stream.txt"
-    down_and_check
+    compose down -v >/dev/null
+    check_nothing_left
 }
 
 # The stand-in on the project's network (made here; podman-compose joins a network that exists) under the
@@ -130,20 +130,30 @@ start_stand_in() {
 
 run_plain() {
     PROJECT=sidecred-ci-plain-$$
-    FILES=(compose.yaml)
+    # Pass-throughs in compose.yaml would not do: podman-compose cannot merge a variable without a value
+    # with the demo override's value for it.
+    cat >"$WORK/stand-in.yaml" <<'EOF'
+services:
+  agent:
+    environment:
+      SIDECRED_TOKEN_URL: http://demo-backend:8081/v1/oauth/token
+  forwarder:
+    environment:
+      SIDECRED_UPSTREAM: http://demo-backend:8082
+EOF
+    FILES=(compose.yaml "$WORK/stand-in.yaml")
     PORT=$(free_port)
     start_stand_in
-    say "$PROJECT: up (compose.yaml; token URL and upstream at the demo backend) on 127.0.0.1:$PORT"
-    SIDECRED_PUBLISH=127.0.0.1:$PORT CLAUDE_CONFIG_DIR=$WORK/claude \
-        SIDECRED_TOKEN_URL=http://demo-backend:8081/v1/oauth/token SIDECRED_UPSTREAM=http://demo-backend:8082 \
-        compose up -d --no-build >/dev/null
+    say "$PROJECT: up (compose.yaml; token URL and upstream overridden to the demo backend) on 127.0.0.1:$PORT"
+    SIDECRED_PUBLISH=127.0.0.1:$PORT CLAUDE_CONFIG_DIR=$WORK/claude compose up -d --no-build >/dev/null
     wait_healthy agent forwarder
     wait_ready
     check_stream "http://127.0.0.1:$PORT" "$WORK/stream.txt"
-    down_and_check
+    compose down -v >/dev/null
     podman rm -f -t 0 "$PROJECT-stand-in" >/dev/null
     podman volume rm "$PROJECT-stand-in" >/dev/null
     podman network rm "${PROJECT}_default" >/dev/null
+    check_nothing_left
 }
 
 started=$SECONDS

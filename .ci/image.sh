@@ -79,6 +79,7 @@ teardown() {
     if ((status != 0)) && podman pod exists "$POD" 2>/dev/null; then
         local c
         for c in demo agent forwarder; do
+            podman container exists "$POD-$c" || continue
             printf '\n--- podman logs %s (last 40 lines)\n' "$POD-$c" >&2
             podman logs --tail 40 "$POD-$c" >&2 2>&1 || true
         done
@@ -121,7 +122,8 @@ start_pod() {
     PORT=$(free_port)
     say "starting pod $POD (forwarder on 127.0.0.1:$PORT)"
     podman pod create --name "$POD" --publish "127.0.0.1:$PORT:8000" >/dev/null
-    podman volume create "${VOLUMES[@]}" >/dev/null
+    local volume
+    for volume in "${VOLUMES[@]}"; do podman volume create "$volume" >/dev/null; done
     # The stand-in for Claude's endpoints, hardened as the Compose demo runs it; its login is the seed.
     podman run --detach --pod "$POD" --name "$POD-demo" --user 65532:65532 --read-only --read-only-tmpfs=false \
         --cap-drop ALL --security-opt no-new-privileges --volume "$RUN_ID-demo-login:/var/lib/sidecred-demo" \
