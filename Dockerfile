@@ -5,8 +5,18 @@
 #
 #   docker build -t ghcr.io/sidecred/sidecred:0.1.0 .
 #   docker build --target demo-backend .     (the demo's stand-in, see below)
+#
+# Binaries built elsewhere (CI builds them on the host: .ci/image.sh) instead of in the Rust image:
+#   docker build --build-arg BINARIES=prebuilt -f Dockerfile DIR
+# where DIR holds the trees to copy: DIR/image/ (usr/local/bin/sidecred-agent and sidecred-forwarder,
+# run/sidecred and var/lib/sidecred at mode 1777) and, for --target demo-backend, DIR/demo/
+# (usr/local/bin/sidecred-demo-backend, var/lib/sidecred-demo at 1777). Build one target at a time, and pass
+# BINARIES even for its default: buildah 1.28 otherwise drops a stage it then needs.
 
 ARG RUST_VERSION=1.95
+# Where the binaries come from: `build` compiles them here (the default), `prebuilt` takes them from the
+# context (above).
+ARG BINARIES=build
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
@@ -33,12 +43,25 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && install -D -m 0755 -t /demo/usr/local/bin target/release/sidecred-demo-backend \
     && install -d -m 1777 /demo/var/lib/sidecred-demo
 
+# The same trees, built elsewhere: the context is a directory with image/ and demo/ (see the top).
+FROM scratch AS prebuilt
+COPY image/ /out/
+
+FROM scratch AS demo-prebuilt
+COPY demo/ /demo/
+
+# The chosen source of the binaries: `build` or `prebuilt`, and `demo-build` or `demo-prebuilt`. Stages, not
+# images, so there is no tag to pin.
+FROM ${BINARIES} AS binaries
+# hadolint ignore=DL3006
+FROM demo-${BINARIES} AS demo-binaries
+
 FROM gcr.io/distroless/cc-debian12:nonroot AS demo-backend
 LABEL org.opencontainers.image.title="sidecred-demo-backend" \
       org.opencontainers.image.description="A local stand-in for Claude's endpoints, for sidecred's demo (not Claude)" \
       org.opencontainers.image.source="https://github.com/sidecred/sidecred" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=demo-build /demo/ /
+COPY --from=demo-binaries /demo/ /
 USER 65532:65532
 # compose.demo.yaml gives the addresses and the login file.
 CMD ["/usr/local/bin/sidecred-demo-backend", "--help"]
@@ -50,7 +73,7 @@ LABEL org.opencontainers.image.title="sidecred" \
       org.opencontainers.image.description="Serves a Claude Pro/Max OAuth account as an Anthropic API endpoint" \
       org.opencontainers.image.source="https://github.com/sidecred/sidecred" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/ /
+COPY --from=binaries /out/ /
 USER 65532:65532
 EXPOSE 8000
 CMD ["/usr/local/bin/sidecred-forwarder"]

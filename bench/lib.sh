@@ -36,9 +36,12 @@ stop_work() {
 
 # One release build of everything the benchmarks start, with the same package set in every script: a
 # different set unifies other features, and cargo would build the shared crates again for each script.
+# sidecred-tests (a dependency of sidecred-bench already) adds its one binary, the demo backend, which
+# .ci/image.sh puts in the demo image from this same build.
 build_release() {
     log "building (release)"
-    (cd "$ROOT" && cargo build --release --locked -p sidecred-agent -p sidecred-forwarder -p sidecred-bench >&2)
+    (cd "$ROOT" && cargo build --release --locked -p sidecred-agent -p sidecred-forwarder -p sidecred-bench \
+        -p sidecred-tests >&2)
 }
 
 find_nginx() { command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true; }

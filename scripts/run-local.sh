@@ -172,7 +172,8 @@ else
 fi
 agent=${pids[-1]}
 wait_for "$agent" "the agent's socket" test -S "$SIDECRED_SOCKET"
-start forwarder "$bin/sidecred-forwarder" "${forwarder_args[@]}" "$@"
+# Nothing balances connections to it: on Ctrl-C it stops accepting at once (SIDECRED_SHUTDOWN_DELAY).
+SIDECRED_SHUTDOWN_DELAY=${SIDECRED_SHUTDOWN_DELAY:-0s} start forwarder "$bin/sidecred-forwarder" "${forwarder_args[@]}" "$@"
 wait_for "${pids[-1]}" "the forwarder on $listen (if the port is taken, pass --listen 127.0.0.1:<port>)" listening
 
 if $demo; then

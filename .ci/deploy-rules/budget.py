@@ -9,7 +9,8 @@ import re
 # The binaries' defaults, for a manifest that does not set the value (agent/src/cmd/args.rs,
 # forwarder/src/cli.rs). Keep them in step with the code.
 AGENT_REQUEST_TIMEOUT = "30s"  # SIDECRED_REQUEST_TIMEOUT: bounds one call to the token endpoint
-FORWARDER_DRAIN_TIMEOUT = "30s"  # SIDECRED_DRAIN_TIMEOUT: open streams finishing after SIGTERM
+FORWARDER_SHUTDOWN_DELAY = "5s"  # SIDECRED_SHUTDOWN_DELAY: still accepting after SIGTERM, /readyz 503
+FORWARDER_DRAIN_TIMEOUT = "30s"  # SIDECRED_DRAIN_TIMEOUT: open streams finishing after the delay
 # The platforms' defaults when nothing is set.
 K8S_TERMINATION_GRACE = 30  # pod.spec.terminationGracePeriodSeconds
 COMPOSE_STOP_GRACE = "10s"  # a service's stop_grace_period

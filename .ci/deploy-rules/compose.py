@@ -7,7 +7,8 @@ import sys
 
 import yaml
 
-from budget import AGENT_REQUEST_TIMEOUT, COMPOSE_STOP_GRACE, FORWARDER_DRAIN_TIMEOUT, seconds, shortfall
+from budget import (AGENT_REQUEST_TIMEOUT, COMPOSE_STOP_GRACE, FORWARDER_DRAIN_TIMEOUT, FORWARDER_SHUTDOWN_DELAY,
+                    seconds, shortfall)
 
 services = yaml.safe_load(open(sys.argv[1]))["services"]
 demo = sys.argv[2] == "demo"
@@ -41,25 +42,29 @@ for name, s in services.items():
 
 def check_shutdown_budget():
     """`docker compose down` stops the forwarder first (it depends on the agent), then the agent: each gets its
-    own stop_grace_period. The forwarder's covers its drain; the agent's a refresh in flight (budget.py)."""
-    for name, key, default in (("forwarder", "SIDECRED_DRAIN_TIMEOUT", FORWARDER_DRAIN_TIMEOUT),
-                               ("agent", "SIDECRED_REQUEST_TIMEOUT", AGENT_REQUEST_TIMEOUT)):
+    own stop_grace_period. The forwarder's covers its shutdown delay and its drain; the agent's a refresh in
+    flight (budget.py)."""
+    for name, keys in (("forwarder", (("SIDECRED_SHUTDOWN_DELAY", FORWARDER_SHUTDOWN_DELAY),
+                                      ("SIDECRED_DRAIN_TIMEOUT", FORWARDER_DRAIN_TIMEOUT))),
+                       ("agent", (("SIDECRED_REQUEST_TIMEOUT", AGENT_REQUEST_TIMEOUT),))):
         service = services.get(name)
         if service is None:
             problems.append(f"no {name} service")
             continue
         if name == "forwarder" and "agent" not in (service.get("depends_on") or {}):
             problems.append("service forwarder: must depend on agent, so the agent is stopped after it")
+        env = service.get("environment") or {}
         try:
-            step = seconds((service.get("environment") or {}).get(key) or default)
+            steps = [seconds(env.get(key) or default) for key, default in keys]
             grace = seconds(service.get("stop_grace_period", COMPOSE_STOP_GRACE))
         except ValueError as e:
             problems.append(f"service {name}: {e}")
             continue
-        lacking = shortfall(grace, step)
+        lacking = shortfall(grace, *steps)
         if lacking:
-            problems.append(f"service {name}: stop_grace_period {grace:g} s is {lacking:g} s short of {key} "
-                            f"({step:g} s) plus the margin")
+            what = " plus ".join(f"{key} ({step:g} s)" for (key, _), step in zip(keys, steps))
+            problems.append(f"service {name}: stop_grace_period {grace:g} s is {lacking:g} s short of {what} "
+                            f"plus the margin")
 
 
 check_shutdown_budget()

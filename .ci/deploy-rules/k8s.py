@@ -7,7 +7,8 @@ import sys
 
 import yaml
 
-from budget import (AGENT_REQUEST_TIMEOUT, FORWARDER_DRAIN_TIMEOUT, K8S_TERMINATION_GRACE, seconds, shortfall)
+from budget import (AGENT_REQUEST_TIMEOUT, FORWARDER_DRAIN_TIMEOUT, FORWARDER_SHUTDOWN_DELAY, K8S_TERMINATION_GRACE,
+                    seconds, shortfall)
 from logins import check_logins, login_of
 from monitoring import check_monitoring
 from sidecar import SIDECAR_LABEL, check_sidecar_pod, is_sidecar
@@ -103,19 +104,21 @@ def check_security(where, pod, containers, sidecar):
 
 
 def check_shutdown_budget(where, pod, agent, forwarder):
-    """The forwarder drains, then the agent (stopped after it) finishes a refresh in flight; the grace period
-    covers both with a margin (budget.py)."""
+    """The forwarder keeps accepting for its shutdown delay and drains, then the agent (stopped after it)
+    finishes a refresh in flight; the grace period covers all three with a margin (budget.py)."""
     try:
+        delay = seconds(setting(forwarder, "--shutdown-delay", "SIDECRED_SHUTDOWN_DELAY", FORWARDER_SHUTDOWN_DELAY))
         drain = seconds(setting(forwarder, "--drain-timeout", "SIDECRED_DRAIN_TIMEOUT", FORWARDER_DRAIN_TIMEOUT))
         refresh = seconds(setting(agent, "--request-timeout", "SIDECRED_REQUEST_TIMEOUT", AGENT_REQUEST_TIMEOUT))
     except ValueError as e:
         fail(where, str(e))
         return
     grace = pod.get("terminationGracePeriodSeconds", K8S_TERMINATION_GRACE)
-    lacking = shortfall(grace, drain, refresh)
+    lacking = shortfall(grace, delay, drain, refresh)
     if lacking:
-        fail(where, f"terminationGracePeriodSeconds {grace} is {lacking:g} s short of the forwarder's drain "
-                    f"({drain:g} s) plus a refresh in flight ({refresh:g} s) plus the margin")
+        fail(where, f"terminationGracePeriodSeconds {grace} is {lacking:g} s short of the forwarder's shutdown "
+                    f"delay ({delay:g} s) and drain ({drain:g} s) plus a refresh in flight ({refresh:g} s) plus "
+                    f"the margin")
 
 
 def check_state_volume(where, workload, agent, volumes):

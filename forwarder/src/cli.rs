@@ -48,7 +48,14 @@ pub struct Cli {
     /// can reach --listen can use the account.
     #[arg(long, env = "SIDECRED_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
-    /// On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.
+    /// On SIGTERM, how long to go on accepting connections while `/readyz` answers 503, before the drain
+    /// begins: a Service's endpoints and load balancers take a few seconds to stop sending new connections
+    /// to a terminating pod, and a closed listener would refuse them. 0 for a forwarder nothing balances
+    /// to. SIGINT (Ctrl-C), or a second signal during the delay, skips it.
+    #[arg(long, env = "SIDECRED_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish (after the
+    /// shutdown delay).
     #[arg(long, env = "SIDECRED_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// On SIGTERM/SIGINT, how long an idle HTTP/1 keep-alive connection stays open, answering what comes
@@ -208,6 +215,7 @@ mod tests {
         assert_eq!(cli.retry_body_limit, 1 << 20);
         assert_eq!(cli.agent_wait, Duration::from_secs(2));
         assert_eq!(cli.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cli.shutdown_delay, Duration::from_secs(5));
         assert_eq!(cli.drain_linger, Duration::from_secs(1));
         assert_eq!(cli.workers, 2);
         assert_eq!(cli.first_request_timeout, Duration::from_secs(10));

@@ -4,7 +4,8 @@
 //! `/health` also says when the API rejects the token the agent serves and the agent will not replace it
 //! yet (its cooldown after a refresh): requests then get 401 although the agent reports a valid token.
 //! `/readyz` does not: no other replica of this account would do better, so taking this one out of
-//! service helps nobody.
+//! service helps nobody. `/readyz` does say 503 from SIGTERM on ([`Leaving`]), while the forwarder still
+//! accepts for its shutdown delay: that is what takes it out of the endpoints before it stops listening.
 
 use crate::account::Account;
 use crate::agent::{AgentError, TokenSource};
@@ -14,6 +15,21 @@ use crate::metrics::METRICS;
 use crate::rejected::RejectedToken;
 use http::{Response, StatusCode};
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once, on SIGTERM: the forwarder is on its way out.
+#[derive(Debug, Default)]
+pub struct Leaving(AtomicBool);
+
+impl Leaving {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// The liveness path, which `--probe` (probe.rs) asks too.
 pub const LIVEZ_PATH: &str = "/livez";
@@ -22,7 +38,18 @@ pub fn livez() -> Response<ResponseBody> {
     json_response(StatusCode::OK, json!({"status": "ok"}).to_string())
 }
 
-pub async fn readyz(tokens: &TokenSource) -> Response<ResponseBody> {
+pub async fn readyz(tokens: &TokenSource, leaving: &Leaving) -> Response<ResponseBody> {
+    if leaving.is_set() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "status": "not_ready",
+                "reason": "shutting down (SIGTERM): still serving for the shutdown delay (--shutdown-delay), \
+                           then draining; send new requests to another replica",
+            })
+            .to_string(),
+        );
+    }
     match tokens.probe().await {
         Ok(_) => json_response(StatusCode::OK, json!({"status": "ready"}).to_string()),
         Err(e) => json_response(

@@ -6,8 +6,10 @@
 //! hands each accepted connection to one of `--workers` worker threads, round robin. Each worker runs
 //! its own single-threaded runtime with its own upstream client pool and agent connection, so a request
 //! never crosses threads: no work stealing, no cross-thread wake-ups, which on a small machine is what
-//! most of a proxy's time goes to. How a connection is served and ends is in `conn.rs`.
+//! most of a proxy's time goes to. How connections are accepted, and stop being accepted on SIGTERM, is in
+//! `accept.rs`; how a connection is served and ends is in `conn.rs`.
 
+mod accept;
 mod access;
 mod account;
 mod agent;
@@ -33,12 +35,10 @@ use anyhow::Context;
 use clap::Parser;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 /// A client that has not sent its request headers by then is dropped (slowloris); streams, once
@@ -68,12 +68,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// An accepted connection on its way to a worker, with its slot under `--max-connections`.
-type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
-
-/// The cap's warning is repeated at most this often while connections keep hitting it.
-const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
-
 /// What every worker needs to build its own proxy.
 struct Shared {
     upstream: http::Uri,
@@ -86,6 +80,8 @@ struct Shared {
     drain_timeout: Duration,
     rejected: Arc<rejected::RejectedToken>,
     account: Arc<account::Account>,
+    /// Set by the acceptor on SIGTERM; `/readyz` answers 503 from then on.
+    leaving: Arc<health::Leaving>,
     limits: conn::Limits,
     max_connections: u32,
     /// True while connections wait for a slot: connections that ask nothing then make room sooner.
@@ -106,6 +102,7 @@ impl Shared {
             retry_body_limit: self.retry_body_limit,
             rejected: self.rejected.clone(),
             account: self.account.clone(),
+            leaving: self.leaving.clone(),
         })
     }
 }
@@ -143,6 +140,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         drain_timeout: cli.drain_timeout,
         rejected: Arc::default(),
         account: Arc::new(account::Account::new(cli.account())),
+        leaving: Arc::default(),
         limits: conn::Limits {
             first_request: cli.first_request_timeout,
             idle: cli.idle_timeout,
@@ -189,7 +187,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         raised_from = nofile.raised_from,
         "connection cap (--max-connections)"
     );
-    let acceptor = Acceptor { queues: Handoff { queues, next: 0 }, slots, crowding };
+    let acceptor = accept::Acceptor::new(queues, slots, crowding);
     runtime.block_on(async {
         if let Some(metrics) = metrics_listener {
             let metrics =
@@ -215,149 +213,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The accepting side: the workers' queues, the slots under `--max-connections`, and the signal that
-/// connections are waiting for one.
-struct Acceptor {
-    queues: Handoff,
-    slots: Arc<Semaphore>,
-    crowding: watch::Sender<bool>,
-}
-
-impl Acceptor {
-    /// Accepts until SIGTERM/SIGINT, then hands over what already waits in the backlog, closes the
-    /// listener and the workers' queues, which tells them to drain.
-    async fn run(
-        mut self,
-        listener: std::net::TcpListener,
-        shared: &Shared,
-        cli: &cli::Cli,
-        local: SocketAddr,
-        via: Option<String>,
-    ) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::from_std(listener).context("cannot register the listener")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-        info!(
-            addr = %local,
-            upstream = %cli.upstream,
-            via_proxy = via.as_deref().unwrap_or("none"),
-            socket = %cli.socket.display(),
-            agent_uid = shared.agent.uid,
-            inbound_keys = shared.keys.as_ref().map_or(0, |k| k.len()),
-            workers = cli.workers,
-            "listening"
-        );
-        // A sidecar may start before its agent: say so, but serve (requests wait for the agent, then
-        // 503). In the background, so /livez answers from the start whatever the agent does.
-        let agent = shared.agent.clone();
-        tokio::spawn(async move {
-            if let Err(e) = agent::TokenSource::check_at_start(&agent).await {
-                warn!(error = %e, "the agent has no token for us yet; requests get 503 until it does");
-            }
-        });
-
-        let mut cap_warned: Option<Instant> = None;
-        let signal_name = loop {
-            let slot = match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    self.crowding.send_if_modified(|crowded| std::mem::replace(crowded, false));
-                    slot
-                }
-                Err(_) => {
-                    if cap_warned.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
-                        warn!(
-                            max_connections = shared.max_connections,
-                            "connection cap reached (--max-connections): new connections wait in the listen \
-                             backlog, and connections that ask nothing or sit idle get a second to make room"
-                        );
-                        cap_warned = Some(Instant::now());
-                    }
-                    self.crowding.send_if_modified(|crowded| !std::mem::replace(crowded, true));
-                    tokio::select! {
-                        slot = self.slots.clone().acquire_owned() => slot.context("the connection slots closed")?,
-                        _ = sigterm.recv() => break "SIGTERM",
-                        _ = sigint.recv() => break "SIGINT",
-                    }
-                }
-            };
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let stream = match stream.into_std() {
-                            Ok(stream) => stream,
-                            Err(e) => {
-                                warn!(peer = %peer, error = %e, "cannot hand a connection to a worker");
-                                continue;
-                            }
-                        };
-                        if !self.queues.send(stream, peer, slot) {
-                            break "a failed worker";
-                        }
-                    }
-                    Err(e) => {
-                        // Below the descriptor limit by the cap, but other limits (memory, the system's
-                        // file table) exist: back off briefly instead of spinning.
-                        warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = sigterm.recv() => break "SIGTERM",
-                _ = sigint.recv() => break "SIGINT",
-            }
-        };
-        // The kernel completed these connections' handshakes and their clients may have sent a request:
-        // closing the listener now would reset them. They are served like the rest (and told to close).
-        // Straight from the socket: the runtime's idea of its readiness may lag behind the kernel's.
-        let listener = listener.into_std().context("cannot take the listener back from the runtime")?;
-        let mut backlog = 0usize;
-        while let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            let Ok((stream, peer)) = listener.accept() else { break };
-            if !self.queues.send(stream, peer, slot) {
-                break;
-            }
-            backlog += 1;
-        }
-        drop(listener);
-        drop(self);
-        info!(
-            signal = signal_name,
-            drain_timeout = ?cli.drain_timeout,
-            taken_from_backlog = backlog,
-            "shutting down: not accepting; letting in-flight requests finish"
-        );
-        Ok(())
-    }
-}
-
-/// The workers' queues, taken round robin.
-struct Handoff {
-    queues: Vec<mpsc::UnboundedSender<Accepted>>,
-    next: usize,
-}
-
-impl Handoff {
-    /// Answers false when a worker has stopped, which happens only when its runtime failed (its error
-    /// is reported on join).
-    fn send(&mut self, stream: std::net::TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) -> bool {
-        // Streams of small SSE events must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        // One taken straight from the listener's socket is blocking, and a worker's runtime needs it not.
-        if let Err(e) = stream.set_nonblocking(true) {
-            warn!(peer = %peer, error = %e, "cannot hand a connection to a worker");
-            return true;
-        }
-        if self.queues[self.next % self.queues.len()].send((stream, peer, slot)).is_err() {
-            error!("a worker thread stopped; shutting down");
-            return false;
-        }
-        self.next = self.next.wrapping_add(1);
-        true
-    }
-}
-
 /// One worker thread: serves the connections it is handed until the queue closes, then drains them.
 /// Answers whether everything finished within the drain timeout.
-fn worker(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> anyhow::Result<bool> {
+fn worker(mut conns: mpsc::UnboundedReceiver<accept::Accepted>, shared: &Shared) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

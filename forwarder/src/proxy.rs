@@ -36,6 +36,8 @@ pub struct Proxy {
     pub rejected: Arc<RejectedToken>,
     /// What the answers say of the account, and the guard that keeps it on its plan; shared by all workers.
     pub account: Arc<Account>,
+    /// Set on SIGTERM, for `/readyz`.
+    pub leaving: Arc<health::Leaving>,
 }
 
 impl Proxy {
@@ -48,7 +50,7 @@ impl Proxy {
         // future larger: hyper moves that future around, so its size is paid on each request.
         let resp = match req.uri().path() {
             health::LIVEZ_PATH => health::livez(),
-            "/readyz" => Box::pin(health::readyz(&self.tokens)).await,
+            "/readyz" => Box::pin(health::readyz(&self.tokens, &self.leaving)).await,
             "/health" => Box::pin(health::health(&self.tokens, &self.rejected, &self.account)).await,
             "/metrics" => crate::exposition::page(req.headers()),
             _ => return Ok(self.forward(req).await),

@@ -46,7 +46,9 @@ impl Forwarder {
 }
 
 /// A forwarder command on an ephemeral port, talking to the sandbox's agent socket and to `upstream`,
-/// with debug logs from the forwarder itself (so a leak at any level is caught) and no proxy settings.
+/// with debug logs from the forwarder itself (so a leak at any level is caught), no proxy settings, and no
+/// shutdown delay (nothing balances to it: SIGTERM closes the listener at once; tests/tests/rollout.rs
+/// is about the delay).
 pub fn forwarder_cmd(sandbox: &Sandbox, upstream: &str) -> Command {
     forwarder_cmd_on(sandbox, upstream, "127.0.0.1:0")
 }
@@ -61,6 +63,7 @@ pub fn forwarder_cmd_on(sandbox: &Sandbox, upstream: &str, listen: &str) -> Comm
         .arg("--socket")
         .arg(sandbox.socket())
         .env("SIDECRED_LOG", "info,sidecred_forwarder=trace")
+        .env("SIDECRED_SHUTDOWN_DELAY", "0s")
         .env_remove("SIDECRED_LOG_FORMAT")
         .env_remove("SIDECRED_API_KEYS_FILE")
         .env_remove("HTTPS_PROXY")
