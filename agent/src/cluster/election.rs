@@ -16,9 +16,9 @@
 //! When the holder becomes the holder, it reads the shared Secret before it reports holding the lease,
 //! so it never refreshes with a pair older than the Secret's.
 
-use crate::lifecycle::{Input, LeaseView};
 use crate::cluster::secret_watch::SharedSecret;
 use crate::cluster::writeback::SecretRef;
+use crate::lifecycle::{Input, LeaseView};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;

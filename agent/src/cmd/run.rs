@@ -1,15 +1,15 @@
 //! `sidecred-agent run`: wires the store, the token lifecycle, the seed watcher and the socket together,
 //! and shuts them down in the order that loses nothing.
 
-use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
 use crate::cluster::election;
+use crate::cluster::secret_watch::SharedSecret;
+use crate::cluster::writeback::{SecretRef, WriteBack};
+use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
 use crate::lifecycle::{Lifecycle, Policy, Snapshot};
 use crate::oauth::{OAuthClient, OAuthConfig};
-use crate::cluster::secret_watch::SharedSecret;
 use crate::socket;
 use crate::store::Loaded;
 use crate::store::{Origin, Store};
-use crate::cluster::writeback::{SecretRef, WriteBack};
 use anyhow::Context;
 use clap::Args;
 use sidecred_proto::{anthropic, Secret};
