@@ -5,16 +5,18 @@
 //!
 //! The values come from the network: a malformed one is ignored, utilization is clamped to 0–1, and
 //! only window names of a few lowercase letters, digits and `_` (`5h`, `7d`, `7d_oi`) are kept, at
-//! most [`MAX_WINDOWS`] of them, so a strange upstream cannot grow the metrics without bound.
+//! most [`MAX_WINDOWS`] of them, so a strange upstream cannot grow the metrics without bound. What is
+//! kept is what the latest response reports: a window it no longer names leaves the gauges and the
+//! summary, so a window the API adds later (`5h` after a run of per-model ones) always finds room.
 
-use crate::metrics::label_values;
+use crate::instruments::label_values;
 use http::HeaderMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sidecred_proto::anthropic::RATELIMIT_UNIFIED_PREFIX;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -161,22 +163,40 @@ impl UsageGauges {
         UsageGauges { utilization, reset, status, updated, latest: Mutex::default() }
     }
 
-    /// Takes what an upstream response's headers say. Cheap when they say nothing: one pass over the
-    /// header names.
+    /// Takes what an upstream response's headers say: the windows it names replace those known
+    /// before. Cheap when they say nothing: one look at each header name's first bytes, no parsing
+    /// and no lock.
     pub fn observe(&self, headers: &HeaderMap) {
-        let mut fields = headers
-            .iter()
-            .filter_map(|(name, value)| parse_header(name.as_str(), value.as_bytes()))
-            .peekable();
-        if fields.peek().is_none() {
+        let prefix = RATELIMIT_UNIFIED_PREFIX.as_bytes();
+        if !headers.keys().any(|name| name.as_str().as_bytes().starts_with(prefix)) {
+            return;
+        }
+        let mut names = BTreeSet::new();
+        let mut reported = Vec::new();
+        for (window, field) in
+            headers.iter().filter_map(|(name, value)| parse_header(name.as_str(), value.as_bytes()))
+        {
+            if names.contains(&window) || names.len() < MAX_WINDOWS {
+                names.insert(window.clone());
+                reported.push((window, field));
+            }
+        }
+        if reported.is_empty() {
             return;
         }
         let now = SystemTime::now();
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        for (window, field) in fields {
-            if !latest.windows.contains_key(&window) && latest.windows.len() >= MAX_WINDOWS {
-                continue;
+        let gone: Vec<String> = latest.windows.keys().filter(|w| !names.contains(*w)).cloned().collect();
+        for window in gone {
+            latest.windows.remove(&window);
+            let labels = WindowLabels { window };
+            self.utilization.remove(&labels);
+            self.reset.remove(&labels);
+            for status in STATUSES {
+                self.status.remove(&StatusLabels { window: labels.window.clone(), status });
             }
+        }
+        for (window, field) in reported {
             let labels = WindowLabels { window: window.clone() };
             let entry = latest.windows.entry(window).or_default();
             match field {
@@ -318,6 +338,44 @@ mod tests {
         assert_eq!(summary["windows"]["5h"]["utilization"], 0.82);
         assert_eq!(summary["windows"]["5h"]["resets_at"], "2025-11-30T14:00:00Z");
         assert_eq!(summary["windows"]["overall"]["status"], "allowed");
+    }
+
+    fn report(windows: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for w in windows {
+            headers.insert(
+                http::HeaderName::from_bytes(format!("{RATELIMIT_UNIFIED_PREFIX}{w}-utilization").as_bytes())
+                    .unwrap(),
+                HeaderValue::from_static("0.25"),
+            );
+        }
+        headers
+    }
+
+    /// Found by attack: once 16 names had been seen, a new real window was never recorded.
+    #[test]
+    fn the_windows_kept_are_those_reported_now() {
+        let (g, registry) = gauges();
+        let many: Vec<String> = (0..MAX_WINDOWS).map(|i| format!("m{i}")).collect();
+        g.observe(&report(&many.iter().map(String::as_str).collect::<Vec<_>>()));
+        g.observe(&report(&["5h", "7d"]));
+        let summary = g.summary().unwrap();
+        let names: Vec<&String> = summary["windows"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["5h", "7d"]);
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        assert!(page.contains(r#"usage_utilization_ratio{window="5h"} 0.25"#), "{page}");
+        assert!(!page.contains(r#"window="m0""#), "a window no longer reported is still shown: {page}");
+    }
+
+    #[test]
+    fn a_response_without_the_headers_changes_nothing() {
+        let (g, _registry) = gauges();
+        g.observe(&report(&["5h"]));
+        let mut other = HeaderMap::new();
+        other.insert("content-type", HeaderValue::from_static("application/json"));
+        g.observe(&other);
+        assert_eq!(g.summary().unwrap()["windows"].as_object().unwrap().len(), 1);
     }
 
     #[test]

@@ -549,6 +549,7 @@ impl Machine {
             lease: self.authority.lease().map(|l| l.lease.clone()),
             lease_holder: self.authority.lease().and_then(|l| l.holder.clone()),
             secret_resource_version: self.secret_rv.clone(),
+            generation: 0,
         };
         self.phase.describe(now, &mut snap);
         if let Some(problem) = self.authority.lease().and_then(|l| l.problem.as_ref()) {

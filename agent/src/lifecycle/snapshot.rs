@@ -30,6 +30,7 @@ impl Served {
             expires_in_ms: u64::try_from(self.deadline.saturating_duration_since(now).as_millis())
                 .unwrap_or(u64::MAX),
             degraded: None,
+            generation: 0,
         }
     }
 }
@@ -61,6 +62,9 @@ pub struct Snapshot {
     pub lease: Option<String>,
     pub lease_holder: Option<String>,
     pub secret_resource_version: Option<String>,
+    /// The served token's place in the order of tokens this agent served (see
+    /// [`TokenGrant::generation`]); set by the task when it publishes.
+    pub generation: u64,
 }
 
 pub(super) const REAUTH_HINT: &str = "the refresh token was rejected; log in again (`sidecred-agent login`, \
@@ -96,6 +100,7 @@ impl Snapshot {
         match self.servable(now) {
             Some(token) => {
                 let mut grant = token.grant(now);
+                grant.generation = self.generation;
                 if self.state == TokenState::Degraded {
                     grant.degraded = self.message.clone();
                 }
