@@ -96,10 +96,14 @@ async fn a_revocation_is_pushed_and_no_request_carries_the_revoked_token() {
     assert_eq!(message(&client, &fwd.url("/v1/messages")).await.0, 200);
     let before = world.upstream.seen_count();
 
-    // Another client of the agent reports the token rejected, and the login turns out dead.
+    // Another client of the agent reports the token rejected and the login turns out dead: the agent
+    // goes on serving the access token (it may still work) until it is reported rejected once more.
     world.fake.set_fault(Some(Fault::InvalidGrant));
-    let reported = world.sandbox.client().await.report_rejected(Secret::new(&world.pair.access_token)).await;
-    assert!(reported.is_err(), "the agent has no token to offer: {reported:?}");
+    let revoked = Secret::new(&world.pair.access_token);
+    for _ in 0..2 {
+        let reported = world.sandbox.client().await.report_rejected(revoked.clone()).await;
+        assert!(reported.is_err(), "the agent has no other token to offer: {reported:?}");
+    }
     let log = fwd.proc.log_path().to_owned();
     wait_until("the forwarder to be told there is no token", Duration::from_secs(10), || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("the agent pushed: no token to use now")
