@@ -91,17 +91,27 @@ enum Field {
 
 /// The window and field one header reports, when it is one we keep and its value makes sense.
 fn parse_header(name: &str, value: &[u8]) -> Option<(String, Field)> {
+    let (window, field) = window_field(name)?;
+    Some((window.to_owned(), parse_value(field, value)?))
+}
+
+/// The window a header name is about and which of its fields, when it is a field we keep (a window
+/// is named by its header whatever the value says).
+fn window_field(name: &str) -> Option<(&str, &str)> {
     let rest = name.strip_prefix(RATELIMIT_UNIFIED_PREFIX)?;
     let (window, field) = match rest {
         "status" | "reset" => (OVERALL, rest),
         _ => rest.rsplit_once('-')?,
     };
-    if window.is_empty()
-        || window.len() > MAX_WINDOW_NAME
-        || !window.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return None;
-    }
+    let kept_field = matches!(field, "status" | "utilization" | "reset");
+    let plain_name = !window.is_empty()
+        && window.len() <= MAX_WINDOW_NAME
+        && window.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    (kept_field && plain_name).then_some((window, field))
+}
+
+/// A field's value, when it makes sense.
+fn parse_value(field: &str, value: &[u8]) -> Option<Field> {
     let value = std::str::from_utf8(value).ok()?.trim();
     let field = match field {
         "status" => Field::Status(Status::parse(value)?),
@@ -115,7 +125,7 @@ fn parse_header(name: &str, value: &[u8]) -> Option<(String, Field)> {
         "reset" => Field::Reset(value.parse().ok().filter(|r| *r <= MAX_RESET_EPOCH)?),
         _ => return None,
     };
-    Some((window.to_owned(), field))
+    Some(field)
 }
 
 /// The gauges, registered with the forwarder's registry.
@@ -171,17 +181,21 @@ impl UsageGauges {
         if !headers.keys().any(|name| name.as_str().as_bytes().starts_with(prefix)) {
             return;
         }
+        // A window named by a header counts as reported even when its value is malformed (its last
+        // good value stays); only windows no header names any more are dropped.
         let mut names = BTreeSet::new();
         let mut reported = Vec::new();
-        for (window, field) in
-            headers.iter().filter_map(|(name, value)| parse_header(name.as_str(), value.as_bytes()))
-        {
-            if names.contains(&window) || names.len() < MAX_WINDOWS {
-                names.insert(window.clone());
-                reported.push((window, field));
+        for (name, value) in headers {
+            let Some((window, field)) = window_field(name.as_str()) else { continue };
+            if !names.contains(window) && names.len() >= MAX_WINDOWS {
+                continue;
+            }
+            names.insert(window.to_owned());
+            if let Some(field) = parse_value(field, value.as_bytes()) {
+                reported.push((window.to_owned(), field));
             }
         }
-        if reported.is_empty() {
+        if names.is_empty() {
             return;
         }
         let now = SystemTime::now();
