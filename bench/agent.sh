@@ -7,8 +7,8 @@ ROOT="$PWD"
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-smoke=0
-[[ "${1:-}" == "--smoke" ]] && smoke=1
+parse_smoke "$@"
+smoke=$SMOKE
 if ((smoke)); then fetches=20000; duration=2s; else fetches=200000; duration=10s; fi
 
 build_release

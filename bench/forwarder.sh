@@ -2,35 +2,39 @@
 # Benchmarks sidecred-forwarder against the same upstream reached directly, through nginx set up as a
 # static header-injecting proxy, and through the floor of sidecred's own stack (bench/src/bin/proxy_floor.rs:
 # a bare hyper server + hyper-util pooled client setting the same headers from constants), with one load
-# generator (wrk) for all four:
-#   - throughput: wrk -t2 -c64 for $DURATION        -> requests/s, and the ratio to nginx
+# generator (wrk) for all; sidecred twice, with the token pushed by the agent (the default) and asked for
+# per request (`--agent-mode per-request`):
+#   - throughput: wrk -t2 -c64 for $DURATION        -> requests/s, the ratios to the floor and to nginx, and
+#                 the CPU each proxy used per request (perf stat's task-clock where perf works, else
+#                 /proc/PID/stat)
 #   - latency:    wrk -t1 -c1  for $DURATION        -> p50/p99, and what each proxy adds to direct
-#   (each measured in $ROUNDS rounds that alternate the four setups; medians reported)
+#   (each measured in $ROUNDS rounds that alternate the setups; medians reported)
 #   - memory:     the forwarder's VmRSS idle, and with 256 SSE streams held open (bench/src/bin/streams.rs)
-# Targets: >= 0.8x nginx's req/s; <= 150 us added at p50; RSS <= 20 MiB under 256 streams.
+# Targets: >= 0.95x the floor's and >= 0.85x nginx's req/s; p50 at c=1 <= the floor's + 20 us; RSS <= 20 MiB
+# under 256 streams and <= 8 MiB idle; CPU per request (forwarder and agent) <= 1.3x the floor's.
 #
 # Usage: bench/forwarder.sh [--smoke]
 #   --smoke  2 s runs; fails only when a component fails (CI), reports the targets without enforcing them.
 # Installs wrk and nginx-light from Debian when missing. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 
-SMOKE=0
-case "${1:-}" in
-    --smoke) SMOKE=1 ;;
-    "") ;;
-    *) echo "usage: $0 [--smoke]" >&2; exit 64 ;;
-esac
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+parse_smoke "$@"
 if ((SMOKE)); then DURATION=2s; HOLD=1s; ROUNDS=1; else DURATION=6s; HOLD=3s; ROUNDS=5; fi
 CONNS=64
 THREADS=2
 STREAMS=256
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
 install_wrk_and_nginx
+# perf counts CPU time precisely where the kernel lets it (Debian's linux-perf); /proc is the fallback.
+if ((!SMOKE)) && ! command -v perf >/dev/null; then apt_install linux-perf || log "linux-perf not installed"; fi
+PERF=0
+if command -v perf >/dev/null && perf stat -e task-clock -x, -o /dev/null -- true >/dev/null 2>&1; then PERF=1; fi
 
 build_release
 
@@ -76,6 +80,16 @@ wait_for "the forwarder" 20 grep -q ' listening ' "$WORK/forwarder.log"
 FORWARDER="$(sed -n 's/.* listening addr=\([^ ]*\).*/\1/p' "$WORK/forwarder.log" | head -n1)"
 wait_for "the forwarder's /readyz" 20 curl -fsS "http://$FORWARDER/readyz"
 
+# --- the same forwarder asking the agent per request, for comparison -----------------------------
+SIDECRED_LOG="warn,sidecred_forwarder=info,sidecred_forwarder::access=off" "$BIN/sidecred-forwarder" \
+    --listen 127.0.0.1:0 --upstream "http://$UPSTREAM" --socket "$SOCKET" --agent-mode per-request \
+    >"$WORK/exchange.log" 2>&1 &
+EXCHANGE_PID=$!
+PIDS+=("$EXCHANGE_PID")
+wait_for "the per-request forwarder" 20 grep -q ' listening ' "$WORK/exchange.log"
+EXCHANGE="$(sed -n 's/.* listening addr=\([^ ]*\).*/\1/p' "$WORK/exchange.log" | head -n1)"
+wait_for "the per-request forwarder's /readyz" 20 curl -fsS "http://$EXCHANGE/readyz"
+
 # --- nginx: a static proxy that injects the same headers, keepalive to the upstream --------------
 NGINX_PORT="$(free_port)"
 mkdir -p "$WORK/nginx/tmp"
@@ -99,21 +113,55 @@ declare -A URL=(
     [nginx]="http://127.0.0.1:$NGINX_PORT/v1/messages"
     [floor]="http://$FLOOR/v1/messages"
     [sidecred]="http://$FORWARDER/v1/messages"
+    [exchange]="http://$EXCHANGE/v1/messages"
 )
-SETUPS=(direct nginx floor sidecred)
+SETUPS=(direct nginx floor sidecred exchange)
+# The processes whose CPU a setup costs (nginx's workers are its children).
+declare -A COST=(
+    [direct]=""
+    [nginx]="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+    [floor]="$FLOOR_PID"
+    [sidecred]="$FORWARDER_PID $AGENT_PID"
+    [exchange]="$EXCHANGE_PID $AGENT_PID"
+)
+CLK_TCK="$(getconf CLK_TCK)"
+# cpu_us PID...: the CPU time (user + system) the processes have used so far, in microseconds.
+cpu_us() {
+    local pid ticks=0
+    for pid in "$@"; do ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
+    echo $((ticks * 1000000 / CLK_TCK))
+}
 
-# run_wrk NAME THREADS CONNS DURATION
+# run_wrk NAME THREADS CONNS DURATION: the wrk output's path; with CONNS > 1 also CPU-$NAME-c$CONNS.txt,
+# the CPU the setup's processes used during the run in microseconds.
 run_wrk() {
-    local out="$WORK/wrk-$1-c$3.txt"
-    wrk -t"$2" -c"$3" -d"$4" --latency -s "$WORK/post.lua" "${URL[$1]}" >"$out" 2>&1 || die "wrk failed against $1: $(cat "$out")"
+    local out="$WORK/wrk-$1-c$3.txt" cpu="$WORK/cpu-$1-c$3.txt" pids="${COST[$1]}" before
+    local -a wrk_cmd=(wrk -t"$2" -c"$3" -d"$4" --latency -s "$WORK/post.lua" "${URL[$1]}")
+    if [[ -z "$pids" || "$3" == 1 ]]; then
+        "${wrk_cmd[@]}" >"$out" 2>&1 || die "wrk failed against $1: $(cat "$out")"
+    elif ((PERF)); then
+        # task-clock in milliseconds, as CSV: the first field.
+        perf stat -e task-clock -x, -o "$WORK/perf-$1.csv" -p "$(tr -s ' ' ',' <<<"${pids% }")" -- \
+            "${wrk_cmd[@]}" >"$out" 2>&1 || die "wrk failed against $1: $(cat "$out")"
+        awk -F, '/task-clock/ { printf "%.0f\n", $1 * 1000 }' "$WORK/perf-$1.csv" >"$cpu"
+    else
+        # shellcheck disable=SC2086 # a list of pids
+        before="$(cpu_us $pids)"
+        "${wrk_cmd[@]}" >"$out" 2>&1 || die "wrk failed against $1: $(cat "$out")"
+        # shellcheck disable=SC2086
+        echo $(($(cpu_us $pids) - before)) >"$cpu"
+    fi
     if grep -q -e 'Non-2xx' -e 'Socket errors' "$out"; then die "errors from $1: $(cat "$out")"; fi
     alive "$UPSTREAM_PID" upstream "$WORK/upstream.log"
     alive "$AGENT_PID" agent "$WORK/agent.log"
     alive "$FORWARDER_PID" forwarder "$WORK/forwarder.log"
+    alive "$EXCHANGE_PID" "the per-request forwarder" "$WORK/exchange.log"
     alive "$NGINX_PID" nginx "$WORK/nginx/error.log"
     alive "$FLOOR_PID" "the floor proxy" "$WORK/floor.log"
     echo "$out"
 }
+# requests FILE: how many requests a wrk run completed.
+requests() { awk '/requests in/ { print $1; exit }' "$1"; }
 
 curl -fsS -X POST -d '{}' "${URL[sidecred]}" >/dev/null || die "a request through the forwarder failed"
 RSS_IDLE="$(rss_kib "$FORWARDER_PID")"
@@ -123,12 +171,15 @@ for s in "${SETUPS[@]}"; do f="$(run_wrk "$s" "$THREADS" "$CONNS" 1s)"; done
 
 # Rounds alternate the setups so that a noisy neighbour on a shared machine hits all four alike; the
 # median of the rounds is reported.
-declare -A RPS_ALL P50_ALL P99_ALL RPS P50 P99
+declare -A RPS_ALL P50_ALL P99_ALL CPU_ALL RPS P50 P99 CPU
 for round in $(seq 1 "$ROUNDS"); do
     for s in "${SETUPS[@]}"; do
         log "round $round/$ROUNDS throughput: $s (-t$THREADS -c$CONNS -d$DURATION)"
         f="$(run_wrk "$s" "$THREADS" "$CONNS" "$DURATION")"
         RPS_ALL[$s]+="$(rps "$f") "
+        if [[ -s "$WORK/cpu-$s-c$CONNS.txt" ]]; then
+            CPU_ALL[$s]+="$(awk -v us="$(cat "$WORK/cpu-$s-c$CONNS.txt")" -v n="$(requests "$f")" 'BEGIN { printf "%.1f", us / n }') "
+        fi
     done
     for s in "${SETUPS[@]}"; do
         log "round $round/$ROUNDS latency: $s (-t1 -c1 -d$DURATION)"
@@ -141,6 +192,8 @@ for s in "${SETUPS[@]}"; do
     RPS[$s]="$(tr ' ' '\n' <<<"${RPS_ALL[$s]}" | grep . | median)"
     P50[$s]="$(tr ' ' '\n' <<<"${P50_ALL[$s]}" | grep . | median)"
     P99[$s]="$(tr ' ' '\n' <<<"${P99_ALL[$s]}" | grep . | median)"
+    # No CPU measured for direct (nothing in between): grep finds nothing, which is not a failure.
+    CPU[$s]="$(tr ' ' '\n' <<<"${CPU_ALL[$s]:-}" | { grep . || true; } | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "–"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
 done
 
 log "memory: $STREAMS SSE streams through the forwarder"
@@ -165,43 +218,51 @@ ratio_of() {
     printf '%s|%s' "$(tr ' ' '\n' <<<"$all" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) x = v[(NR + 1) / 2]; else x = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.3f", x }')" "${all% }"
 }
 IFS='|' read -r RATIO RATIOS <<<"$(ratio_of sidecred nginx)"
-IFS='|' read -r FLOOR_RATIO FLOOR_RATIOS <<<"$(ratio_of floor nginx)"
 IFS='|' read -r OF_FLOOR OF_FLOOR_RATIOS <<<"$(ratio_of sidecred floor)"
-ADDED_P50=$((P50[sidecred] - P50[direct]))
-ADDED_P99=$((P99[sidecred] - P99[direct]))
-NGINX_P50=$((P50[nginx] - P50[direct]))
-NGINX_P99=$((P99[nginx] - P99[direct]))
-FLOOR_P50=$((P50[floor] - P50[direct]))
-FLOOR_P99=$((P99[floor] - P99[direct]))
-ok() { if awk "BEGIN { exit !($1) }"; then echo "yes"; else echo "**no**"; fi; }
-OK_RPS="$(ok "$RATIO >= 0.8")"
-OK_P50="$(ok "$ADDED_P50 <= 150")"
+IFS='|' read -r EX_RATIO EX_RATIOS <<<"$(ratio_of exchange nginx)"
+IFS='|' read -r EX_OF_FLOOR EX_OF_FLOOR_RATIOS <<<"$(ratio_of exchange floor)"
+IFS='|' read -r FLOOR_RATIO FLOOR_RATIOS <<<"$(ratio_of floor nginx)"
+added() { echo $((P50[$1] - P50[direct])); }
+added99() { echo $((P99[$1] - P99[direct])); }
+OVER_FLOOR_P50=$((P50[sidecred] - P50[floor]))
+EX_OVER_FLOOR_P50=$((P50[exchange] - P50[floor]))
+cpu_ratio() { awk -v a="${CPU[$1]}" -v b="${CPU[floor]}" 'BEGIN { if (a == "–" || b == "–" || b == 0) print "–"; else printf "%.2f", a / b }'; }
+ok() { if awk "BEGIN { exit !($1) }" 2>/dev/null; then echo "yes"; else echo "**no**"; fi; }
+OK_FLOOR="$(ok "$OF_FLOOR >= 0.95")"
+OK_NGINX="$(ok "$RATIO >= 0.85")"
+OK_P50="$(ok "$OVER_FLOOR_P50 <= 20")"
 OK_RSS="$(ok "$RSS_STREAMS <= 20 * 1024")"
+OK_IDLE="$(ok "$RSS_IDLE <= 8 * 1024")"
+CPU_RATIO="$(cpu_ratio sidecred)"
+OK_CPU="$(ok "$CPU_RATIO <= 1.3")"
+if ((PERF)); then CPU_HOW="perf stat task-clock"; else CPU_HOW="/proc/PID/stat: perf not usable here"; fi
 
 cat <<EOF
 
-### sidecred-forwarder benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)$( ((SMOKE)) && echo ", smoke"))
+### sidecred-forwarder benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), load average at start ${LOAD_AT_START}$( ((SMOKE)) && echo ", smoke"))
 
-| setup | req/s (c=$CONNS) | p50 (c=1) | p99 (c=1) | added p50 | added p99 |
-|---|---:|---:|---:|---:|---:|
-| direct to upstream | ${RPS[direct]} | ${P50[direct]} µs | ${P99[direct]} µs | – | – |
-| nginx (static headers) | ${RPS[nginx]} | ${P50[nginx]} µs | ${P99[nginx]} µs | ${NGINX_P50} µs | ${NGINX_P99} µs |
-| floor: bare hyper + hyper-util proxy (static headers) | ${RPS[floor]} | ${P50[floor]} µs | ${P99[floor]} µs | ${FLOOR_P50} µs | ${FLOOR_P99} µs |
-| sidecred (agent + forwarder) | ${RPS[sidecred]} | ${P50[sidecred]} µs | ${P99[sidecred]} µs | ${ADDED_P50} µs | ${ADDED_P99} µs |
+| setup | req/s (c=$CONNS) | CPU per request (c=$CONNS) | p50 (c=1) | p99 (c=1) | added p50 | added p99 |
+|---|---:|---:|---:|---:|---:|---:|
+| direct to upstream | ${RPS[direct]} | – | ${P50[direct]} µs | ${P99[direct]} µs | – | – |
+| nginx (static headers) | ${RPS[nginx]} | ${CPU[nginx]} µs | ${P50[nginx]} µs | ${P99[nginx]} µs | $(added nginx) µs | $(added99 nginx) µs |
+| floor: bare hyper + hyper-util proxy (static headers) | ${RPS[floor]} | ${CPU[floor]} µs | ${P50[floor]} µs | ${P99[floor]} µs | $(added floor) µs | $(added99 floor) µs |
+| sidecred, token pushed (agent + forwarder) | ${RPS[sidecred]} | ${CPU[sidecred]} µs | ${P50[sidecred]} µs | ${P99[sidecred]} µs | $(added sidecred) µs | $(added99 sidecred) µs |
+| sidecred, \`--agent-mode per-request\` | ${RPS[exchange]} | ${CPU[exchange]} µs | ${P50[exchange]} µs | ${P99[exchange]} µs | $(added exchange) µs | $(added99 exchange) µs |
 
-| target | measured | goal | met |
-|---|---:|---:|:--:|
-| req/s vs nginx (median of per-round ratios: ${RATIOS}) | ${RATIO}× | ≥ 0.80× | $OK_RPS |
-| for scale: the floor vs nginx (${FLOOR_RATIOS}) | ${FLOOR_RATIO}× | – | |
-| for scale: sidecred vs the floor (${OF_FLOOR_RATIOS}) | ${OF_FLOOR}× | – | |
-| added latency p50 | ${ADDED_P50} µs | ≤ 150 µs | $OK_P50 |
-| forwarder RSS, $STREAMS SSE streams | $(mib "$RSS_STREAMS") | ≤ 20 MiB | $OK_RSS |
-| forwarder RSS, idle | $(mib "$RSS_IDLE") | – | |
+| target | token pushed | per request | goal | met (pushed) |
+|---|---:|---:|---:|:--:|
+| req/s vs the floor (per-round ratios: ${OF_FLOOR_RATIOS}; ${EX_OF_FLOOR_RATIOS}) | ${OF_FLOOR}× | ${EX_OF_FLOOR}× | ≥ 0.95× | $OK_FLOOR |
+| req/s vs nginx (${RATIOS}; ${EX_RATIOS}) | ${RATIO}× | ${EX_RATIO}× | ≥ 0.85× | $OK_NGINX |
+| for scale: the floor vs nginx (${FLOOR_RATIOS}) | ${FLOOR_RATIO}× | | – | |
+| p50 at c=1 over the floor's | ${OVER_FLOOR_P50} µs | ${EX_OVER_FLOOR_P50} µs | ≤ 20 µs | $OK_P50 |
+| CPU per request vs the floor's ($CPU_HOW) | $(cpu_ratio sidecred)× | $(cpu_ratio exchange)× | ≤ 1.3× | $OK_CPU |
+| forwarder RSS, $STREAMS SSE streams | $(mib "$RSS_STREAMS") | | ≤ 20 MiB | $OK_RSS |
+| forwarder RSS, idle | $(mib "$RSS_IDLE") | | ≤ 8 MiB | $OK_IDLE |
 
-wrk $DURATION per run, median of $ROUNDS alternating rounds (req/s per round: direct ${RPS_ALL[direct]}/ nginx ${RPS_ALL[nginx]}/ floor ${RPS_ALL[floor]}/ sidecred ${RPS_ALL[sidecred]}); nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarder 2 workers, access log off.
+wrk $DURATION per run, median of $ROUNDS alternating rounds (req/s per round: direct ${RPS_ALL[direct]}/ nginx ${RPS_ALL[nginx]}/ floor ${RPS_ALL[floor]}/ pushed ${RPS_ALL[sidecred]}/ per request ${RPS_ALL[exchange]}); nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarders 2 workers, access log off; CPU per request is that of the setup's processes (sidecred: forwarder and agent) over the c=$CONNS runs.
 EOF
 
-if ((!SMOKE)) && [[ "$OK_RPS$OK_P50$OK_RSS" != "yesyesyes" ]]; then
+if ((!SMOKE)) && [[ "$OK_FLOOR$OK_NGINX$OK_P50$OK_RSS$OK_IDLE$OK_CPU" != "yesyesyesyesyesyes" ]]; then
     echo "bench: a target was missed" >&2
     exit 2
 fi

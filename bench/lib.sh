@@ -2,6 +2,17 @@
 # reading /proc, the API's header values, and the arithmetic of wrk's output. Expects ROOT to be set.
 
 log() { printf '>> %s\n' "$*" >&2; }
+
+# The one way every benchmark takes its arguments: none (the full run) or `--smoke` (a short run that
+# fails only when a component fails). Sets SMOKE to 1 or 0; anything else is a usage error (exit 64).
+parse_smoke() {
+    SMOKE=0
+    case "$#:${1:-}" in
+        0:) ;;
+        1:--smoke) SMOKE=1 ;;
+        *) echo "usage: $0 [--smoke]" >&2; exit 64 ;;
+    esac
+}
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 apt_install() {

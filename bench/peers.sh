@@ -18,12 +18,13 @@
 # Installs wrk, nginx and gnuplot from Debian and ccproxy-api from PyPI when missing.
 set -euo pipefail
 
-SMOKE=0
-case "${1:-}" in
-    --smoke) SMOKE=1 ;;
-    "") ;;
-    *) echo "usage: $0 [--smoke]" >&2; exit 64 ;;
-esac
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+# shellcheck source=bench/peers/ccproxy.sh
+source "$ROOT/bench/peers/ccproxy.sh"
+parse_smoke "$@"
 if ((SMOKE)); then
     DURATION=1s; ROUNDS=1; STARTS=1; HOLD=1s; SSE_STREAMS=2; AFTER_ROTATION=5; LATER=2; OPEN_WITHIN=20s
 else
@@ -32,13 +33,6 @@ fi
 CONNECTIONS=(1 64 256)
 STREAMS=256
 STAMPEDE=50
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
-# shellcheck source=bench/peers/ccproxy.sh
-source "$ROOT/bench/peers/ccproxy.sh"
 
 LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 install_wrk_and_nginx

@@ -9,16 +9,16 @@
 # Everything runs on 127.0.0.1 against fakes of the token endpoint and the API started by the soak itself.
 set -euo pipefail
 
-case "${1:-}" in
-    --smoke) ARGS=(--streams 100 --duration 10s --refreshes 2) ;;
-    "") ARGS=(--streams 1000 --duration 60s --refreshes 3) ;;
-    *) echo "usage: $0 [--smoke]" >&2; exit 64 ;;
-esac
-
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+parse_smoke "$@"
+if ((SMOKE)); then
+    ARGS=(--streams 100 --duration 10s --refreshes 2)
+else
+    ARGS=(--streams 1000 --duration 60s --refreshes 3)
+fi
 build_release
 # Each stream holds a client socket and an API socket in this process.
 ulimit -n "$(ulimit -Hn)"

@@ -13,7 +13,7 @@
 //! - `lifecycle/`: the token lifecycle: its states as a type, the pure transitions between them, and
 //!   the async task that performs them (refreshing, backing off, persisting).
 //! - `socket/`: serving the token: the transport (bind, threads, pacing) apart from the answers (what
-//!   each request gets).
+//!   each request gets), and the subscriptions on which each new token is pushed (`subscription.rs`).
 //! - `watch.rs`: noticing when the seed file changes from outside (a Kubernetes Secret update).
 //! - `credentials/`: the credentials file's shapes: parse, update while keeping unknown fields, judge
 //!   what a file holds (a login, none, a damaged one) and remove a login (`document.rs`); the record of

@@ -67,6 +67,11 @@ impl Acceptor {
                 warn!(error = %e, "the agent has no token for us yet; requests get 503 until it does");
             }
         });
+        // The subscription lives on this thread, which only accepts: a push wakes no worker, and every
+        // worker has the new token the moment it is read.
+        if let Some(pushed) = &shared.pushed {
+            tokio::spawn(agent::TokenSource::follow(shared.agent.clone(), pushed.clone()));
+        }
 
         let mut signals = Signals { sigterm, sigint };
         let mut cap_warned = None;

@@ -1,12 +1,17 @@
-//! The token source: asks the agent for the current token for every request and rides out an agent
-//! restart.
+//! The token source: the token the agent serves, for every request, riding out an agent restart.
 //!
-//! Nothing is cached but connections. Requests that arrive while a token request is on its way to the
-//! agent wait for the *next* one, which is sent after they arrived, and share its answer: every request
-//! gets a token the agent served after the request came in (so a refresh or revocation takes effect on
-//! the next request), and a busy forwarder asks the agent once per round trip instead of once per
-//! request. Health probes join the same batches, so a flood of them costs the agent no more than
-//! steady traffic does.
+//! Two ways, chosen at start (`--agent-mode`):
+//! - `subscribe` (the default): the process holds a subscription on which the agent pushes every new
+//!   token, revocation and degraded state the moment it happens ([`subscription`]); a request takes
+//!   the token pushed last from memory, and asks the agent as below only when nothing usable is held.
+//! - `per-request`: nothing is held but connections. Requests that arrive while a token request is on
+//!   its way to the agent wait for the *next* one, which is sent after they arrived, and share its
+//!   answer: every request gets a token the agent served after the request came in, and a busy
+//!   forwarder asks the agent once per round trip instead of once per request.
+//!
+//! Either way a refresh or revocation takes effect on the next request, and a 401 report's answer at
+//! once. Health probes always ask (batched with requests, so a flood of them costs the agent no more
+//! than steady traffic does): the agent stays the only authority on its state.
 //!
 //! Every wait is the waiter's own: a request gets its answer, or a 503, by its arrival plus
 //! `--agent-wait`, whether the agent is missing, restarting or hung; a probe by its arrival plus
@@ -14,6 +19,9 @@
 //! is refused before it is asked anything.
 
 mod fetcher;
+mod subscription;
+
+pub use subscription::Pushed;
 #[cfg(test)]
 mod tests;
 
@@ -119,7 +127,7 @@ impl Agent {
         let result = tokio::time::timeout_at(deadline, self.attempt_unbounded(ask))
             .await
             .unwrap_or(Err(Failed::Final(AgentError::Timeout(window))));
-        METRICS.agent_seconds.observe(started.elapsed().as_secs_f64());
+        METRICS.agent_seconds.observe(started.elapsed());
         if let Err(failed) = &result {
             METRICS.agent_failure(match failed {
                 Failed::Unreachable(_) | Failed::Final(AgentError::Unreachable { .. }) => {
@@ -235,6 +243,11 @@ pub struct Token {
     pub expires_in_ms: u64,
     /// Why the agent says it is degraded while the token is valid, for `/health`.
     pub degraded: Option<String>,
+    /// Its place in the order of the agent's tokens (0: unknown).
+    pub generation: u64,
+    expires_at_ms: u64,
+    /// [`sidecred_proto::EXPIRY_GUARD`] before its expiry, by this process's monotonic clock.
+    usable_until: Instant,
     authorization: Result<HeaderValue, HeaderError>,
 }
 
@@ -245,14 +258,31 @@ impl Token {
             access_token: grant.access_token,
             expires_in_ms: grant.expires_in_ms,
             degraded: grant.degraded,
+            generation: grant.generation,
+            expires_at_ms: grant.expires_at_ms,
+            usable_until: subscription::usable_until(Instant::now(), grant.expires_in_ms),
             authorization,
         }
+    }
+
+    /// Whether it may still be sent: short of its expiry (less the guard) by both clocks.
+    fn is_usable(&self, now: Instant) -> bool {
+        now < self.usable_until && subscription::wall_clock_allows(self.expires_at_ms)
     }
 
     /// The header value (a reference-counted copy), or why the token cannot be one.
     pub fn authorization(&self) -> Result<HeaderValue, HeaderError> {
         self.authorization.clone()
     }
+}
+
+/// How a request learns the token (`--agent-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentMode {
+    /// The agent pushes each new token on a subscription; requests read it from memory.
+    Subscribe,
+    /// Every request (batched with those that arrive meanwhile) asks the agent.
+    PerRequest,
 }
 
 /// Who may answer on the socket and how long a request waits for it.
@@ -269,20 +299,28 @@ pub struct TokenSource {
     agent: Arc<Agent>,
     wait: Duration,
     queue: mpsc::UnboundedSender<fetcher::Waiter>,
+    /// With `--agent-mode subscribe`: what the agent pushed, and this worker's copy of it.
+    pushed: Option<(Arc<Pushed>, Arc<subscription::Current>)>,
 }
 
 impl TokenSource {
     /// Starts the task that fetches tokens for waiting requests; call within the runtime that will use
-    /// it. The task ends when the source is dropped.
-    pub fn start(config: &AgentConfig) -> Self {
+    /// it. The task ends when the source is dropped. With `pushed`, requests use what the agent pushed
+    /// (see [`TokenSource::follow`]) while it is usable.
+    pub fn start(config: &AgentConfig, pushed: Option<&Arc<Pushed>>) -> Self {
         let agent = Arc::new(Agent::new(config.path.clone(), config.uid));
         let (queue, waiting) = mpsc::unbounded_channel();
         tokio::spawn(fetcher::fetch_for_waiters(agent.clone(), waiting));
-        TokenSource { agent, wait: config.wait, queue }
+        let pushed = pushed.map(|p| (p.clone(), p.for_worker()));
+        TokenSource { agent, wait: config.wait, queue, pushed }
     }
 
-    /// The token to use now, waiting up to the configured window for an agent that does not answer.
+    /// The token to use now: the one the agent pushed last while it is usable, or else the agent's
+    /// answer, waiting up to the configured window for an agent that does not answer.
     pub async fn token(&self) -> Result<Arc<Token>, AgentError> {
+        if let Some(token) = self.pushed.as_ref().and_then(|(_, current)| current.usable()) {
+            return Ok(token);
+        }
         self.ask_fetcher(self.wait, true).await
     }
 
@@ -302,11 +340,22 @@ impl TokenSource {
 
     /// Tells the agent the upstream rejected `token`; answers with the token to use instead. Not
     /// batched: the agent already makes many reports of one token cause one refresh.
-    pub async fn report_rejected(&self, token: &Secret) -> Result<Token, AgentError> {
-        self.agent
+    pub async fn report_rejected(&self, token: &Secret) -> Result<Arc<Token>, AgentError> {
+        let answer = self
+            .agent
             .ask_until(Ask::Rejected(token), Instant::now() + self.wait, self.wait)
             .await
-            .map(Token::new)
+            .map(|grant| Arc::new(Token::new(grant)));
+        if let Some((pushed, _)) = &self.pushed {
+            pushed.reported(token, answer.as_ref().ok());
+        }
+        answer
+    }
+
+    /// Follows the agent's pushes into `pushed` for as long as the process runs (`--agent-mode
+    /// subscribe`), on a connection of its own.
+    pub async fn follow(config: AgentConfig, pushed: Arc<Pushed>) {
+        subscription::follow(Agent::new(config.path, config.uid), pushed).await;
     }
 
     /// The start-up check, on a connection of its own before any worker has a source: keeps trying for

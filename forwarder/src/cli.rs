@@ -35,6 +35,11 @@ pub struct Cli {
     /// before it is answered 503.
     #[arg(long, env = "SIDECRED_AGENT_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub agent_wait: Duration,
+    /// How requests learn the agent's token: `subscribe` (the agent pushes each new token, revocation
+    /// and degraded state on one connection per worker, and requests read it from memory), or
+    /// `per-request` (every request, batched with those arriving meanwhile, asks the agent).
+    #[arg(long, env = "SIDECRED_AGENT_MODE", value_enum, default_value_t = crate::agent::AgentMode::Subscribe)]
+    pub agent_mode: crate::agent::AgentMode,
     /// Largest request body accepted (413 beyond). Accepts suffixes KiB, MiB, GiB, KB, MB, GB.
     #[arg(long, env = "SIDECRED_MAX_REQUEST_BODY", default_value = "32MiB", value_parser = parse_size)]
     pub max_request_body: u64,
@@ -214,6 +219,7 @@ mod tests {
         assert_eq!(cli.max_request_body, 32 << 20);
         assert_eq!(cli.retry_body_limit, 1 << 20);
         assert_eq!(cli.agent_wait, Duration::from_secs(2));
+        assert_eq!(cli.agent_mode, crate::agent::AgentMode::Subscribe);
         assert_eq!(cli.drain_timeout, Duration::from_secs(30));
         assert_eq!(cli.shutdown_delay, Duration::from_secs(5));
         assert_eq!(cli.drain_linger, Duration::from_secs(1));

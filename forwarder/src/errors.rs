@@ -26,6 +26,8 @@ pub struct ErrorReply {
     pub outcome: Outcome,
     /// Sent as `retry-after` (seconds) when set.
     pub retry_after: Option<u64>,
+    /// Whether `allow` names the methods that are forwarded (a 405).
+    pub allow: bool,
 }
 
 impl ErrorReply {
@@ -37,7 +39,15 @@ impl ErrorReply {
             StatusCode::UNAUTHORIZED => Outcome::RejectedKey,
             _ => Outcome::InvalidRequest,
         };
-        ErrorReply { status, kind, message: message.into(), retry: None, outcome, retry_after: None }
+        ErrorReply {
+            status,
+            kind,
+            message: message.into(),
+            retry: None,
+            outcome,
+            retry_after: None,
+            allow: false,
+        }
     }
 
     /// Counted as `outcome` rather than what its status suggests.
@@ -85,6 +95,21 @@ impl ErrorReply {
         e
     }
 
+    /// A method the API does not serve: never forwarded, so no token is ever put on it.
+    pub fn method_not_allowed(method: &http::Method) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!(
+                "method {method} is not forwarded: this forwarder passes on the API's methods ({})",
+                crate::headers::API_METHODS
+            ),
+        )
+        .final_answer();
+        e.allow = true;
+        e
+    }
+
     pub fn too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -125,6 +150,10 @@ impl ErrorReply {
         }
         if let Some(after) = self.retry_after {
             resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(after));
+        }
+        if self.allow {
+            resp.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static(crate::headers::API_METHODS));
         }
         resp
     }

@@ -10,6 +10,16 @@ pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SHOULD_RETRY: HeaderName = HeaderName::from_static(anthropic::SHOULD_RETRY_HEADER);
 
+/// The methods the API serves (`GET` for models and batches, `POST` for messages, `DELETE` for batches
+/// and files), as an `Allow` value. Anything else is refused before a token is put on it: `TRACE` to an
+/// upstream or proxy that echoes requests would hand the account's token back to the client.
+pub const API_METHODS: &str = "GET, POST, DELETE";
+
+/// Whether a request of this method is forwarded (see [`API_METHODS`]).
+pub fn is_api_method(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::POST | http::Method::DELETE)
+}
+
 /// Tells Anthropic's clients whether sending the request again can help, overriding what they would do
 /// by the status alone (they retry 408/409/429/5xx, not 401; Claude Code retries a 401 for minutes).
 pub fn advise_retry(headers: &mut HeaderMap, retry: bool) {
@@ -69,6 +79,10 @@ pub fn to_upstream(headers: &mut HeaderMap, authorization: HeaderValue, host: &H
     if found.expect {
         headers.remove(header::EXPECT);
     }
+    // Meant for the proxies along the way (TRACE and OPTIONS), not for the API.
+    if found.max_forwards {
+        headers.remove(header::MAX_FORWARDS);
+    }
     headers.insert(header::AUTHORIZATION, authorization);
     merge_beta(headers);
     if !found.version {
@@ -84,6 +98,7 @@ struct Found {
     api_key: bool,
     expect: bool,
     version: bool,
+    max_forwards: bool,
 }
 
 impl Found {
@@ -94,6 +109,7 @@ impl Found {
                 "x-api-key" => found.api_key = true,
                 "expect" => found.expect = true,
                 "anthropic-version" => found.version = true,
+                "max-forwards" => found.max_forwards = true,
                 _ => found.hop_by_hop |= is_hop_by_hop(name),
             }
         }
@@ -261,6 +277,20 @@ mod tests {
         assert!(!h.contains_key("x-api-key"));
         assert!(!h.contains_key("proxy-authorization"));
         assert_eq!(h["content-type"], "application/json");
+    }
+
+    #[test]
+    fn only_the_apis_methods_are_forwarded_and_max_forwards_stays_here() {
+        for m in ["GET", "POST", "DELETE"] {
+            assert!(is_api_method(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["TRACE", "OPTIONS", "PUT", "PATCH", "HEAD", "CONNECT", "PROPFIND"] {
+            assert!(!is_api_method(&m.parse().unwrap()), "{m}");
+        }
+        let mut h = map(&[("max-forwards", "0"), ("x-kept", "yes")]);
+        to_upstream(&mut h, authorization(&Secret::new("t")).unwrap(), &host());
+        assert!(!h.contains_key("max-forwards"));
+        assert_eq!(h["x-kept"], "yes");
     }
 
     #[test]

@@ -67,16 +67,25 @@ impl InboundKeys {
     }
 
     /// One key per line, optionally followed by `name=`, `rpm=`, `burst=` and `concurrent=` settings;
-    /// blank lines and `#` comments (whole-line or trailing) are ignored. A key alone on its line (the
-    /// original format) is unlimited and named after its line. A line that does not parse is an error
-    /// with its number (1-based) and what is wrong, never the key.
+    /// blank lines and `#` comments (a `#` that starts the line or follows a space) are ignored. A key
+    /// alone on its line (the original format) is unlimited and named after its line. A line that does
+    /// not parse is an error with its number (1-based) and what is wrong, never the key: a `#` inside a
+    /// word (it used to cut a key short silently), settings without a key before them, and a key that
+    /// an earlier line already holds.
     pub fn parse(text: &str, now: Instant) -> Result<Self, (usize, String)> {
         let mut keys: Vec<Key> = Vec::new();
+        let mut lines_of: Vec<usize> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let number = i + 1;
-            let content = line.split_once('#').map_or(line, |(before, _)| before);
+            let content = without_comment(line).map_err(|reason| (number, reason))?;
             let mut words = content.split_whitespace();
             let Some(key) = words.next() else { continue };
+            if let Some((setting, _)) = key.split_once('=').filter(|(s, _)| SETTINGS.contains(s)) {
+                return Err((
+                    number,
+                    format!("the line starts with the setting `{setting}=`: the key goes first, then its settings"),
+                ));
+            }
             let mut name = None;
             let mut limits = Limits::default();
             for word in words {
@@ -103,11 +112,15 @@ impl InboundKeys {
             if keys.iter().any(|k| k.name == name) {
                 return Err((number, format!("the name `{name}` is taken by an earlier line")));
             }
-            keys.push(Key {
-                digest: Sha256::digest(key.as_bytes()).into(),
-                name,
-                limiter: Limiter::new(limits, now),
-            });
+            let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            if let Some(earlier) = keys.iter().position(|k| k.digest == digest) {
+                return Err((
+                    number,
+                    format!("the key is the same as line {}'s; each key once", lines_of[earlier]),
+                ));
+            }
+            keys.push(Key { digest, name, limiter: Limiter::new(limits, now) });
+            lines_of.push(number);
         }
         Ok(InboundKeys { keys })
     }
@@ -134,6 +147,25 @@ impl InboundKeys {
             Err(Rejection::Wrong)
         }
     }
+}
+
+/// The settings a line may carry after its key.
+const SETTINGS: [&str; 4] = ["name", "rpm", "burst", "concurrent"];
+
+/// The line up to its comment: a `#` at the start of the line or after whitespace. A `#` anywhere
+/// else is inside a word, which no key or setting may hold.
+fn without_comment(line: &str) -> Result<&str, String> {
+    let start = line
+        .char_indices()
+        .find(|&(i, c)| c == '#' && line[..i].chars().next_back().is_none_or(char::is_whitespace))
+        .map_or(line.len(), |(i, _)| i);
+    let content = &line[..start];
+    if content.contains('#') {
+        return Err("a `#` inside a key or setting: a comment starts with `#` at the start of a line or \
+                    after a space, and a key cannot hold `#`"
+            .to_owned());
+    }
+    Ok(content)
 }
 
 fn valid_name(name: &str) -> Result<String, String> {
@@ -240,6 +272,13 @@ mod tests {
             ("k1 name=has/slash\n", 1, "a name is"),
             ("k1 name=a\nk2 name=a\n", 2, "taken by an earlier line"),
             ("k1 burst=5\n", 1, "burst= needs rpm="),
+            // Found by attack: the key was cut at the `#` (its prefix worked, the whole key got 401).
+            ("ok\nk1sctest-x#tail\n", 2, "a `#` inside a key"),
+            ("k1 name=ci#x\n", 1, "a `#` inside a key"),
+            // ... and a line of settings alone became a key named `rpm=60`.
+            ("ok\nrpm=60 burst=5\n", 2, "starts with the setting `rpm=`"),
+            ("name=ci\n", 1, "starts with the setting `name=`"),
+            ("k1sctest-x\n# c\nk1sctest-x name=b\n", 3, "the same as line 1's"),
         ] {
             let (n, reason) = parse(text).map(|_| ()).unwrap_err();
             assert_eq!(n, line, "{text}: {reason}");

@@ -1,13 +1,14 @@
 //! `sidecred-forwarder`: serves the Anthropic API on a local port with the Claude OAuth token that
-//! `sidecred-agent` holds, fetched from the agent for every request. Wiring only; the request path is
-//! in `proxy.rs`.
+//! `sidecred-agent` holds, as the agent pushes it (or asks for it per request, `--agent-mode`; see
+//! `agent.rs`). Wiring only; the request path is in `proxy.rs`.
 //!
-//! Threads: one acceptor (which also waits for signals) takes a slot under `--max-connections` and
-//! hands each accepted connection to one of `--workers` worker threads, round robin. Each worker runs
-//! its own single-threaded runtime with its own upstream client pool and agent connection, so a request
-//! never crosses threads: no work stealing, no cross-thread wake-ups, which on a small machine is what
-//! most of a proxy's time goes to. How connections are accepted, and stop being accepted on SIGTERM, is in
-//! `accept.rs`; how a connection is served and ends is in `conn.rs`.
+//! Threads: one acceptor (which also waits for signals and follows the agent's pushes) takes a slot
+//! under `--max-connections` and hands each accepted connection to one of `--workers` worker threads,
+//! round robin. Each worker runs its own single-threaded runtime with its own upstream client pool and
+//! agent connection, so a request never crosses threads: no work stealing, no cross-thread wake-ups,
+//! which on a small machine is what most of a proxy's time goes to. How connections are accepted, and
+//! stop being accepted on SIGTERM, is in `accept.rs`; how a connection is served and ends is in
+//! `conn.rs`.
 
 mod accept;
 mod access;
@@ -20,6 +21,7 @@ mod errors;
 mod exposition;
 use sidecred_forwarder::headers;
 mod health;
+mod instruments;
 mod keys;
 mod limiter;
 mod limits;
@@ -74,6 +76,8 @@ struct Shared {
     proxies: hyper_util::client::proxy::matcher::Matcher,
     roots: rustls::RootCertStore,
     agent: agent::AgentConfig,
+    /// What the agent pushes (`--agent-mode subscribe`), for every worker.
+    pushed: Option<Arc<agent::Pushed>>,
     keys: Option<Arc<keys::InboundKeys>>,
     max_request_body: u64,
     retry_body_limit: u64,
@@ -96,7 +100,7 @@ impl Shared {
         Ok(proxy::Proxy {
             upstream: upstream::Upstream::new(&self.upstream, &self.proxies, &self.roots)
                 .context("cannot set up the upstream client")?,
-            tokens: agent::TokenSource::start(&self.agent),
+            tokens: agent::TokenSource::start(&self.agent, self.pushed.as_ref()),
             keys: self.keys.clone(),
             max_request_body: self.max_request_body,
             retry_body_limit: self.retry_body_limit,
@@ -134,6 +138,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             uid: cli.agent_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
             wait: cli.agent_wait,
         },
+        pushed: (cli.agent_mode == agent::AgentMode::Subscribe).then(Arc::default),
         keys,
         max_request_body: cli.max_request_body,
         retry_body_limit: cli.retry_body_limit,
@@ -188,23 +193,29 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         "connection cap (--max-connections)"
     );
     let acceptor = accept::Acceptor::new(queues, slots, crowding);
-    runtime.block_on(async {
+    let drained = runtime.block_on(async {
         if let Some(metrics) = metrics_listener {
             let metrics =
                 tokio::net::TcpListener::from_std(metrics).context("cannot register the metrics listener")?;
             tokio::spawn(exposition::serve(metrics));
         }
-        acceptor.run(listener, &shared, &cli, local, via).await
+        acceptor.run(listener, &shared, &cli, local, via).await?;
+        // Joined off this thread, so that while the workers drain it goes on following the agent's
+        // pushes: a request served during the drain still gets the token the agent serves.
+        tokio::task::spawn_blocking(move || {
+            let mut drained = true;
+            for thread in workers {
+                match thread.join() {
+                    Ok(Ok(all_done)) => drained &= all_done,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => anyhow::bail!("a worker thread panicked"),
+                }
+            }
+            Ok(drained)
+        })
+        .await
+        .context("cannot wait for the workers")?
     })?;
-
-    let mut drained = true;
-    for thread in workers {
-        match thread.join() {
-            Ok(Ok(all_done)) => drained &= all_done,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => anyhow::bail!("a worker thread panicked"),
-        }
-    }
     if drained {
         info!("all connections drained; stopped");
     } else {

@@ -2,42 +2,20 @@
 //! `prometheus-client` when `/metrics` is asked for.
 //!
 //! The request path touches them on every request, so each label set it uses is resolved once, the
-//! first time it occurs, and kept in a slot indexed by the labels' enums: afterwards a request costs an
-//! atomic add per counter, no hashing, lock or allocation. Labels are fixed sets (route, status class,
-//! outcome); nothing a client sends (path, key) becomes a label value, except a key's *name* from the
-//! operator's keys file.
+//! first time it occurs, and kept in a slot indexed by the labels' enums ([`Slots`]): afterwards a
+//! request costs an atomic add per counter and two per histogram ([`Histogram`]), no hashing, lock or
+//! allocation. Labels are fixed sets (route, status class, outcome); nothing a client sends (path,
+//! key) becomes a label value, except a key's *name* from the operator's keys file.
 
+use crate::instruments::{label_values, Histogram, HistogramOf, Slots};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::LazyLock;
 use std::time::Duration;
-
-/// Gives a label enum its values (and `as_str`): each variant's name as the metric shows it.
-macro_rules! label_values {
-    ($ty:ident { $($variant:ident => $name:literal,)* }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $name,)*
-                }
-            }
-        }
-
-        impl prometheus_client::encoding::EncodeLabelValue for $ty {
-            fn encode(
-                &self,
-                encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-            ) -> Result<(), std::fmt::Error> {
-                std::fmt::Write::write_str(encoder, self.as_str())
-            }
-        }
-    };
-}
-pub(crate) use label_values;
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -208,7 +186,7 @@ pub struct KeyLabels {
     pub key: String,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, Histogram, HistogramOf>;
 
 /// Upstream answers and first bytes: from a few milliseconds (count_tokens, models) to minutes (a long
 /// message): 5 ms doubling to about 82 s.
@@ -223,12 +201,9 @@ fn agent_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_slots: Box<[OnceLock<Counter>]>,
-    upstream_seconds: HistogramFamily<RouteLabels>,
-    upstream_slots: [OnceLock<Histogram>; 4],
-    first_byte_seconds: HistogramFamily<RouteLabels>,
-    first_byte_slots: [OnceLock<Histogram>; 4],
+    requests: Slots<RequestLabels, Counter>,
+    upstream_seconds: Slots<RouteLabels, Histogram, HistogramOf>,
+    first_byte_seconds: Slots<RouteLabels, Histogram, HistogramOf>,
     pub request_bytes: Counter,
     pub response_bytes: Counter,
     pub open_streams: Gauge,
@@ -249,13 +224,15 @@ impl Metrics {
             "Requests answered, by route, status class and outcome",
             requests.clone(),
         );
-        let upstream_seconds = HistogramFamily::<RouteLabels>::new_with_constructor(upstream_histogram);
+        let upstream_seconds =
+            HistogramFamily::<RouteLabels>::new_with_constructor(HistogramOf(upstream_histogram));
         registry.register(
             "upstream_response_seconds",
             "Time from sending a request upstream to its response headers (a 401 retry included)",
             upstream_seconds.clone(),
         );
-        let first_byte_seconds = HistogramFamily::<RouteLabels>::new_with_constructor(upstream_histogram);
+        let first_byte_seconds =
+            HistogramFamily::<RouteLabels>::new_with_constructor(HistogramOf(upstream_histogram));
         registry.register(
             "time_to_first_byte_seconds",
             "Time from a request's arrival to the first body byte sent back to the client",
@@ -303,12 +280,9 @@ impl Metrics {
         let account = crate::account::metrics::AccountMetrics::register(&mut registry);
         Metrics {
             registry,
-            requests,
-            request_slots: (0..ROUTES.len() * CLASSES.len() * OUTCOMES).map(|_| OnceLock::new()).collect(),
-            upstream_seconds,
-            upstream_slots: Default::default(),
-            first_byte_seconds,
-            first_byte_slots: Default::default(),
+            requests: Slots::new(requests, ROUTES.len() * CLASSES.len() * OUTCOMES),
+            upstream_seconds: Slots::new(upstream_seconds, ROUTES.len()),
+            first_byte_seconds: Slots::new(first_byte_seconds, ROUTES.len()),
             request_bytes,
             response_bytes,
             open_streams,
@@ -324,24 +298,18 @@ impl Metrics {
     pub fn request(&self, route: Route, status: http::StatusCode, outcome: Outcome) {
         let class = class_index(status);
         let slot = (route.index() * CLASSES.len() + class) * OUTCOMES + outcome as usize;
-        let Some(slot) = self.request_slots.get(slot) else { return };
-        slot.get_or_init(|| {
-            let labels = RequestLabels { route, status_class: CLASSES[class], outcome };
-            self.requests.get_or_create(&labels).clone()
-        })
-        .inc();
+        let labels = || RequestLabels { route, status_class: CLASSES[class], outcome };
+        self.requests.with(slot, labels, |c| {
+            c.inc();
+        });
     }
 
     pub fn upstream_response(&self, route: Route, took: Duration) {
-        self.upstream_slots[route.index()]
-            .get_or_init(|| self.upstream_seconds.get_or_create(&RouteLabels { route }).clone())
-            .observe(took.as_secs_f64());
+        self.upstream_seconds.with(route.index(), || RouteLabels { route }, |h| h.observe(took));
     }
 
     pub fn first_byte(&self, route: Route, took: Duration) {
-        self.first_byte_slots[route.index()]
-            .get_or_init(|| self.first_byte_seconds.get_or_create(&RouteLabels { route }).clone())
-            .observe(took.as_secs_f64());
+        self.first_byte_seconds.with(route.index(), || RouteLabels { route }, |h| h.observe(took));
     }
 
     pub fn agent_failure(&self, reason: AgentFailure) {

@@ -159,9 +159,12 @@ impl Proxy {
         Ok((rparts, answer, slot))
     }
 
-    /// Everything that can refuse a request before its body is touched: the client's key, the path,
-    /// the declared size, the token. On success the headers are ready for the upstream.
+    /// Everything that can refuse a request before its body is touched: the method, the client's key,
+    /// the path, the declared size, the token. On success the headers are ready for the upstream.
     async fn admit(&self, parts: &mut Parts) -> Result<Admitted, ErrorReply> {
+        if !headers::is_api_method(&parts.method) {
+            return Err(ErrorReply::method_not_allowed(&parts.method));
+        }
         let slot = match &self.keys {
             Some(keys) => {
                 let key = keys.check(&parts.headers).map_err(|r| ErrorReply::unauthorized(r.to_string()))?;

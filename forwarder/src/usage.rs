@@ -5,16 +5,18 @@
 //!
 //! The values come from the network: a malformed one is ignored, utilization is clamped to 0–1, and
 //! only window names of a few lowercase letters, digits and `_` (`5h`, `7d`, `7d_oi`) are kept, at
-//! most [`MAX_WINDOWS`] of them, so a strange upstream cannot grow the metrics without bound.
+//! most [`MAX_WINDOWS`] of them, so a strange upstream cannot grow the metrics without bound. What is
+//! kept is what the latest response reports: a window it no longer names leaves the gauges and the
+//! summary, so a window the API adds later (`5h` after a run of per-model ones) always finds room.
 
-use crate::metrics::label_values;
+use crate::instruments::label_values;
 use http::HeaderMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sidecred_proto::anthropic::RATELIMIT_UNIFIED_PREFIX;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -87,19 +89,31 @@ enum Field {
     Reset(u64),
 }
 
-/// The window and field one header reports, when it is one we keep and its value makes sense.
+/// The window and field one header reports, when it is one we keep and its value makes sense (what the
+/// tests check of both halves together).
+#[cfg(test)]
 fn parse_header(name: &str, value: &[u8]) -> Option<(String, Field)> {
+    let (window, field) = window_field(name)?;
+    Some((window.to_owned(), parse_value(field, value)?))
+}
+
+/// The window a header name is about and which of its fields, when it is a field we keep (a window
+/// is named by its header whatever the value says).
+fn window_field(name: &str) -> Option<(&str, &str)> {
     let rest = name.strip_prefix(RATELIMIT_UNIFIED_PREFIX)?;
     let (window, field) = match rest {
         "status" | "reset" => (OVERALL, rest),
         _ => rest.rsplit_once('-')?,
     };
-    if window.is_empty()
-        || window.len() > MAX_WINDOW_NAME
-        || !window.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return None;
-    }
+    let kept_field = matches!(field, "status" | "utilization" | "reset");
+    let plain_name = !window.is_empty()
+        && window.len() <= MAX_WINDOW_NAME
+        && window.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    (kept_field && plain_name).then_some((window, field))
+}
+
+/// A field's value, when it makes sense.
+fn parse_value(field: &str, value: &[u8]) -> Option<Field> {
     let value = std::str::from_utf8(value).ok()?.trim();
     let field = match field {
         "status" => Field::Status(Status::parse(value)?),
@@ -113,7 +127,7 @@ fn parse_header(name: &str, value: &[u8]) -> Option<(String, Field)> {
         "reset" => Field::Reset(value.parse().ok().filter(|r| *r <= MAX_RESET_EPOCH)?),
         _ => return None,
     };
-    Some((window.to_owned(), field))
+    Some(field)
 }
 
 /// The gauges, registered with the forwarder's registry.
@@ -161,22 +175,44 @@ impl UsageGauges {
         UsageGauges { utilization, reset, status, updated, latest: Mutex::default() }
     }
 
-    /// Takes what an upstream response's headers say. Cheap when they say nothing: one pass over the
-    /// header names.
+    /// Takes what an upstream response's headers say: the windows it names replace those known
+    /// before. Cheap when they say nothing: one look at each header name's first bytes, no parsing
+    /// and no lock.
     pub fn observe(&self, headers: &HeaderMap) {
-        let mut fields = headers
-            .iter()
-            .filter_map(|(name, value)| parse_header(name.as_str(), value.as_bytes()))
-            .peekable();
-        if fields.peek().is_none() {
+        let prefix = RATELIMIT_UNIFIED_PREFIX.as_bytes();
+        if !headers.keys().any(|name| name.as_str().as_bytes().starts_with(prefix)) {
+            return;
+        }
+        // A window named by a header counts as reported even when its value is malformed (its last
+        // good value stays); only windows no header names any more are dropped.
+        let mut names = BTreeSet::new();
+        let mut reported = Vec::new();
+        for (name, value) in headers {
+            let Some((window, field)) = window_field(name.as_str()) else { continue };
+            if !names.contains(window) && names.len() >= MAX_WINDOWS {
+                continue;
+            }
+            names.insert(window.to_owned());
+            if let Some(field) = parse_value(field, value.as_bytes()) {
+                reported.push((window.to_owned(), field));
+            }
+        }
+        if names.is_empty() {
             return;
         }
         let now = SystemTime::now();
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        for (window, field) in fields {
-            if !latest.windows.contains_key(&window) && latest.windows.len() >= MAX_WINDOWS {
-                continue;
+        let gone: Vec<String> = latest.windows.keys().filter(|w| !names.contains(*w)).cloned().collect();
+        for window in gone {
+            latest.windows.remove(&window);
+            let labels = WindowLabels { window };
+            self.utilization.remove(&labels);
+            self.reset.remove(&labels);
+            for status in STATUSES {
+                self.status.remove(&StatusLabels { window: labels.window.clone(), status });
             }
+        }
+        for (window, field) in reported {
             let labels = WindowLabels { window: window.clone() };
             let entry = latest.windows.entry(window).or_default();
             match field {
@@ -318,6 +354,44 @@ mod tests {
         assert_eq!(summary["windows"]["5h"]["utilization"], 0.82);
         assert_eq!(summary["windows"]["5h"]["resets_at"], "2025-11-30T14:00:00Z");
         assert_eq!(summary["windows"]["overall"]["status"], "allowed");
+    }
+
+    fn report(windows: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for w in windows {
+            headers.insert(
+                http::HeaderName::from_bytes(format!("{RATELIMIT_UNIFIED_PREFIX}{w}-utilization").as_bytes())
+                    .unwrap(),
+                HeaderValue::from_static("0.25"),
+            );
+        }
+        headers
+    }
+
+    /// Found by attack: once 16 names had been seen, a new real window was never recorded.
+    #[test]
+    fn the_windows_kept_are_those_reported_now() {
+        let (g, registry) = gauges();
+        let many: Vec<String> = (0..MAX_WINDOWS).map(|i| format!("m{i}")).collect();
+        g.observe(&report(&many.iter().map(String::as_str).collect::<Vec<_>>()));
+        g.observe(&report(&["5h", "7d"]));
+        let summary = g.summary().unwrap();
+        let names: Vec<&String> = summary["windows"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["5h", "7d"]);
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        assert!(page.contains(r#"usage_utilization_ratio{window="5h"} 0.25"#), "{page}");
+        assert!(!page.contains(r#"window="m0""#), "a window no longer reported is still shown: {page}");
+    }
+
+    #[test]
+    fn a_response_without_the_headers_changes_nothing() {
+        let (g, _registry) = gauges();
+        g.observe(&report(&["5h"]));
+        let mut other = HeaderMap::new();
+        other.insert("content-type", HeaderValue::from_static("application/json"));
+        g.observe(&other);
+        assert_eq!(g.summary().unwrap()["windows"].as_object().unwrap().len(), 1);
     }
 
     #[test]

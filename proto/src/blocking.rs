@@ -21,11 +21,11 @@ where
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
-    reader.read_exact(&mut header[1..]).map_err(eof_is_truncation)?;
+    reader.read_exact(&mut header[1..]).map_err(FrameError::from_read)?;
     let len = frame_len(header)?;
     buf.clear();
     buf.resize(len, 0);
-    reader.read_exact(buf).map_err(eof_is_truncation)?;
+    reader.read_exact(buf).map_err(FrameError::from_read)?;
     decode_frame(buf).map(Some)
 }
 
@@ -38,14 +38,6 @@ where
     writer.write_all(&encode_frame(msg))?;
     writer.flush()?;
     Ok(())
-}
-
-pub(crate) fn eof_is_truncation(e: std::io::Error) -> FrameError {
-    if e.kind() == ErrorKind::UnexpectedEof {
-        FrameError::Truncated
-    } else {
-        FrameError::Io(e)
-    }
 }
 
 #[cfg(test)]

@@ -61,12 +61,7 @@ impl Client {
     /// Sends one request and returns the agent's answer, errors included as `Response::Error`.
     pub async fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         write_frame(self.stream.get_mut(), &RequestFrame::from(request)).await?;
-        let frame: ResponseFrame =
-            read_frame(&mut self.stream, &mut self.buf).await?.ok_or(ClientError::Closed)?;
-        if frame.v != PROTOCOL_VERSION {
-            return Err(ClientError::Version(frame.v));
-        }
-        Ok(frame.response)
+        self.read_response().await
     }
 
     pub async fn get_token(&mut self) -> Result<TokenGrant, ClientError> {
@@ -89,6 +84,22 @@ impl Client {
         }
     }
 
+    /// Turns this connection into a subscription ([`Request::Subscribe`]); read its answers with
+    /// [`Subscription::next`]. The first one is what a token request would get now.
+    pub async fn subscribe(mut self) -> Result<Subscription, ClientError> {
+        write_frame(self.stream.get_mut(), &RequestFrame::from(Request::Subscribe)).await?;
+        Ok(Subscription { client: self })
+    }
+
+    async fn read_response(&mut self) -> Result<Response, ClientError> {
+        let frame: ResponseFrame =
+            read_frame(&mut self.stream, &mut self.buf).await?.ok_or(ClientError::Closed)?;
+        if frame.v != PROTOCOL_VERSION {
+            return Err(ClientError::Version(frame.v));
+        }
+        Ok(frame.response)
+    }
+
     async fn call_for_token(
         &mut self,
         request: Request,
@@ -98,6 +109,23 @@ impl Client {
             Response::Token(grant) => Ok(grant),
             Response::Error(e) => Err(e.into()),
             Response::Status(_) => Err(ClientError::UnexpectedAnswer { asked, got: "a status" }),
+        }
+    }
+}
+
+/// A connection on which the agent pushes what a token request would get, each time it changes.
+pub struct Subscription {
+    client: Client,
+}
+
+impl Subscription {
+    /// The next answer the agent pushes: a token, or the error a token request would get now. Waits
+    /// as long as the agent has nothing new to say; the caller bounds the wait if it must.
+    pub async fn next(&mut self) -> Result<Result<TokenGrant, ProtoError>, ClientError> {
+        match self.client.read_response().await? {
+            Response::Token(grant) => Ok(Ok(grant)),
+            Response::Error(e) => Ok(Err(e)),
+            Response::Status(_) => Err(ClientError::UnexpectedAnswer { asked: "subscribe", got: "a status" }),
         }
     }
 }

@@ -1,6 +1,10 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+/// The protocol version this build speaks, carried by every frame. Bumped only for incompatible
+/// changes; new optional fields do not need a bump because both sides ignore fields they do not know.
+pub const PROTOCOL_VERSION: u16 = 1;
+
 /// The largest frame either side accepts. Real messages are a few hundred bytes; the cap keeps a
 /// confused or hostile peer from making the agent allocate without bound.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -53,8 +57,8 @@ struct VersionOnly {
 pub fn decode_frame<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     serde_json::from_slice(body).map_err(|e| {
         if let Ok(VersionOnly { v }) = serde_json::from_slice::<VersionOnly>(body) {
-            if v != crate::PROTOCOL_VERSION {
-                return FrameError::UnsupportedVersion { got: v, supported: crate::PROTOCOL_VERSION };
+            if v != PROTOCOL_VERSION {
+                return FrameError::UnsupportedVersion { got: v, supported: PROTOCOL_VERSION };
             }
         }
         malformed(&e)
@@ -70,6 +74,17 @@ fn malformed(e: &serde_json::Error) -> FrameError {
         Category::Eof => "incomplete JSON",
     };
     FrameError::Malformed(format!("{kind} at line {} column {}", e.line(), e.column()))
+}
+
+impl FrameError {
+    /// A read that ended early: inside a frame, the end of the stream is a truncated frame.
+    pub(crate) fn from_read(e: std::io::Error) -> FrameError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    }
 }
 
 impl From<std::io::Error> for FrameError {

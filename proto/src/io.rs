@@ -1,4 +1,3 @@
-use crate::blocking::eof_is_truncation;
 use crate::frame::{decode_frame, encode_frame, frame_len, FrameError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -15,13 +14,13 @@ where
     match reader.read(&mut header[..1]).await? {
         0 => return Ok(None),
         _ => {
-            reader.read_exact(&mut header[1..]).await.map_err(eof_is_truncation)?;
+            reader.read_exact(&mut header[1..]).await.map_err(FrameError::from_read)?;
         }
     }
     let len = frame_len(header)?;
     buf.clear();
     buf.resize(len, 0);
-    reader.read_exact(buf).await.map_err(eof_is_truncation)?;
+    reader.read_exact(buf).await.map_err(FrameError::from_read)?;
     decode_frame(buf).map(Some)
 }
 

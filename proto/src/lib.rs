@@ -1,8 +1,11 @@
 //! The protocol spoken on the agent's Unix socket.
 //!
-//! A connection carries any number of request/response exchanges, one at a time. Each message is a
-//! frame: a 4-byte big-endian length, then that many bytes of JSON. Every request names the protocol
-//! version it speaks, so an old forwarder talking to a new agent gets a typed error instead of a guess.
+//! A connection carries any number of request/response exchanges, one at a time, or, once it asks
+//! [`Request::Subscribe`], becomes a subscription: the agent pushes a response each time what it would
+//! answer a token request changes (a new token, a revocation, a degraded state), and nothing else is
+//! asked on it. Each message is a frame: a 4-byte big-endian length, then that many bytes of JSON.
+//! Every request names the protocol version it speaks, so an old forwarder talking to a new agent gets
+//! a typed error instead of a guess.
 //!
 //! This crate holds the messages, the framing and the secret wrapper. It does no I/O of its own except
 //! the framing helpers: [`blocking`] on any `std::io` stream, and the async ones (feature `tokio`) on any
@@ -23,19 +26,15 @@ pub mod client;
 #[cfg(feature = "tokio")]
 mod io;
 
-pub use frame::{decode_frame, encode_frame, frame_len, FrameError, MAX_FRAME_LEN};
+pub use frame::{decode_frame, encode_frame, frame_len, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use message::{
     ErrorCode, ProtoError, Request, RequestFrame, Response, ResponseFrame, Role, StatusReport, TokenGrant,
-    TokenState,
+    TokenState, EXPIRY_GUARD,
 };
 pub use secret::{fingerprint, Secret};
 
 #[cfg(feature = "tokio")]
 pub use io::{read_frame, write_frame};
-
-/// The protocol version this build speaks. Bumped only for incompatible changes; new optional fields
-/// do not need a bump because both sides ignore fields they do not know.
-pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Where the agent listens and the forwarder connects when no `--socket` is given:
 /// `$XDG_RUNTIME_DIR/sidecred/agent.sock`, or `/tmp/sidecred-<uid>/agent.sock` without a runtime dir

@@ -1,4 +1,5 @@
-use crate::{Secret, PROTOCOL_VERSION};
+use crate::frame::PROTOCOL_VERSION;
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -15,6 +16,11 @@ pub enum Request {
     Refresh,
     /// The agent's state, for `sidecred-agent status` and health checks.
     Status,
+    /// Turns the connection into a subscription: the agent answers at once with what a token request
+    /// would get now (a token or an error), then pushes a new answer whenever that changes. The client
+    /// sends nothing more on it; closing it ends the subscription. An agent too old to know this
+    /// answers `bad_request` and closes the connection.
+    Subscribe,
 }
 
 /// What the agent answers.
@@ -54,6 +60,11 @@ impl From<Response> for ResponseFrame {
     }
 }
 
+/// A token this close to its expiry is treated as expired, by the agent that serves it and by anyone
+/// holding it: by the time a request reaches the upstream it would be, and a token past its expiry
+/// only earns a 401.
+pub const EXPIRY_GUARD: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenGrant {
     pub access_token: Secret,
@@ -66,6 +77,16 @@ pub struct TokenGrant {
     /// failing, the Kubernetes API unreachable with `--lease`): why, for the forwarder's `/health`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// Orders the tokens one agent serves: a token served later has a larger generation, so a client
+    /// that hears of tokens on two connections (a subscription and an answer to a report) keeps the
+    /// newer. 0 when unknown (an older agent). It starts from the agent's start time in microseconds,
+    /// so an agent restarted later serves larger generations than the one before it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where the agent's token lifecycle stands.
@@ -274,6 +295,8 @@ mod tests {
     fn request_wire_shape() {
         let frame = RequestFrame::from(Request::GetToken);
         assert_eq!(serde_json::to_string(&frame).expect("serialize"), r#"{"v":1,"op":"get_token"}"#);
+        let frame = RequestFrame::from(Request::Subscribe);
+        assert_eq!(serde_json::to_string(&frame).expect("serialize"), r#"{"v":1,"op":"subscribe"}"#);
         let frame = RequestFrame::from(Request::ReportRejected { token: Secret::new("t") });
         assert_eq!(
             serde_json::to_string(&frame).expect("serialize"),
@@ -289,6 +312,7 @@ mod tests {
                 expires_at_ms: 5,
                 expires_in_ms: 3,
                 degraded: Some("the API server is down".into()),
+                generation: 7,
             }),
             Response::Status(Box::new(StatusReport {
                 state: Some(TokenState::ReauthRequired),

@@ -609,6 +609,7 @@ impl Machine {
             login_clock: None,
             login_max_age: self.policy.login_max_age,
             refusal: self.refusals.last(),
+            generation: 0,
         };
         self.phase.describe(now, &mut snap);
         if let Some(problem) = self.authority.lease().and_then(|l| l.problem.as_ref()) {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-/// A token this close to expiry is treated as expired: by the time a request reaches the upstream it
-/// would be, and serving a token past its expiry only earns a 401.
-pub const EXPIRY_GUARD: Duration = Duration::from_secs(5);
+/// A token this close to expiry is treated as expired; the forwarder holding a pushed token uses the
+/// same guard, so it is defined with the protocol.
+pub use sidecred_proto::EXPIRY_GUARD;
 
 #[derive(Debug, Clone)]
 pub struct Policy {

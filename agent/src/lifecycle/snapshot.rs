@@ -32,6 +32,7 @@ impl Served {
             expires_in_ms: u64::try_from(self.deadline.saturating_duration_since(now).as_millis())
                 .unwrap_or(u64::MAX),
             degraded: None,
+            generation: 0,
         }
     }
 }
@@ -68,6 +69,9 @@ pub struct Snapshot {
     pub login_max_age: Duration,
     /// Who spent the refresh token the endpoint refused, while that refusal stands.
     pub refusal: Option<Refusal>,
+    /// The served token's place in the order of tokens this agent served (see
+    /// [`TokenGrant::generation`]); set by the task when it publishes.
+    pub generation: u64,
 }
 
 pub(super) const REAUTH_HINT: &str = "the refresh token was rejected; log in again (`sidecred-agent login`, \
@@ -103,6 +107,7 @@ impl Snapshot {
         match self.servable(now) {
             Some(token) => {
                 let mut grant = token.grant(now);
+                grant.generation = self.generation;
                 if self.state == TokenState::Degraded {
                     grant.degraded = self.message.clone();
                 }

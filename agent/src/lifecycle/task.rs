@@ -7,7 +7,7 @@ use super::{Input, Policy, Snapshot};
 use crate::cluster::writeback::WriteBack;
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
-use sidecred_proto::{ErrorCode, ProtoError, Role, Secret};
+use sidecred_proto::{ErrorCode, ProtoError, Role, Secret, TokenGrant};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,6 +50,45 @@ pub struct Lifecycle {
     /// report, repeated after [`PEER_REFRESH_WAIT`] if no new pair came (the holder may have been in its
     /// cooldown after a refresh).
     reported: Option<(String, Instant)>,
+    generations: Generations,
+}
+
+/// Numbers the tokens this agent serves, in order, for the grants it hands out.
+struct Generations {
+    current: u64,
+    /// The token `current` numbers.
+    token: Option<Secret>,
+}
+
+impl Generations {
+    /// Starts from the wall clock in microseconds, so that an agent started later (a restart) numbers
+    /// its tokens above the ones its predecessor served, without remembering anything.
+    fn start() -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        Generations { current: micros, token: None }
+    }
+
+    /// The generation of `token` as the one served now, a new one when it changed.
+    fn of(&mut self, token: Option<&Secret>) -> u64 {
+        if token != self.token.as_ref() {
+            self.current = self.current.saturating_add(1);
+            self.token = token.cloned();
+        }
+        self.current
+    }
+
+    /// Stamps an answer with the current generation when it hands out the token published now;
+    /// anything else is left at 0 (unknown), which makes a client fall back to asking.
+    fn stamp(&self, answer: Result<TokenGrant, ProtoError>) -> Result<TokenGrant, ProtoError> {
+        answer.map(|mut grant| {
+            if self.token.as_ref() == Some(&grant.access_token) {
+                grant.generation = self.current;
+            }
+            grant
+        })
+    }
 }
 
 impl Lifecycle {
@@ -90,7 +129,10 @@ impl Lifecycle {
         store: Option<Store>,
         oauth: OAuthClient,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
-        let (published, rx) = watch::channel(Arc::new(machine.snapshot(Instant::now())));
+        let mut generations = Generations::start();
+        let mut first = machine.snapshot(Instant::now());
+        first.generation = generations.of(first.token.as_ref().map(|t| &t.access_token));
+        let (published, rx) = watch::channel(Arc::new(first));
         let lifecycle = Lifecycle {
             machine,
             store,
@@ -102,6 +144,7 @@ impl Lifecycle {
             confirm_write_back: None,
             awaiting_pair: Vec::new(),
             reported: None,
+            generations,
         };
         (lifecycle, rx)
     }
@@ -219,7 +262,9 @@ impl Lifecycle {
         };
         match reply {
             Answer::Now(answer) => {
-                let _ = waiter.send(answer);
+                // Published first, so the answer's token carries its generation.
+                self.publish();
+                let _ = waiter.send(self.generations.stamp(answer));
             }
             Answer::AfterRefresh => self.waiters.push(waiter),
         }
@@ -270,6 +315,7 @@ impl Lifecycle {
                             Err(ProtoError::new(ErrorCode::Unavailable, "the new token is already expired"))
                         }
                     });
+                    let answer = self.generations.stamp(answer);
                     for waiter in self.waiters.drain(..) {
                         let _ = waiter.send(answer.clone());
                     }
@@ -322,8 +368,10 @@ impl Lifecycle {
         }
     }
 
-    fn publish(&self) {
-        self.published.send_replace(Arc::new(self.machine.snapshot(Instant::now())));
+    fn publish(&mut self) {
+        let mut snap = self.machine.snapshot(Instant::now());
+        snap.generation = self.generations.of(snap.token.as_ref().map(|t| &t.access_token));
+        self.published.send_replace(Arc::new(snap));
     }
 }
 

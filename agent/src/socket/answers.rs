@@ -41,9 +41,16 @@ impl Answers {
         }
     }
 
+    /// What a subscription needs: the runtime that runs it and the snapshots it follows.
+    pub fn follow(&self) -> (Handle, watch::Receiver<Arc<Snapshot>>) {
+        (self.runtime.clone(), self.snapshot.clone())
+    }
+
     pub fn answer(&self, request: Request) -> Response {
         let result = match request {
             Request::GetToken => self.token(),
+            // The connection takes subscriptions over before asking for an answer.
+            Request::Subscribe => Err(ProtoError::new(ErrorCode::BadRequest, "subscribe is not a question")),
             Request::Status => return Response::Status(Box::new(self.status())),
             Request::ReportRejected { token } => self.ask_lifecycle(|reply| Input::Rejected { token, reply }),
             Request::Refresh => self.ask_lifecycle(|reply| Input::Refresh { reply }),

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use sidecred_proto::blocking::{read_frame, write_frame};
 use sidecred_proto::{
-    ErrorCode, FrameError, ProtoError, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
+    ErrorCode, FrameError, ProtoError, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
 };
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::fd::AsRawFd;
@@ -58,13 +58,21 @@ impl Read for FrameReader<'_> {
     }
 }
 
-/// Serves an allowed peer until it closes, misbehaves, goes idle, or the agent shuts down.
-pub fn serve(stream: &UnixStream, uid: u32, ctx: &Context) {
+/// How serving a connection on its thread ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed,
+    /// The peer subscribed: the connection is to be handed to a subscription task.
+    Subscribed,
+}
+
+/// Serves an allowed peer until it closes, misbehaves, goes idle, subscribes, or the agent shuts down.
+pub fn serve(stream: &UnixStream, uid: u32, ctx: &Context) -> Ended {
     // Zero would mean "no timeout" to the socket: the smallest timeout stands in for it.
     let idle = ctx.idle_timeout.max(Duration::from_millis(1));
     if stream.set_read_timeout(Some(idle)).is_err() || stream.set_write_timeout(Some(FRAME_DEADLINE)).is_err()
     {
-        return;
+        return Ended::Closed;
     }
     let source = FrameReader { stream, frame_began: None, idle: Some(idle) };
     let mut reader = BufReader::with_capacity(READ_BUFFER, source);
@@ -80,27 +88,30 @@ pub fn serve(stream: &UnixStream, uid: u32, ctx: &Context) {
             reader.get_mut().frame_began = Some(Instant::now());
         }
         let response = match read_frame::<_, RequestFrame>(&mut reader, &mut buf) {
-            Ok(None) => return,
-            Ok(Some(_)) if ctx.closing.load(Ordering::Acquire) => return,
+            Ok(None) => return Ended::Closed,
+            Ok(Some(_)) if ctx.closing.load(Ordering::Acquire) => return Ended::Closed,
             Ok(Some(frame)) if frame.v != PROTOCOL_VERSION => {
                 let e = FrameError::UnsupportedVersion { got: frame.v, supported: PROTOCOL_VERSION };
-                return refuse(&mut writer, uid, ErrorCode::UnsupportedVersion, &e.to_string());
+                refuse(&mut writer, uid, ErrorCode::UnsupportedVersion, &e.to_string());
+                return Ended::Closed;
             }
+            Ok(Some(frame)) if frame.request == Request::Subscribe => return Ended::Subscribed,
             Ok(Some(frame)) => {
                 pacer.arrived();
                 ctx.answers.answer(frame.request)
             }
-            Err(FrameError::Io(_) | FrameError::Truncated) => return,
+            Err(FrameError::Io(_) | FrameError::Truncated) => return Ended::Closed,
             Err(e) => {
                 let code = match e {
                     FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
                     _ => ErrorCode::BadRequest,
                 };
-                return refuse(&mut writer, uid, code, &e.to_string());
+                refuse(&mut writer, uid, code, &e.to_string());
+                return Ended::Closed;
             }
         };
         if write_frame(&mut writer, &ResponseFrame::from(response)).is_err() {
-            return;
+            return Ended::Closed;
         }
         pacer.answered();
     }

@@ -1,9 +1,11 @@
 //! The Unix socket server's transport: binding safely, a thread per connection with adaptive polling,
 //! and checking who is asking (by the kernel's word, SO_PEERCRED). What each request gets is in
-//! [`answers`].
+//! [`answers`]; a connection that subscribes is handed to a task on the runtime ([`subscription`]),
+//! keeping its slot.
 
 mod answers;
 mod connection;
+mod subscription;
 
 use crate::lifecycle::{Input, Snapshot};
 use answers::Answers;
@@ -212,9 +214,10 @@ fn start_connection(stream: UnixStream, ctx: Arc<Context>, permit: OwnedSemaphor
     let uid = peer.uid();
     let work: Box<dyn FnOnce() + Send> = match ctx.admit(uid) {
         Admission::Serve(slot) => Box::new(move || {
-            connection::serve(&stream, uid, &slot.ctx);
-            drop(slot);
-            drop(permit);
+            if connection::serve(&stream, uid, &slot.ctx) == connection::Ended::Subscribed {
+                let (runtime, snapshot) = slot.ctx.answers.follow();
+                subscription::start(&runtime, stream, snapshot, (slot, permit));
+            }
         }),
         Admission::Refuse(code, why) => {
             // A refused peer gives its slot back at once and is told why from a budget of its own.

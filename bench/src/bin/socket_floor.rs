@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
         expires_at_ms: 0,
         expires_in_ms: 0,
         degraded: None,
+        generation: 0,
     }));
     for stream in listener.incoming() {
         let mut stream = stream.context("accept")?;

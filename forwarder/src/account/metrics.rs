@@ -21,7 +21,7 @@ pub enum RefusalReason {
     ExtraUsage,
 }
 
-crate::metrics::label_values!(RefusalReason {
+crate::instruments::label_values!(RefusalReason {
     ClientNotAllowed => "client_not_allowed",
     WindowExhausted => "window_exhausted",
     ExtraUsage => "extra_usage",

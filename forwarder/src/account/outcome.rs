@@ -33,7 +33,7 @@ pub enum Outcome {
     Other,
 }
 
-crate::metrics::label_values!(Outcome {
+crate::instruments::label_values!(Outcome {
     Plan => "plan",
     ExtraUsage => "extra_usage",
     WindowExhausted => "window_exhausted",

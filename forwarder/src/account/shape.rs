@@ -13,7 +13,7 @@ pub enum Shape {
     Other,
 }
 
-crate::metrics::label_values!(Shape {
+crate::instruments::label_values!(Shape {
     ClaudeCode => "claude_code",
     Other => "other",
 });

@@ -13,6 +13,7 @@ fn a_tokens_debug_shows_neither_the_token_nor_its_header() {
         expires_at_ms: 1,
         expires_in_ms: 1,
         degraded: None,
+        generation: 0,
     };
     let token = Token::new(grant);
     let shown = format!("{token:?}");
@@ -57,6 +58,7 @@ fn grant(t: &str) -> Response {
         expires_at_ms: 0,
         expires_in_ms: 60_000,
         degraded: None,
+        generation: 0,
     })
 }
 
@@ -99,7 +101,7 @@ async fn connections_are_reused() {
     let (_dir, path) = temp_socket();
     let counts = Arc::default();
     let _server = serve(UnixListener::bind(&path).unwrap(), grant("t1"), Arc::clone(&counts), usize::MAX);
-    let source = TokenSource::start(&config(path, Duration::from_secs(1)));
+    let source = TokenSource::start(&config(path, Duration::from_secs(1)), None);
     for _ in 0..5 {
         assert_eq!(source.token().await.unwrap().access_token.expose(), "t1");
     }
@@ -112,7 +114,7 @@ async fn concurrent_requests_share_answers() {
     let (_dir, path) = temp_socket();
     let counts = Arc::default();
     let _server = serve(UnixListener::bind(&path).unwrap(), grant("t"), Arc::clone(&counts), usize::MAX);
-    let source = Arc::new(TokenSource::start(&config(path, Duration::from_secs(1))));
+    let source = Arc::new(TokenSource::start(&config(path, Duration::from_secs(1)), None));
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let source = source.clone();
@@ -129,7 +131,7 @@ async fn concurrent_requests_share_answers() {
 #[tokio::test]
 async fn an_agent_that_appears_within_the_window_is_waited_for() {
     let (_dir, path) = temp_socket();
-    let source = TokenSource::start(&config(path.clone(), Duration::from_secs(5)));
+    let source = TokenSource::start(&config(path.clone(), Duration::from_secs(5)), None);
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let _ = serve(UnixListener::bind(&path).unwrap(), grant("late"), Arc::default(), usize::MAX).await;
@@ -143,7 +145,7 @@ async fn an_agent_that_appears_within_the_window_is_waited_for() {
 #[tokio::test]
 async fn a_missing_agent_fails_each_request_after_its_own_window() {
     let (_dir, path) = temp_socket();
-    let source = Arc::new(TokenSource::start(&config(path, Duration::from_millis(300))));
+    let source = Arc::new(TokenSource::start(&config(path, Duration::from_millis(300)), None));
     let started = Instant::now();
     let first = tokio::spawn({
         let source = source.clone();
@@ -171,14 +173,14 @@ async fn reauth_and_other_refusals_are_told_apart() {
     let (_dir, path) = temp_socket();
     let answer = Response::Error(ProtoError::new(ErrorCode::ReauthRequired, "log in again"));
     let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default(), usize::MAX);
-    let source = TokenSource::start(&config(path, Duration::from_secs(1)));
+    let source = TokenSource::start(&config(path, Duration::from_secs(1)), None);
     assert!(matches!(source.token().await, Err(AgentError::ReauthRequired(m)) if m == "log in again"));
     assert!(matches!(source.report_rejected(&Secret::new("x")).await, Err(AgentError::ReauthRequired(_))));
 
     let (_dir, path) = temp_socket();
     let answer = Response::Error(ProtoError::new(ErrorCode::Unavailable, "expired"));
     let _server = serve(UnixListener::bind(&path).unwrap(), answer, Arc::default(), usize::MAX);
-    let source = TokenSource::start(&config(path, Duration::from_secs(1)));
+    let source = TokenSource::start(&config(path, Duration::from_secs(1)), None);
     assert!(matches!(source.token().await, Err(AgentError::Refused(e)) if e.code == ErrorCode::Unavailable));
 }
 
@@ -188,7 +190,7 @@ async fn a_stale_pooled_connection_is_replaced() {
     let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
     // Each connection dies after one answer, as when the agent restarts between two requests.
     let _server = serve(UnixListener::bind(&path).unwrap(), grant("t"), Arc::clone(&counts), 1);
-    let source = TokenSource::start(&config(path, Duration::from_secs(1)));
+    let source = TokenSource::start(&config(path, Duration::from_secs(1)), None);
     for _ in 0..3 {
         assert_eq!(source.token().await.unwrap().access_token.expose(), "t");
     }
@@ -200,7 +202,7 @@ async fn a_hung_agent_answers_each_request_by_its_own_deadline() {
     let (_dir, path) = temp_socket();
     let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
     let _server = hang(UnixListener::bind(&path).unwrap(), Arc::clone(&counts));
-    let source = Arc::new(TokenSource::start(&config(path, Duration::from_millis(300))));
+    let source = Arc::new(TokenSource::start(&config(path, Duration::from_millis(300)), None));
     let started = Instant::now();
     let first = tokio::spawn({
         let source = source.clone();
@@ -230,7 +232,7 @@ async fn a_flood_of_probes_shares_agent_exchanges() {
     let (_dir, path) = temp_socket();
     let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
     let _server = hang(UnixListener::bind(&path).unwrap(), Arc::clone(&counts));
-    let source = Arc::new(TokenSource::start(&config(path.clone(), Duration::from_secs(1))));
+    let source = Arc::new(TokenSource::start(&config(path.clone(), Duration::from_secs(1)), None));
     let started = Instant::now();
     let probes: Vec<_> = (0..300)
         .map(|_| {
@@ -253,7 +255,7 @@ async fn a_flood_of_probes_shares_agent_exchanges() {
     let (_dir, path) = temp_socket();
     let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
     let _server = serve(UnixListener::bind(&path).unwrap(), grant("t"), Arc::clone(&counts), usize::MAX);
-    let source = Arc::new(TokenSource::start(&config(path, Duration::from_secs(1))));
+    let source = Arc::new(TokenSource::start(&config(path, Duration::from_secs(1)), None));
     let probes: Vec<_> = (0..300)
         .map(|_| {
             let source = source.clone();
@@ -274,8 +276,10 @@ async fn an_impostor_on_the_socket_is_asked_nothing() {
     let _server =
         serve(UnixListener::bind(&path).unwrap(), grant("planted"), Arc::clone(&counts), usize::MAX);
     let expected = own_uid().wrapping_add(4242);
-    let source =
-        TokenSource::start(&AgentConfig { path: path.clone(), uid: expected, wait: Duration::from_secs(1) });
+    let source = TokenSource::start(
+        &AgentConfig { path: path.clone(), uid: expected, wait: Duration::from_secs(1) },
+        None,
+    );
     let started = Instant::now();
     let err = source.token().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(500), "an impostor is final, not waited out");

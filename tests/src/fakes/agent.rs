@@ -72,6 +72,7 @@ async fn accept(listener: UnixListener, behaviour: Behaviour, counts: Arc<Counts
                     expires_at_ms: crate::harness::now_ms() + 3_600_000,
                     expires_in_ms: 3_600_000,
                     degraded: None,
+                    generation: 0,
                 };
                 if write_frame(&mut w, &ResponseFrame::from(Response::Token(grant))).await.is_err() {
                     return;

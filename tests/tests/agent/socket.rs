@@ -129,5 +129,30 @@ async fn connections_beyond_the_cap_wait_their_turn_and_connection_threads_end_w
     assert_eq!(c.get_token().await.unwrap().access_token.expose(), pair.access_token);
 }
 
+/// The next push on `s`, within a generous deadline.
+async fn next(
+    s: &mut sidecred_proto::client::Subscription,
+) -> Result<Result<sidecred_proto::TokenGrant, sidecred_proto::ProtoError>, ClientError> {
+    tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("a push in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_pushed_each_new_token_in_order() {
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+    let _agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
+    let mut subscription = sb.client().await.subscribe().await.expect("subscribe");
+    let first = next(&mut subscription).await.expect("the connection").expect("a token");
+    assert_eq!(first.access_token.expose(), pair.access_token);
+    assert!(first.generation > 0, "grants carry their generation");
+
+    // A refresh asked on another connection: its answer and the push name the same token, and the
+    // push's generation orders it after the first.
+    let refreshed = sb.client().await.refresh().await.expect("refresh");
+    let pushed = next(&mut subscription).await.expect("the connection").expect("a token");
+    assert_eq!(pushed.access_token, refreshed.access_token);
+    assert_eq!(pushed.generation, refreshed.generation);
+    assert!(pushed.generation > first.generation);
+}
+
 // ---------------------------------------------------------------------------------------------
 // tokens that are never refreshed

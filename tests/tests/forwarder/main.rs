@@ -7,7 +7,7 @@
 use futures_util::StreamExt;
 use serde_json::Value;
 use sidecred_proto::anthropic::{ANTHROPIC_VERSION, OAUTH_BETA};
-use sidecred_proto::TokenState;
+use sidecred_proto::{Secret, TokenState};
 use sidecred_tests::fakes::claude_oauth::{FakeOAuth, Pair};
 use sidecred_tests::fakes::connect_proxy::ConnectProxy;
 use sidecred_tests::fakes::upstream::{sha256_of, FakeUpstream, TokenCheck};
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod pushed;
 mod refresh;
 mod restarts;
 mod traffic;

@@ -5,8 +5,10 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_agent_gives_503_after_the_window_and_a_restarted_one_serves_again() {
+    // Asking per request: with the pushed token (the default) a dead agent's last token is used until
+    // its expiry instead (pushed.rs).
     let mut world = World::new().await;
-    let fwd = world.forwarder("forwarder", &["--agent-wait", "500ms"]).await;
+    let fwd = world.forwarder("forwarder", &["--agent-wait", "500ms", "--agent-mode", "per-request"]).await;
     let client = http_client();
     assert_eq!(message(&client, &fwd.url("/v1/messages")).await.0, 200);
     let health: Value = client.get(fwd.url("/health")).send().await.unwrap().json().await.unwrap();

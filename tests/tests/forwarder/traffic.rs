@@ -270,3 +270,24 @@ async fn the_access_log_has_a_line_per_request_unless_filtered_out() {
         "the bad filter is named:\n{log}"
     );
 }
+
+/// Found by attack: any method went upstream with the account's token, and an upstream (or proxy)
+/// that echoes TRACE handed the token back to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_the_api_does_not_serve_get_405_and_never_a_token() {
+    let world = World::new().await;
+    let fwd = world.forwarder("forwarder", &[]).await;
+    let client = http_client();
+    for method in ["TRACE", "OPTIONS", "PUT", "PATCH"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = client.request(method.clone(), fwd.url("/v1/messages")).send().await.unwrap();
+        assert_eq!(resp.status(), 405, "{method}");
+        assert_eq!(resp.headers()["allow"], "GET, POST, DELETE", "{method}");
+        let body: Value = resp.json().await.unwrap();
+        assert_anthropic_error(&body, "invalid_request_error");
+        assert!(!body.to_string().contains(&world.pair.access_token), "{method}: {body}");
+    }
+    assert_eq!(world.upstream.seen_count(), 0, "a request of another method went upstream");
+    // The API's own methods still go through.
+    assert_eq!(message(&client, &fwd.url("/v1/messages")).await.0, 200);
+}
