@@ -5,9 +5,9 @@
 //! pair after a newer one: with a lease the file is read at start only.
 
 use crate::cluster::warn_if_managed;
+use crate::cluster::writeback::SecretRef;
 use crate::lifecycle::Input;
 use crate::store::SeedRead;
-use crate::cluster::writeback::SecretRef;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, WatchEvent, WatchParams};

@@ -1,15 +1,15 @@
 //! `sidecred-agent run`: wires the store, the token lifecycle, the seed watcher and the socket together,
 //! and shuts them down in the order that loses nothing.
 
-use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
 use crate::cluster::election;
+use crate::cluster::secret_watch::SharedSecret;
+use crate::cluster::writeback::{SecretRef, WriteBack};
+use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
 use crate::lifecycle::{Lifecycle, Policy, Snapshot};
 use crate::oauth::{OAuthClient, OAuthConfig};
-use crate::cluster::secret_watch::SharedSecret;
 use crate::socket;
 use crate::store::Loaded;
 use crate::store::{Origin, Store};
-use crate::cluster::writeback::{SecretRef, WriteBack};
 use anyhow::Context;
 use clap::Args;
 use sidecred_proto::{anthropic, Secret};
@@ -72,7 +72,8 @@ pub struct RunArgs {
     /// patch on the Secret.
     #[arg(long, env = "SIDECRED_LEASE", value_name = "NAMESPACE/NAME", requires = "write_back_secret")]
     pub lease: Option<SecretRef>,
-    /// This agent's name in the election (default: $POD_NAME, else the hostname). Unique per pod.
+    /// This agent's name in the election (default: $POD_NAME, else the hostname). The identity is this
+    /// name plus $POD_UID (the pod's UID, from the downward API), else a random suffix per process.
     #[arg(long, env = "SIDECRED_LEASE_HOLDER", value_name = "ID")]
     pub lease_holder: Option<String>,
     /// How long a holder that stops renewing keeps the lease before another agent takes it over.
@@ -104,21 +105,11 @@ fn parse_lease_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The holder identity: the flag, else the pod's name from the downward API, else the hostname.
-fn lease_identity(flag: Option<&str>) -> anyhow::Result<String> {
-    if let Some(id) = flag.map(str::trim).filter(|id| !id.is_empty()) {
-        return Ok(id.to_owned());
+fn lease_timing(args: &RunArgs) -> crate::cluster::decision::Timing {
+    crate::cluster::decision::Timing {
+        duration: args.lease_duration,
+        request_timeout: args.endpoint.request_timeout,
     }
-    if let Ok(pod) = std::env::var("POD_NAME") {
-        if !pod.trim().is_empty() {
-            return Ok(pod.trim().to_owned());
-        }
-    }
-    let host = nix::unistd::gethostname()
-        .context("--lease-holder is not set, nor POD_NAME, and the hostname is unreadable")?;
-    let host = host.to_string_lossy().trim().to_owned();
-    anyhow::ensure!(!host.is_empty(), "--lease-holder is not set, nor POD_NAME, and the hostname is empty");
-    Ok(host)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -148,6 +139,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // them the other half, and a new holder time to take over should this one die.
         policy.margin_fraction = 0.5;
     }
+    if args.lease.is_some() {
+        lease_timing(&args).check().map_err(anyhow::Error::msg)?;
+    }
     let oauth = OAuthClient::new(OAuthConfig::from(&args.endpoint))
         .context("cannot build the HTTP client for the token endpoint")?;
 
@@ -172,6 +166,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // What to serve is settled before the socket exists: a static token that is not there is an error
     // at start, not a socket that answers "no credentials" forever.
+    let mut shared_write_back = None;
     let (lifecycle, snapshots, seed) = match &args.static_token_env {
         Some(var) => {
             let token = read_static_token(var)?;
@@ -188,6 +183,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
                 let write_back =
                     WriteBack::spawn(client.clone(), secret.clone(), args.write_back_key.clone());
+                if args.lease.is_some() {
+                    shared_write_back = Some(write_back.clone());
+                }
                 lifecycle = lifecycle.with_write_back(write_back);
             }
             if let Some(lease) = &args.lease {
@@ -209,20 +207,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
     let mut election = None;
+    let mut identity = None;
     if let (Some(lease), Some(secret), Some(client)) = (&args.lease, &args.write_back_secret, kube_client) {
         let shared = SharedSecret::new(client.clone(), secret.clone(), args.write_back_key.clone());
         shared.clone().spawn_watch(inputs_tx.clone());
-        let config = election::Config {
-            lease: lease.clone(),
-            identity: lease_identity(args.lease_holder.as_deref())?,
-            duration: args.lease_duration,
-        };
+        let id = crate::cluster::identity::of_this_process(args.lease_holder.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        if id.per_pod {
+            info!(identity = %id.id, "lease identity: this pod's name and UID (a restart of this container keeps the lease)");
+        } else {
+            warn!(identity = %id.id, "POD_UID is not set: the lease identity ends in a random suffix, so a restart of this agent waits for the lease to expire; set POD_UID from the downward API (metadata.uid)");
+        }
+        let config =
+            election::Config { lease: lease.clone(), identity: id.id.clone(), timing: lease_timing(&args) };
+        identity = Some(id.id);
         let task = election::Election::new(config, client, shared).run(inputs_tx.clone(), lease_stop_rx);
         election = Some(tokio::spawn(task));
     }
     if let Some(metrics) = metrics_listener {
         tokio::spawn(crate::metrics::serve(metrics, snapshots.clone()));
     }
+    let final_snapshot = snapshots.clone();
     let mut lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let mut socket_task =
         tokio::spawn(socket::serve(listener, socket_config, snapshots, inputs_tx, shutdown_rx.clone()));
@@ -257,17 +262,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 error!("the lifecycle task failed while shutting down");
                 return Ok(ExitCode::FAILURE);
             }
-            // No refresh can start any more: hand the lease to the next agent.
-            let _ = lease_stop_tx.send(true);
-            if let Some(election) = election {
-                let _ = election.await;
+        }
+        () = second_signal(&mut sigterm, &mut sigint) => {
+            warn!("second signal: exiting without waiting for the refresh in flight");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    // No refresh can start any more. The lease goes to the next agent only once the Secret holds the
+    // pair this one made: the next holder starts from the Secret, and the pair it replaced is spent.
+    let held_lease = {
+        let last = final_snapshot.borrow();
+        last.lease_holder.is_some() && last.lease_holder == identity
+    };
+    if let Some(write_back) = shared_write_back.as_ref().filter(|_| held_lease) {
+        if !write_back.is_settled() {
+            warn!("the shared Secret does not hold the live pair yet: keeping the lease and retrying the write; it is released once the write lands (a second signal, or the end of the grace period, stops the agent and the lease then expires)");
+            tokio::select! {
+                () = write_back.settled() => info!("the shared Secret holds the live pair"),
+                () = second_signal(&mut sigterm, &mut sigint) => {
+                    warn!("second signal: exiting with the live pair not in the Secret; the lease expires on its own");
+                    return Ok(ExitCode::SUCCESS);
+                }
             }
         }
-        _ = sigterm.recv() => warn!("second SIGTERM: exiting without waiting for the refresh in flight"),
-        _ = sigint.recv() => warn!("second SIGINT: exiting without waiting for the refresh in flight"),
+    }
+    let _ = lease_stop_tx.send(true);
+    if let Some(election) = election {
+        let _ = election.await;
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn second_signal(sigterm: &mut tokio::signal::unix::Signal, sigint: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = sigterm.recv() => warn!(signal = "SIGTERM", "second signal"),
+        _ = sigint.recv() => warn!(signal = "SIGINT", "second signal"),
+    }
 }
 
 /// Why `run` stopped waiting on its tasks.

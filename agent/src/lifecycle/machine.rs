@@ -5,7 +5,7 @@
 use super::authority::{Authority, LeaseView};
 use super::policy::Policy;
 use super::snapshot::{Served, Snapshot, REAUTH_HINT};
-use super::state::{served, Live, Phase, Refresh, Save, Unrefreshable};
+use super::state::{served, Live, Phase, Refresh, Save, Unrefreshable, RACED};
 use crate::credentials::{now_ms, Credentials};
 use crate::oauth::{TokenError, TokenResponse};
 use crate::store::{is_retired, retire, Loaded, SeedRead};
@@ -31,9 +31,9 @@ impl Now {
 /// What the task must do after a transition, in order.
 #[derive(Debug)]
 pub enum Effect {
-    /// Ask the token endpoint for a new pair with this refresh token; report back with
-    /// [`Machine::refresh_done`].
-    Refresh(Secret),
+    /// Ask the token endpoint for a new pair with this refresh token, giving up at `deadline` (the
+    /// lease's fence) if there is one; report back with [`Machine::refresh_done`].
+    Refresh { token: Secret, deadline: Option<Instant> },
     /// Write the live pair to the store; report back with [`Machine::saved`].
     Save(SaveJob),
     /// Hand the live pair to the Secret write-back, if there is one.
@@ -166,6 +166,7 @@ impl Machine {
                 // Without the lease a due refresh waits for it: the lease's news wakes the task, not a
                 // timer that would fire again and again.
                 Refresh::Scheduled { at, .. } if self.authority.may_refresh(now).is_ok() => Some(*at),
+                Refresh::Raced { until, .. } => Some(*until),
                 _ => None,
             },
             match save {
@@ -190,6 +191,17 @@ impl Machine {
         if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, .. } = &self.phase {
             if *at <= now.at {
                 effects.extend(self.start_refresh("the token is due for refresh", now.at));
+            }
+        }
+        if let Phase::Serving { refresh, .. } = &mut self.phase {
+            if let Refresh::Raced { reason, until } = refresh {
+                if *until <= now.at {
+                    error!(
+                        "no pair reached the shared Secret after the refused refresh; a new login is needed"
+                    );
+                    let reason = reason.clone();
+                    *refresh = Refresh::ReauthRequired { reason, token_rejected: false };
+                }
             }
         }
         effects
@@ -217,6 +229,9 @@ impl Machine {
     /// A client asked for a refresh now.
     pub fn refresh_requested(&mut self, now: Now) -> (Answer, Vec<Effect>) {
         match &self.phase {
+            Phase::Serving { refresh: Refresh::Raced { .. }, .. } => {
+                (Answer::Now(Err(unavailable(RACED))), Vec::new())
+            }
             Phase::NoLogin { .. } | Phase::Serving { refresh: Refresh::ReauthRequired { .. }, .. } => {
                 let err = self
                     .snapshot(now.at)
@@ -270,6 +285,7 @@ impl Machine {
             return (Answer::Now(answer), Vec::new());
         }
         match refresh {
+            Refresh::Raced { .. } => return (Answer::Now(Err(unavailable(RACED))), Vec::new()),
             Refresh::ReauthRequired { reason, token_rejected } => {
                 *token_rejected = true;
                 let err = ProtoError::new(ErrorCode::ReauthRequired, reason.clone());
@@ -348,6 +364,14 @@ impl Machine {
                 self.phase =
                     Phase::Serving { live, refresh: Refresh::Scheduled { at, failures: attempts }, save };
                 effects.push(Effect::AnswerWaiters(Err(unavailable(&format!("refresh failed: {reason}")))));
+            }
+            Err(TokenError::Rejected { reason }) if self.authority.raced_until(now.at).is_some() => {
+                let until = self.authority.raced_until(now.at).unwrap_or(now.at);
+                warn!(error = %reason, wait = ?until.saturating_duration_since(now.at), "{RACED}");
+                self.last_error = Some((reason.clone(), now.wall_ms));
+                let reason = format!("{reason}. {REAUTH_HINT}");
+                self.phase = Phase::Serving { live, refresh: Refresh::Raced { reason, until }, save };
+                effects.push(Effect::AnswerWaiters(Err(unavailable(RACED))));
             }
             Err(TokenError::Rejected { reason }) => {
                 let message = format!("{reason}. {REAUTH_HINT}");
@@ -435,16 +459,14 @@ impl Machine {
     }
 
     fn start_refresh(&mut self, why: &str, now: Instant) -> Vec<Effect> {
-        if self.authority.may_refresh(now).is_err() {
-            return Vec::new();
-        }
+        let Ok(permit) = self.authority.may_refresh(now) else { return Vec::new() };
         let Phase::Serving { live, refresh, .. } = &mut self.phase else { return Vec::new() };
         let Refresh::Scheduled { at, failures } = *refresh else { return Vec::new() };
         // A login without a refresh token is never scheduled (see `adopt`).
-        let Some(refresh_token) = live.credentials.refresh_token.clone() else { return Vec::new() };
-        info!(refresh_token = %refresh_token, reason = why, "refreshing the access token");
+        let Some(token) = live.credentials.refresh_token.clone() else { return Vec::new() };
+        info!(refresh_token = %token, reason = why, "refreshing the access token");
         *refresh = Refresh::InFlight { scheduled: at, failures, pending_seed: None };
-        vec![Effect::Refresh(refresh_token)]
+        vec![Effect::Refresh { token, deadline: permit.deadline }]
     }
 
     fn apply_seed(&mut self, seed: SeedRead, now: Now) {

@@ -4,9 +4,9 @@
 
 use super::machine::{Answer, Effect, Machine, Now, Paths, SaveJob};
 use super::{Input, Policy, Snapshot};
+use crate::cluster::writeback::WriteBack;
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
-use crate::cluster::writeback::WriteBack;
 use sidecred_proto::{ErrorCode, ProtoError, Secret};
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +17,10 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 type Waiter = super::Reply;
+
+/// Why a refresh request was abandoned at the lease's fence.
+const FENCED: &str = "the token endpoint did not answer before the lease could pass to another agent; \
+    the request was abandoned so that two agents never refresh at once";
 
 /// The longest the task sleeps without comparing the monotonic and wall clocks.
 const CLOCK_CHECK: Duration = Duration::from_secs(30);
@@ -187,12 +191,24 @@ impl Lifecycle {
     async fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Refresh(refresh_token) => {
+                Effect::Refresh { token, deadline } => {
                     let oauth = self.oauth.clone();
                     let scopes =
                         self.machine.live_pair().map(|(live, _)| live.scopes.clone()).unwrap_or_default();
-                    self.inflight =
-                        Some(Box::pin(async move { oauth.refresh(&refresh_token, &scopes).await }));
+                    self.inflight = Some(Box::pin(async move {
+                        let request = oauth.refresh(&token, &scopes);
+                        match deadline {
+                            Some(fence) => {
+                                tokio::time::timeout_at(fence, request).await.unwrap_or_else(|_| {
+                                    Err(TokenError::Transient {
+                                        reason: FENCED.to_owned(),
+                                        retry_after: None,
+                                    })
+                                })
+                            }
+                            None => request.await,
+                        }
+                    }));
                 }
                 Effect::Save(job) => {
                     let result = match &self.store {
