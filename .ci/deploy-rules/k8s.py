@@ -7,7 +7,8 @@ import sys
 
 import yaml
 
-from budget import (AGENT_REQUEST_TIMEOUT, FORWARDER_DRAIN_TIMEOUT, K8S_TERMINATION_GRACE, seconds, shortfall)
+from budget import (AGENT_LEASE_DURATION, AGENT_REQUEST_TIMEOUT, AGENT_SECRET_WRITE, FORWARDER_DRAIN_TIMEOUT,
+                    K8S_TERMINATION_GRACE, seconds, shortfall)
 from logins import check_logins, login_of
 
 ALLOWED_EGRESS_PORTS = {53, 443, 6443}
@@ -92,19 +93,27 @@ def check_security(where, pod, containers):
 
 
 def check_shutdown_budget(where, pod, agent, forwarder):
-    """The forwarder drains, then the agent (stopped after it) finishes a refresh in flight; the grace period
-    covers both with a margin (budget.py)."""
+    """The forwarder drains, then the agent (stopped after it) finishes a refresh in flight; with a lease it
+    then waits for the shared Secret to hold that refresh's pair before it releases the lease. The grace period
+    covers all of it with a margin (budget.py)."""
+    leased = setting(agent, "--lease", "SIDECRED_LEASE", None) is not None
     try:
         drain = seconds(setting(forwarder, "--drain-timeout", "SIDECRED_DRAIN_TIMEOUT", FORWARDER_DRAIN_TIMEOUT))
         refresh = seconds(setting(agent, "--request-timeout", "SIDECRED_REQUEST_TIMEOUT", AGENT_REQUEST_TIMEOUT))
+        if leased:
+            # Under a lease a refresh ends by the fence, at most a lease duration after the last renewal.
+            duration = seconds(setting(agent, "--lease-duration", "SIDECRED_LEASE_DURATION", AGENT_LEASE_DURATION))
+            refresh = min(refresh, duration)
     except ValueError as e:
         fail(where, str(e))
         return
+    write = AGENT_SECRET_WRITE if leased else 0
     grace = pod.get("terminationGracePeriodSeconds", K8S_TERMINATION_GRACE)
-    lacking = shortfall(grace, drain, refresh)
+    lacking = shortfall(grace, drain, refresh, write)
     if lacking:
+        wrote = f" plus writing its pair to the shared Secret ({write:g} s)" if leased else ""
         fail(where, f"terminationGracePeriodSeconds {grace} is {lacking:g} s short of the forwarder's drain "
-                    f"({drain:g} s) plus a refresh in flight ({refresh:g} s) plus the margin")
+                    f"({drain:g} s) plus a refresh in flight ({refresh:g} s){wrote} plus the margin")
 
 
 def check_workload(where, workload):
