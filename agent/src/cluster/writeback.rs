@@ -129,6 +129,21 @@ impl WriteBack {
     }
 }
 
+impl crate::lifecycle::SharedStore for WriteBack {
+    fn offer(&self, credentials: &Credentials, replaced: &[String]) {
+        WriteBack::offer(self, credentials, replaced);
+    }
+
+    fn offer_and_confirm<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+        replaced: &'a [String],
+        limit: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(WriteBack::offer_and_confirm(self, credentials, replaced, limit))
+    }
+}
+
 /// Why the live pair did not reach the Kubernetes Secret (the file writes have `atomic::WriteError`).
 #[derive(Debug, thiserror::Error)]
 enum SecretWriteError {

@@ -8,6 +8,8 @@
 //! - [`state`]: the phases as types, and what each shows to readers.
 //! - [`snapshot`]: what readers see: the token to hand out and the status report.
 //! - [`policy`]: refresh margins, backoff, the expiry guard.
+//! - [`share`]: the interface to the store that shares each new pair with other agents (the Secret
+//!   write-back implements it; the lifecycle imports nothing from Kubernetes).
 //!
 //! Everyone else sends the task an [`Input`] or reads the latest [`Snapshot`] from a watch channel,
 //! which is how a token request is answered from memory.
@@ -15,6 +17,7 @@
 mod authority;
 mod machine;
 mod policy;
+mod share;
 mod snapshot;
 mod state;
 mod task;
@@ -23,6 +26,7 @@ mod tests;
 
 pub use authority::LeaseView;
 pub use policy::{Policy, EXPIRY_GUARD};
+pub use share::{SharedStore, Sharing};
 pub use snapshot::Snapshot;
 pub use task::Lifecycle;
 

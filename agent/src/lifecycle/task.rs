@@ -3,8 +3,7 @@
 //! talks to the token endpoint, so "single flight" holds by construction.
 
 use super::machine::{Answer, Effect, Machine, Now, Paths, SaveJob};
-use super::{Input, Policy, Snapshot};
-use crate::cluster::writeback::WriteBack;
+use super::{Input, Policy, Sharing, Snapshot};
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
 use sidecred_proto::{ErrorCode, ProtoError, Secret};
@@ -32,11 +31,9 @@ pub struct Lifecycle {
     store: Option<Store>,
     oauth: OAuthClient,
     published: watch::Sender<Arc<Snapshot>>,
-    write_back: Option<WriteBack>,
+    sharing: Sharing,
     inflight: Option<RefreshFuture>,
     waiters: Vec<Waiter>,
-    /// With a lease, a new pair is served only once the shared Secret holds it (waiting at most this).
-    confirm_write_back: Option<Duration>,
 }
 
 impl Lifecycle {
@@ -83,31 +80,25 @@ impl Lifecycle {
             store,
             oauth,
             published,
-            write_back: None,
+            sharing: Sharing::Nowhere,
             inflight: None,
             waiters: Vec::new(),
-            confirm_write_back: None,
         };
         (lifecycle, rx)
     }
 
-    /// Also writes every new pair to a Kubernetes Secret. The pair running now is offered at once, so a
-    /// Secret left behind by an earlier pod (state from a volume) catches up.
-    pub fn with_write_back(mut self, write_back: WriteBack) -> Self {
-        if let Some((credentials, retired)) = self.machine.live_pair() {
-            write_back.offer(credentials, retired);
+    /// Shares every new pair through `sharing`. The pair running now is offered at once, so a store left
+    /// behind by an earlier pod (state from a volume) catches up. With [`Sharing::Shared`], refreshes wait
+    /// for the Lease `lease` (`NAMESPACE/NAME`).
+    pub fn with_sharing(mut self, sharing: Sharing, lease: Option<String>) -> Self {
+        if let (Some(store), Some((credentials, retired))) = (sharing.store(), self.machine.live_pair()) {
+            store.offer(credentials, retired);
         }
-        self.write_back = Some(write_back);
-        self
-    }
-
-    /// Shares the login with other agents through the Lease `lease` (`NAMESPACE/NAME`): refreshes only
-    /// while holding it, and serves each new pair only after the Secret holds it (waiting at most
-    /// `confirm`; past that the pair is served anyway, and the writer keeps trying).
-    pub fn with_lease(mut self, lease: String, confirm: Duration) -> Self {
-        self.machine = self.machine.with_lease(lease);
-        self.confirm_write_back = Some(confirm);
-        self.publish();
+        self.sharing = sharing;
+        if let Some(lease) = lease {
+            self.machine = self.machine.with_lease(lease);
+            self.publish();
+        }
         self
     }
 
@@ -220,19 +211,17 @@ impl Lifecycle {
                     }
                     self.machine.saved(&job, result, Now::read());
                 }
-                Effect::WriteBack { credentials, retired } => {
-                    match (&self.write_back, self.confirm_write_back) {
-                        (Some(wb), Some(limit)) => {
-                            // Until the Secret holds the pair, readers keep the snapshot from before the
-                            // refresh: the old access token, which is still valid (holders refresh early).
-                            if !wb.offer_and_confirm(&credentials, &retired, limit).await {
-                                warn!(wait = ?limit, "the shared Secret does not hold the new pair yet; serving it anyway (the write is retried)");
-                            }
+                Effect::WriteBack { credentials, retired } => match &self.sharing {
+                    Sharing::Shared { store, confirm } => {
+                        // Until the store holds the pair, readers keep the snapshot from before the
+                        // refresh: the old access token, which is still valid (holders refresh early).
+                        if !store.offer_and_confirm(&credentials, &retired, *confirm).await {
+                            warn!(wait = ?confirm, "the shared store does not hold the new pair yet; serving it anyway (the write is retried)");
                         }
-                        (Some(wb), None) => wb.offer(&credentials, &retired),
-                        (None, _) => {}
                     }
-                }
+                    Sharing::WriteBack(store) => store.offer(&credentials, &retired),
+                    Sharing::Nowhere => {}
+                },
                 Effect::AnswerWaiters(outcome) => {
                     // Readers see the new token no later than the waiters do.
                     self.publish();
