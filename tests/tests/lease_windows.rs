@@ -186,3 +186,19 @@ async fn a_holder_cut_off_from_the_api_server_abandons_its_slow_refresh_before_a
         cluster.invalid_grants()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_leaves_no_refresh_time_is_refused_at_start_naming_the_flags() {
+    let sb = sidecred_tests::harness::Sandbox::new();
+    let mut cmd = sb.agent_cmd("http://127.0.0.1:9/v1/oauth/token");
+    cmd.args(["--write-back-secret", &format!("{NS}/{SECRET}"), "--lease", &format!("{NS}/{LEASE}")])
+        .args(["--lease-duration", "2s"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBECONFIG");
+    let mut agent = sidecred_tests::harness::Proc::spawn("agent", cmd, &sb.log("agent"));
+    let status = agent.wait_exit(Duration::from_secs(10));
+    let stderr = agent.log();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("--lease-duration") && stderr.contains("--request-timeout"), "{stderr}");
+    assert!(stderr.contains("no refresh could ever run"), "{stderr}");
+}
