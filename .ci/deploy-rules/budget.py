@@ -9,6 +9,10 @@ import re
 # The binaries' defaults, for a manifest that does not set the value (agent/src/cmd/args.rs,
 # forwarder/src/cli.rs). Keep them in step with the code.
 AGENT_REQUEST_TIMEOUT = "30s"  # SIDECRED_REQUEST_TIMEOUT: bounds one call to the token endpoint
+AGENT_LEASE_DURATION = "15s"  # SIDECRED_LEASE_DURATION: with a lease, also bounds that call (its fence)
+# With a lease, the holder hands the lease on only once the shared Secret holds its last pair; the write
+# after a refresh is given this long (CONFIRM_WRITE in agent/src/cmd/run.rs) before it is served anyway.
+AGENT_SECRET_WRITE = 10
 FORWARDER_SHUTDOWN_DELAY = "5s"  # SIDECRED_SHUTDOWN_DELAY: still accepting after SIGTERM, /readyz 503
 FORWARDER_DRAIN_TIMEOUT = "30s"  # SIDECRED_DRAIN_TIMEOUT: open streams finishing after the delay
 # The platforms' defaults when nothing is set.

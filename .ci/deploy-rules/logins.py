@@ -69,6 +69,11 @@ def login_of(where, workload, agent, secret_names, fail):
         unique = ("$(POD_NAME)" in holder) if holder else True
         if not unique or defined.get("POD_NAME") != "metadata.name":
             fail(where, "the lease holder must be unique per pod: POD_NAME from fieldRef metadata.name")
+        # Pod names are reused (a StatefulSet's db-0 after a force delete); the UID makes the identity
+        # unique per pod incarnation, so an old and a new db-0 never both hold the lease.
+        if defined.get("POD_UID") != "metadata.uid":
+            fail(where, "an agent with a lease needs POD_UID from fieldRef metadata.uid (the holder identity is "
+                        "the pod's name and UID)")
         if pod.get("hostNetwork"):
             fail(where, "hostNetwork pods share the node's hostname: no unique lease holder")
     if write_back:

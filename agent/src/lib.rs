@@ -11,7 +11,8 @@
 //! - `fuzzing.rs`: the properties the fuzz targets (`fuzz/` at the repository's root) check, one
 //!   function per target; a test replays the seed corpus through the same functions.
 //! - `lifecycle/`: the token lifecycle: its states as a type, the pure transitions between them, and
-//!   the async task that performs them (refreshing, backing off, persisting).
+//!   the async task that performs them (refreshing, backing off, persisting); it shares pairs through an
+//!   interface of its own (`share.rs`) and knows nothing of Kubernetes.
 //! - `socket/`: serving the token: the transport (bind, threads, pacing) apart from the answers (what
 //!   each request gets), and the subscriptions on which each new token is pushed (`subscription.rs`).
 //! - `watch.rs`: noticing when the seed file changes from outside (a Kubernetes Secret update).
@@ -25,14 +26,16 @@
 //! - `cluster/`: everything Kubernetes: the client (`client.rs`), copying the live pair into a Secret
 //!   after each refresh (`writeback.rs`), reading and watching the Secret that other agents adopt
 //!   each new pair from (`secret_watch.rs`), and the Lease election with its fencing that picks the
-//!   one agent that refreshes (`election.rs`).
+//!   one agent that refreshes (`election.rs`; what each round decides, as a pure function, is
+//!   `decision.rs`; the agent's identity in it, the pod's name and UID, is `identity.rs`).
 //! - `metrics.rs`: `run --metrics-listen`: the lifecycle's snapshot as Prometheus gauges at scrape time,
 //!   and the counts of refreshes and failed saves; how many connections its port holds and for how
 //!   long (`metrics/connections.rs`).
 //! - `cmd/`: the command line.
 //!   - `mod.rs`: the `Cli` and the `Command` enum; `args.rs`: the flag groups several commands share.
-//!   - `run.rs`: starts the agent: wires store, lifecycle, watcher and socket (or, with
-//!     `--static-token-env`, a lifecycle serving one token from the environment), and shuts them down.
+//!   - `run.rs`: decides the mode once (static, alone, write-back, shared), starts the agent: wires
+//!     store, lifecycle, watcher, socket and the cluster wing, and shuts them down in the order that
+//!     loses nothing (the lease is released only once the Secret holds the live pair).
 //!   - `status.rs`: the agent's state, or the file's when no agent answers.
 //!   - `refresh.rs`: asks the agent to refresh now.
 //!   - `validate.rs`, `info.rs`: show the token to the API; `token_source.rs` gets them that token

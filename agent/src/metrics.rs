@@ -110,12 +110,14 @@ impl Collector for SnapshotCollector {
             let mut family = encoder.encode_descriptor(
                 "lease_role",
                 "1 for who refreshes this login: single (no lease), holder (this agent holds the lease), \
-                 follower (another agent does, or none can be reached)",
+                 follower (another agent does, or none can be reached); `lease` is the Lease's \
+                 NAMESPACE/NAME (empty without one), so the holders of one login can be counted",
                 None,
                 MetricType::Gauge,
             )?;
+            let lease = snap.lease.as_deref().unwrap_or("");
             for role in [Role::Single, Role::Holder, Role::Follower] {
-                let labels = [("role", role.as_str())];
+                let labels = [("role", role.as_str()), ("lease", lease)];
                 ConstGauge::new(i64::from(snap.role == role)).encode(family.encode_family(&labels)?)?;
             }
         }

@@ -43,8 +43,13 @@ impl Cluster {
         Cluster { kube, fake, upstream }
     }
 
-    /// Who holds the Lease now, by the API server.
+    /// The pod that holds the Lease now, by the API server.
     pub fn holder(&self) -> Option<String> {
+        self.holder_identity().map(|h| pod_of(&h).to_owned())
+    }
+
+    /// The holder's full identity: its pod name and the pod's UID.
+    pub fn holder_identity(&self) -> Option<String> {
         self.kube.lease(LEASE).and_then(|l| l.holder_identity).filter(|h| !h.is_empty())
     }
 
@@ -78,9 +83,16 @@ impl Cluster {
     }
 }
 
+/// The pod name in a holder identity (`NAME_UID`; pod names have no `_`).
+pub fn pod_of(identity: &str) -> &str {
+    identity.split_once('_').map_or(identity, |(pod, _)| pod)
+}
+
 /// One pod: an agent and a forwarder with their own directory.
 pub struct Pod {
     pub name: String,
+    /// The pod's UID (`POD_UID`): kept across container restarts, new for every pod.
+    pub uid: String,
     pub sb: Sandbox,
     pub agent: Option<Proc>,
     pub forwarder: Forwarder,
@@ -89,16 +101,23 @@ pub struct Pod {
 
 impl Pod {
     pub async fn start(cluster: &Cluster, name: &str) -> Pod {
+        let uid = format!("{:032x}", rand::random::<u128>());
+        Pod::start_with_uid(cluster, name, &uid).await
+    }
+
+    /// A pod with this name and UID: two pods may share a name (a StatefulSet's replacement `db-0` while
+    /// the old one still runs), never a UID.
+    pub async fn start_with_uid(cluster: &Cluster, name: &str, uid: &str) -> Pod {
         let sb = Sandbox::new();
-        cluster.kube.write_kubeconfig(&sb.path().join("kubeconfig"));
+        cluster.kube.write_pod_kubeconfig(&sb.path().join("kubeconfig"), &format!("{name}.{uid}"));
         // The kubelet's copy of the Secret, as it was when the pod started (it lags; the agent reads the
         // API anyway).
         std::fs::write(sb.seed(), cluster.kube.value(KEY).unwrap_or_default()).expect("seed");
-        let agent = sb.start_agent(&format!("{name}-agent"), agent_cmd(&sb, cluster, name)).await;
+        let agent = sb.start_agent(&format!("{name}-agent"), agent_cmd(&sb, cluster, name, uid)).await;
         let forwarder =
             start_forwarder(&sb, &format!("{name}-forwarder"), forwarder_cmd(&sb, &cluster.upstream.url()))
                 .await;
-        Pod { name: name.to_owned(), sb, agent: Some(agent), forwarder, restarts: 0 }
+        Pod { name: name.to_owned(), uid: uid.to_owned(), sb, agent: Some(agent), forwarder, restarts: 0 }
     }
 
     pub fn agent_pid(&self) -> i32 {
@@ -115,7 +134,13 @@ impl Pod {
     pub async fn restart_agent(&mut self, cluster: &Cluster) {
         self.restarts += 1;
         let log = format!("{}-agent-{}", self.name, self.restarts);
-        self.agent = Some(self.sb.start_agent(&log, agent_cmd(&self.sb, cluster, &self.name)).await);
+        let cmd = agent_cmd(&self.sb, cluster, &self.name, &self.uid);
+        self.agent = Some(self.sb.start_agent(&log, cmd).await);
+    }
+
+    /// The name the API server knows this pod's requests by ([`FakeKube::cut_off`]).
+    pub fn api_name(&self) -> String {
+        format!("{}.{}", self.name, self.uid)
     }
 
     pub async fn status(&self) -> Option<sidecred_proto::StatusReport> {
@@ -128,18 +153,20 @@ impl Pod {
     }
 }
 
-fn agent_cmd(sb: &Sandbox, cluster: &Cluster, name: &str) -> std::process::Command {
+/// The agent as the manifests run it: its pod's name and UID from the downward API.
+fn agent_cmd(sb: &Sandbox, cluster: &Cluster, name: &str, uid: &str) -> std::process::Command {
     let mut cmd = sb.agent_cmd(&cluster.fake.token_url());
     cmd.arg("--state-dir")
         .arg(sb.state_dir())
         .args(["--write-back-secret", &format!("{NS}/{SECRET}")])
-        .args(["--lease", &format!("{NS}/{LEASE}"), "--lease-holder", name])
+        .args(["--lease", &format!("{NS}/{LEASE}")])
         .arg("--lease-duration")
         .arg(format!("{}s", LEASE_DURATION.as_secs()))
         .args(["--user-agent", &format!("sidecred-test/{name}")])
         .env("KUBECONFIG", sb.path().join("kubeconfig"))
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("POD_NAME");
+        .env("POD_NAME", name)
+        .env("POD_UID", uid);
     cmd
 }
 

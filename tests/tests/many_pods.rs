@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Records every holder the API server shows, until dropped.
+/// Records every pod the API server shows as the holder, until dropped.
 struct HolderLog {
     seen: Arc<Mutex<BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -29,7 +29,7 @@ impl HolderLog {
         let task = tokio::spawn(async move {
             loop {
                 if let Some(h) = lease().and_then(|l| l.holder_identity).filter(|h| !h.is_empty()) {
-                    log.lock().unwrap().insert(h);
+                    log.lock().unwrap().insert(pod_of(&h).to_owned());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -116,8 +116,12 @@ async fn three_pods_share_one_login_through_kills_an_outage_and_a_pause() {
     drop(holders);
 
     // 2. kill -9 the holder five times, at random moments; the third while its refresh is in flight.
-    //    A kill in flight is the one documented window: the endpoint rotates the pair for a process
-    //    that is gone, so the next holder's refresh is refused and a person must log in again.
+    //    A kill in flight is the one window left: the endpoint rotates the pair for a process that is
+    //    gone, so the next holder's refresh is refused. Fencing bounds it (every holder's request ends
+    //    by its lease's fence, so it is one request and one Secret write, never an overlap), and the new
+    //    holder, which took over a lease nobody released, treats the refusal as a race it lost: it serves
+    //    the current token, degraded, and waits for a late pair in the Secret before it asks for a new
+    //    login. Here no late pair can come (the old holder is dead): a person logs in again meanwhile.
     cluster.fake.set_expires_in(30);
     let mut takeovers = Vec::new();
     let mut window_failures = Vec::new();
@@ -154,6 +158,9 @@ async fn three_pods_share_one_login_through_kills_an_outage_and_a_pause() {
             })
             .await;
             assert_eq!(cluster.invalid_grants(), grants_before + 1, "one refusal: nobody else refreshed");
+            let taker = cluster.holder().unwrap();
+            let status = pod_named(&mut pods, &taker).status().await.unwrap();
+            assert_eq!(status.state, Some(TokenState::Degraded), "{taker} waits for a late pair: {status:?}");
             // Someone logs in again and updates the Secret; every pod takes the new login.
             let pair = cluster.fake.issue_pair();
             cluster.kube.set_value(KEY, &pair.credentials_file(now_ms() + 30_000));

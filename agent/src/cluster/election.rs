@@ -1,22 +1,21 @@
-//! The election of the one agent that refreshes a shared login, on a `coordination.k8s.io/v1` Lease.
+//! The election of the one agent that refreshes a shared login, on a `coordination.k8s.io/v1` Lease:
+//! the I/O. What each round decides is `decision.rs`.
 //!
 //! client-go's algorithm, on `get` and `update` alone (a Role can limit both to the one Lease by name;
-//! `create` it cannot, so the manifests ship the Lease): every `retry` each agent reads the Lease. The
-//! holder renews it; anyone else takes it over only when nobody holds it, or when the record has not
-//! changed for a whole lease duration *by its own clock* (the `renewTime` written by another machine is
-//! never compared with ours, so clock skew does not matter). A conflict on update means another agent
-//! won the race.
+//! `create` it cannot, so the manifests ship the Lease): every `retry` each agent reads the Lease, decides,
+//! and writes what the decision says. A conflict on update means another agent won the race.
 //!
-//! Fencing: a renewal that started at `t` lets the holder start refreshes until `t + renew_deadline`,
-//! which is shorter than the lease, so by the time anyone else may take over, this agent has stopped
-//! starting refreshes. A holder that was paused or cut off wakes up past that instant and does nothing
-//! until it has renewed again. A refresh already in flight still finishes and its pair is written: it
-//! is the only live one.
+//! Fencing: a renewal sent at `t` lands in a record nobody can take over before `t` plus the lease
+//! duration (the fence). The lifecycle starts a refresh only with time to spare before the fence and
+//! ends its request by the fence, so by the time another agent may hold the lease, this one has no
+//! request at the token endpoint. A holder that was paused or cut off wakes up past its fence and does
+//! nothing until it has renewed again.
 //!
 //! When the holder becomes the holder, it reads the shared Secret before it reports holding the lease,
 //! so it never refreshes with a pair older than the Secret's.
 
 use crate::cluster::client::{clip, ApiClient, CallError, Objects};
+use crate::cluster::decision::{decide, Decision, Observed, Record, Timing};
 use crate::cluster::secret_watch::SharedSecret;
 use crate::cluster::writeback::SecretRef;
 use crate::lifecycle::{Input, LeaseView};
@@ -33,34 +32,15 @@ use tracing::{info, warn};
 pub struct Config {
     pub lease: SecretRef,
     pub identity: String,
-    pub duration: Duration,
+    pub timing: Timing,
 }
 
 impl Config {
-    /// How long after the start of a successful renewal refreshes may start: two thirds of the lease,
-    /// as client-go's defaults (15 s and 10 s), leaving a third for clock rates and a slow request.
-    pub fn renew_deadline(&self) -> Duration {
-        self.duration.mul_f64(2.0 / 3.0)
+    /// The longest one round (a read and a write) may take before it counts as failed: two thirds of
+    /// the lease, as client-go's renew deadline (10 s of 15 s).
+    fn round_limit(&self) -> Duration {
+        self.timing.duration.mul_f64(2.0 / 3.0)
     }
-
-    /// How often the Lease is read and renewed (2 s for a 15 s lease).
-    pub fn retry(&self) -> Duration {
-        self.duration.mul_f64(2.0 / 15.0).max(Duration::from_millis(100))
-    }
-}
-
-/// What one round found.
-enum Round {
-    /// This agent holds the lease now; `taken` when it was not the holder on record before.
-    Held { taken: bool },
-    /// Someone else does (or won the race to take it).
-    Other(Option<String>),
-}
-
-/// The record as last seen, and when this agent first saw it so.
-struct Observed {
-    record: (Option<String>, Option<MicroTime>, Option<String>),
-    at: Instant,
 }
 
 pub struct Election {
@@ -68,30 +48,55 @@ pub struct Election {
     api: Objects<Lease>,
     secret: SharedSecret,
     observed: Option<Observed>,
-    held_until: Option<Instant>,
-    /// Whether this process held the lease at its last successful round: a holder that is new (to the
-    /// lease or to this process) reads the Secret first.
+    /// The fence of this agent's last renewal that landed.
+    fence: Option<Instant>,
+    /// Whether this process holds the lease and has read the Secret since it took it: only then may the
+    /// lifecycle refresh.
     holding: bool,
     holder: Option<String>,
+    /// Set after taking over a lease its holder did not release (see [`LeaseView::raced_until`]).
+    raced_until: Option<Instant>,
+    /// The lifecycle has stopped (the agent is shutting down): renew what is held, take nothing.
+    closing: bool,
+}
+
+/// What a round's write achieved.
+enum Written {
+    /// The record names us now; `taken` when it did not before, `released` when nobody held it.
+    Held { taken: bool, released: bool },
+    /// Another agent holds the lease, or wrote first (a conflict).
+    Lost,
 }
 
 impl Election {
     pub fn new(config: Config, client: ApiClient, secret: SharedSecret) -> Election {
         let api = Objects::namespaced(client, &config.lease.namespace);
-        Election { config, api, secret, observed: None, held_until: None, holding: false, holder: None }
+        Election {
+            config,
+            api,
+            secret,
+            observed: None,
+            fence: None,
+            holding: false,
+            holder: None,
+            raced_until: None,
+            closing: false,
+        }
     }
 
-    /// Runs rounds until `stop` turns true (after the lifecycle has finished any refresh), then gives the
-    /// lease up so the next agent need not wait for it to expire.
+    /// Runs rounds until `stop` turns true, then gives the lease up so the next agent need not wait for
+    /// it to expire. `stop` comes only once the Secret holds the live pair: until then this agent keeps
+    /// renewing what it holds even after the lifecycle has stopped, because the next holder would start
+    /// from the spent pair in the Secret. If the process ends first, the lease expires on its own.
     pub async fn run(mut self, inputs: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) {
-        info!(lease = %self.config.lease, identity = %self.config.identity, duration = ?self.config.duration, "taking part in the lease election");
+        info!(lease = %self.config.lease, identity = %self.config.identity, duration = ?self.config.timing.duration, "taking part in the lease election");
         loop {
             let view = self.round(&inputs).await;
-            if inputs.send(Input::Lease(view)).await.is_err() {
-                break;
+            if !self.closing && inputs.send(Input::Lease(view)).await.is_err() {
+                self.closing = true;
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.config.retry()) => {}
+                _ = tokio::time::sleep(self.config.timing.retry()) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -99,11 +104,17 @@ impl Election {
     }
 
     async fn round(&mut self, inputs: &mpsc::Sender<Input>) -> LeaseView {
-        let started = Instant::now();
-        let attempt = tokio::time::timeout(self.config.renew_deadline(), self.try_acquire_or_renew()).await;
-        let problem = match attempt {
-            Ok(Ok(Round::Held { taken })) => {
-                if taken || !self.holding {
+        let sent = Instant::now();
+        let limit = self.config.round_limit();
+        let problem = match tokio::time::timeout(limit, self.try_acquire_or_renew(sent)).await {
+            Ok(Ok(Written::Held { taken, released })) => {
+                if taken && !released {
+                    // Its holder stopped renewing without handing the lease on: it may have a refresh
+                    // whose pair has not reached the Secret yet.
+                    self.raced_until = Instant::now().checked_add(self.config.timing.race_wait());
+                }
+                self.holder = Some(self.config.identity.clone());
+                if (taken || !self.holding) && !self.closing {
                     // New to the lease: adopt the Secret's pair before anything may be refreshed.
                     match self.secret.read().await {
                         Ok(read) => {
@@ -112,36 +123,36 @@ impl Election {
                             }
                             info!(lease = %self.config.lease, "acquired the lease: this agent refreshes the login");
                             self.holding = true;
+                            None
                         }
-                        Err(e) => {
-                            return self
-                                .view(Some(format!("holding the lease but cannot read the Secret: {e}")))
-                        }
+                        Err(e) => Some(format!("holding the lease but cannot read the Secret: {e}")),
                     }
+                } else {
+                    None
                 }
-                self.holder = Some(self.config.identity.clone());
-                self.held_until = started.checked_add(self.config.renew_deadline());
-                None
             }
-            Ok(Ok(Round::Other(holder))) => {
+            Ok(Ok(Written::Lost)) => {
                 if self.holding {
-                    warn!(lease = %self.config.lease, holder = ?holder, "lost the lease");
+                    warn!(lease = %self.config.lease, holder = ?self.holder, "lost the lease");
                 }
                 self.holding = false;
-                self.held_until = None;
-                self.holder = holder;
+                self.fence = None;
+                self.raced_until = None;
                 None
             }
             Ok(Err(e)) => Some(e),
-            Err(_) => {
-                Some(format!("the Kubernetes API did not answer within {:?}", self.config.renew_deadline()))
-            }
+            Err(_) => Some(format!("the Kubernetes API did not answer within {limit:?}")),
         };
         if let Some(problem) = &problem {
             warn!(lease = %self.config.lease, error = %problem, "cannot renew or read the lease");
-            if self.held_until.is_none_or(|t| t <= Instant::now()) {
+            if let Decision::StopRefreshing { fence } =
+                decide(None, &self.config.identity, sent, Instant::now(), self.fence, self.config.timing)
+            {
+                self.fence = fence;
+            }
+            if self.fence.is_none() {
+                // Past the fence: whoever renews next reads the Secret again first.
                 self.holding = false;
-                self.held_until = None;
             }
         }
         self.view(problem)
@@ -151,53 +162,61 @@ impl Election {
         LeaseView {
             lease: self.config.lease.to_string(),
             holder: self.holder.clone(),
-            held_until: self.held_until,
+            fence: self.fence.filter(|_| self.holding),
+            least_window: self.config.timing.least_window(),
+            raced_until: self.raced_until,
             problem,
         }
     }
 
-    async fn try_acquire_or_renew(&mut self) -> Result<Round, String> {
+    /// One round: read the record, decide, write what the decision says.
+    async fn try_acquire_or_renew(&mut self, sent: Instant) -> Result<Written, String> {
         let name = &self.config.lease.name;
         let lease = self.api.get(name).await.map_err(|e| self.describe("get", e))?;
-        let seen_at = Instant::now();
+        let now = Instant::now();
         let spec = lease.spec.clone().unwrap_or_default();
-        let record =
-            (spec.holder_identity.clone(), spec.renew_time.clone(), lease.metadata.resource_version.clone());
-        if self.observed.as_ref().is_none_or(|o| o.record != record) {
-            self.observed = Some(Observed { record, at: seen_at });
-        }
-        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let mine = holder.as_deref() == Some(self.config.identity.as_str());
-        // Whatever another writer put there goes into status frames, logs and metrics: clipped.
-        let holder = holder.map(|h| clip(&h));
-        // The holder's own duration counts, clamped: a record saying 0 or a year is not believed.
-        let duration = spec
-            .lease_duration_seconds
-            .and_then(|s| u64::try_from(s).ok())
-            .map(|s| Duration::from_secs(s.clamp(1, 3600)))
-            .unwrap_or(self.config.duration);
-        let expired = self
-            .observed
-            .as_ref()
-            .and_then(|o| o.at.checked_add(duration))
-            .is_some_and(|until| until <= seen_at);
-        if holder.is_some() && !mine && !expired {
-            return Ok(Round::Other(holder));
-        }
-        let now = MicroTime(Timestamp::now());
+        let record = Record {
+            holder: spec.holder_identity.clone(),
+            duration_s: spec.lease_duration_seconds,
+            renew_time: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+            version: lease.metadata.resource_version.clone(),
+        };
+        let observed = Observed::update(self.observed.take(), record, now);
+        let decision =
+            decide(Some(&observed), &self.config.identity, sent, now, self.fence, self.config.timing);
+        self.observed = Some(observed);
+        let (fence, taken, released) = match decision {
+            Decision::Follow { holder, .. } => {
+                // Whatever another writer put there goes into status frames, logs and metrics: clipped.
+                self.holder = Some(clip(&holder));
+                return Ok(Written::Lost);
+            }
+            Decision::StopRefreshing { .. } => return Err("the lease's timing overflows".to_owned()),
+            Decision::Renew { fence } => (fence, false, false),
+            // Shutting down: a lease taken now would only wait to expire.
+            Decision::TakeOver { .. } if self.closing => return Ok(Written::Lost),
+            Decision::TakeOver { fence, released } => (fence, true, released),
+        };
+        let stamp = MicroTime(Timestamp::now());
         let mut next = spec.clone();
         next.holder_identity = Some(self.config.identity.clone());
-        next.lease_duration_seconds = i32::try_from(self.config.duration.as_secs().max(1)).ok();
-        next.renew_time = Some(now.clone());
-        if !mine {
-            next.acquire_time = Some(now);
+        next.lease_duration_seconds = i32::try_from(self.config.timing.duration.as_secs().max(1)).ok();
+        next.renew_time = Some(stamp.clone());
+        if taken {
+            next.acquire_time = Some(stamp);
             next.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         }
         let mut update = lease;
         update.spec = Some(next);
         match self.api.replace(name, &PostParams::default(), &update).await {
-            Ok(_) => Ok(Round::Held { taken: !mine }),
-            Err(e) if e.code() == Some(409) => Ok(Round::Other(holder)),
+            Ok(_) => {
+                self.fence = Some(fence);
+                Ok(Written::Held { taken, released })
+            }
+            Err(e) if e.code() == Some(409) => {
+                self.holder = spec.holder_identity.filter(|h| !h.is_empty()).map(|h| clip(&h));
+                Ok(Written::Lost)
+            }
             Err(e) => Err(self.describe("update", e)),
         }
     }
@@ -222,7 +241,7 @@ impl Election {
                 .map_err(|e| self.describe("update", e))?;
             Ok::<(), String>(())
         };
-        match tokio::time::timeout(self.config.retry().max(Duration::from_secs(2)), give_up).await {
+        match tokio::time::timeout(self.config.timing.retry().max(Duration::from_secs(2)), give_up).await {
             Ok(Ok(())) => {
                 self.holding = false;
                 info!(lease = %self.config.lease, "released the lease")

@@ -65,6 +65,9 @@ pub struct WriteBack {
     tx: watch::Sender<Option<Offer>>,
     /// The fingerprint of the refresh token the Secret is known to hold, after each write or check.
     written: watch::Receiver<Option<String>>,
+    /// The fingerprint of the last offer the writer is done with: written, found there already, or
+    /// passed over for a newer login in the Secret.
+    settled: watch::Receiver<Option<String>>,
     api: Objects<KubeSecret>,
     secret: SecretRef,
 }
@@ -81,9 +84,11 @@ impl WriteBack {
     pub fn spawn(client: ApiClient, secret: SecretRef, key: String) -> WriteBack {
         let (tx, rx) = watch::channel(None);
         let (written_tx, written) = watch::channel(None);
+        let (settled_tx, settled) = watch::channel(None);
         let api = Objects::namespaced(client, &secret.namespace);
-        tokio::spawn(writer(api.clone(), secret.clone(), key, rx, written_tx));
-        WriteBack { tx, written, api, secret }
+        let done = Done { written: written_tx, settled: settled_tx };
+        tokio::spawn(writer(api.clone(), secret.clone(), key, rx, done));
+        WriteBack { tx, written, settled, api, secret }
     }
 
     /// Tells the lease holder, through an annotation on the Secret, that the API rejected the access
@@ -106,6 +111,24 @@ impl WriteBack {
                 ),
             }
         });
+    }
+
+    /// Returns once the writer is done with the last pair offered (at once if none was): the Secret
+    /// holds it, or holds a newer login that every agent adopts instead. Until then the pair exists only
+    /// in this process (and its state file), and a lease holder must not hand the lease on.
+    pub async fn settled(&self) {
+        let Some(wanted) = self.last_offered() else { return };
+        let mut settled = self.settled.clone();
+        let _ = settled.wait_for(|done| done.as_deref() == Some(wanted.as_str())).await;
+    }
+
+    /// Whether [`WriteBack::settled`] would return at once.
+    pub fn is_settled(&self) -> bool {
+        self.last_offered().is_none_or(|wanted| self.settled.borrow().as_deref() == Some(wanted.as_str()))
+    }
+
+    fn last_offered(&self) -> Option<String> {
+        self.tx.borrow().as_ref().map(|o| o.refresh_fp.clone())
     }
 
     /// Offers the pair and waits, at most `limit`, until the Secret holds it. The lease holder serves a
@@ -137,6 +160,25 @@ impl WriteBack {
     }
 }
 
+impl crate::lifecycle::SharedStore for WriteBack {
+    fn offer(&self, credentials: &Credentials, replaced: &[String]) {
+        WriteBack::offer(self, credentials, replaced);
+    }
+
+    fn offer_and_confirm<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+        replaced: &'a [String],
+        limit: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(WriteBack::offer_and_confirm(self, credentials, replaced, limit))
+    }
+
+    fn report_rejected(&self, access_fp: String) {
+        WriteBack::report_rejected(self, access_fp);
+    }
+}
+
 /// Why the live pair did not reach the Kubernetes Secret (the file writes have `atomic::WriteError`).
 #[derive(Debug, thiserror::Error)]
 enum SecretWriteError {
@@ -165,12 +207,25 @@ enum Outcome {
 const CONFLICT_PAUSE_MIN: Duration = Duration::from_millis(100);
 const CONFLICT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
+/// What the writer reports after each offer.
+struct Done {
+    written: watch::Sender<Option<String>>,
+    settled: watch::Sender<Option<String>>,
+}
+
+impl Done {
+    fn held(&self, fp: &str) {
+        self.written.send_replace(Some(fp.to_owned()));
+        self.settled.send_replace(Some(fp.to_owned()));
+    }
+}
+
 async fn writer(
     api: Objects<KubeSecret>,
     secret: SecretRef,
     key: String,
     mut rx: watch::Receiver<Option<Offer>>,
-    written: watch::Sender<Option<String>>,
+    done: Done,
 ) {
     let mut delay = Duration::from_secs(1);
     let mut conflict_pause = CONFLICT_PAUSE_MIN;
@@ -185,14 +240,14 @@ async fn writer(
             match write(&api, &secret, &key, &offer, &mut checked_manager).await {
                 Ok(Outcome::Written) => {
                     info!(secret = %secret, refresh_token = %offer.refresh_fp, "wrote the live pair back to the Secret");
-                    written.send_replace(Some(offer.refresh_fp.clone()));
+                    done.held(&offer.refresh_fp);
                     delay = Duration::from_secs(1);
                     conflict_pause = CONFLICT_PAUSE_MIN;
                     break;
                 }
                 Ok(Outcome::AlreadyCurrent) => {
                     debug!(secret = %secret, "the Secret already holds the live pair");
-                    written.send_replace(Some(offer.refresh_fp.clone()));
+                    done.held(&offer.refresh_fp);
                     break;
                 }
                 Ok(Outcome::NewerLogin) => {
@@ -200,6 +255,7 @@ async fn writer(
                         secret = %secret,
                         "the Secret holds a login this agent has not seen; not overwriting it (it is adopted when the mount updates)"
                     );
+                    done.settled.send_replace(Some(offer.refresh_fp.clone()));
                     break;
                 }
                 Err(SecretWriteError::Conflict(_)) => {

@@ -1,11 +1,13 @@
 //! `sidecred-agent run`: wires the store, the token lifecycle, the seed watcher and the socket together,
 //! and shuts them down in the order that loses nothing.
 
+use crate::cluster::client::client;
+use crate::cluster::decision::Timing;
 use crate::cluster::election;
 use crate::cluster::secret_watch::SharedSecret;
 use crate::cluster::writeback::{SecretRef, WriteBack};
 use crate::cmd::args::{CredentialsArgs, SocketArgs, TokenEndpointArgs};
-use crate::lifecycle::{Lifecycle, Policy, Snapshot};
+use crate::lifecycle::{Lifecycle, Policy, Sharing, Snapshot};
 use crate::oauth::{OAuthClient, OAuthConfig};
 use crate::socket;
 use crate::store::Loaded;
@@ -72,7 +74,8 @@ pub struct RunArgs {
     /// patch on the Secret.
     #[arg(long, env = "SIDECRED_LEASE", value_name = "NAMESPACE/NAME", requires = "write_back_secret")]
     pub lease: Option<SecretRef>,
-    /// This agent's name in the election (default: $POD_NAME, else the hostname). Unique per pod.
+    /// This agent's name in the election (default: $POD_NAME, else the hostname). The identity is this
+    /// name plus $POD_UID (the pod's UID, from the downward API), else a random suffix per process.
     #[arg(long, env = "SIDECRED_LEASE_HOLDER", value_name = "ID")]
     pub lease_holder: Option<String>,
     /// How long a holder that stops renewing keeps the lease before another agent takes it over.
@@ -109,21 +112,36 @@ fn parse_lease_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The holder identity: the flag, else the pod's name from the downward API, else the hostname.
-fn lease_identity(flag: Option<&str>) -> anyhow::Result<String> {
-    if let Some(id) = flag.map(str::trim).filter(|id| !id.is_empty()) {
-        return Ok(id.to_owned());
-    }
-    if let Ok(pod) = std::env::var("POD_NAME") {
-        if !pod.trim().is_empty() {
-            return Ok(pod.trim().to_owned());
+/// What this agent serves and with whom it shares the login: decided once, from the flags.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// `--static-token-env`: one token from the environment, never refreshed or saved.
+    Static { var: String },
+    /// A credentials file that this agent alone refreshes and saves.
+    Alone,
+    /// Alone, and every new pair also written to a Kubernetes Secret for the next pod.
+    WriteBack { secret: SecretRef },
+    /// Many agents on one login: only the Lease holder refreshes; the others adopt each pair from the
+    /// Secret.
+    Shared { secret: SecretRef, lease: SecretRef, timing: Timing },
+}
+
+impl Mode {
+    /// The mode the flags ask for; clap has already refused the combinations that make no sense
+    /// (`--lease` requires `--write-back-secret`, a static token excludes both).
+    fn of(args: &RunArgs) -> Result<Mode, String> {
+        match (&args.static_token_env, &args.write_back_secret, &args.lease) {
+            (Some(var), _, _) => Ok(Mode::Static { var: var.clone() }),
+            (None, None, _) => Ok(Mode::Alone),
+            (None, Some(secret), None) => Ok(Mode::WriteBack { secret: secret.clone() }),
+            (None, Some(secret), Some(lease)) => {
+                let timing =
+                    Timing { duration: args.lease_duration, request_timeout: args.endpoint.request_timeout };
+                timing.check()?;
+                Ok(Mode::Shared { secret: secret.clone(), lease: lease.clone(), timing })
+            }
         }
     }
-    let host = nix::unistd::gethostname()
-        .context("--lease-holder is not set, nor POD_NAME, and the hostname is unreadable")?;
-    let host = host.to_string_lossy().trim().to_owned();
-    anyhow::ensure!(!host.is_empty(), "--lease-holder is not set, nor POD_NAME, and the hostname is empty");
-    Ok(host)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -143,6 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let own_uid = nix::unistd::getuid().as_raw();
     let allowed_uids = if args.allow_uids.is_empty() { vec![own_uid] } else { args.allow_uids.clone() };
 
+    let mode = Mode::of(&args).map_err(anyhow::Error::msg)?;
     let mut policy = Policy {
         backoff_min: args.backoff_min,
         backoff_max: args.backoff_max,
@@ -152,7 +171,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(margin) = args.refresh_margin {
         policy.margin_min = margin;
         policy.margin_fraction = 0.0;
-    } else if args.lease.is_some() {
+    } else if let Mode::Shared { .. } = mode {
         // Followers serve the pair they have until it expires: refreshing at half its lifetime leaves
         // them the other half, and a new holder time to take over should this one die.
         policy.margin_fraction = 0.5;
@@ -171,39 +190,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // One client for the write-back, the lease and the Secret watch. In a pod the in-cluster config is
     // there at container start or never, so a client that cannot be built now is an operator error:
     // the agent stops here, before it refreshes a pair it could not share.
-    let kube_client = match &args.write_back_secret {
-        Some(_) => {
-            let flags =
-                if args.lease.is_some() { "--write-back-secret with --lease" } else { "--write-back-secret" };
-            Some(crate::cluster::client::client(flags).await.map_err(anyhow::Error::msg)?)
+    let kube_client = match &mode {
+        Mode::WriteBack { .. } => Some(client("--write-back-secret").await.map_err(anyhow::Error::msg)?),
+        Mode::Shared { .. } => {
+            Some(client("--write-back-secret with --lease").await.map_err(anyhow::Error::msg)?)
         }
-        None => None,
+        Mode::Static { .. } | Mode::Alone => None,
+    };
+    let write_back = match (&mode, &kube_client) {
+        (Mode::WriteBack { secret } | Mode::Shared { secret, .. }, Some(client)) => {
+            info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
+            Some(WriteBack::spawn(client.clone(), secret.clone(), args.write_back_key.clone()))
+        }
+        _ => None,
     };
     // What to serve is settled before the socket exists: a static token that is not there is an error
     // at start, not a socket that answers "no credentials" forever.
-    let (lifecycle, snapshots, seed) = match &args.static_token_env {
-        Some(var) => {
+    let (lifecycle, snapshots, seed) = match &mode {
+        Mode::Static { var } => {
             let token = read_static_token(var)?;
             let (lifecycle, snapshots) = Lifecycle::new_static(oauth, policy, var, token);
             (lifecycle, snapshots, None)
         }
-        None => {
+        Mode::Alone | Mode::WriteBack { .. } | Mode::Shared { .. } => {
             let store = Store::open(args.credentials.path.clone(), args.state_dir.clone())
                 .context("cannot use the credentials or state directory")?;
             let loaded = load(&store);
             let initial_sha = loaded.as_ref().ok().and_then(|l| l.seed_sha256.clone());
-            let (mut lifecycle, snapshots) = Lifecycle::new(store, oauth, policy, loaded);
-            if let (Some(secret), Some(client)) = (&args.write_back_secret, &kube_client) {
-                info!(secret = %secret, key = %args.write_back_key, "writing refreshed credentials back to the Secret");
-                let write_back =
-                    WriteBack::spawn(client.clone(), secret.clone(), args.write_back_key.clone());
-                lifecycle = lifecycle.with_write_back(write_back);
-            }
-            if let Some(lease) = &args.lease {
-                lifecycle = lifecycle.with_lease(lease.to_string(), CONFIRM_WRITE);
-            }
-            // With a lease, new pairs come from the Secret through the API, not from the (lagging) file.
-            let watch_seed = args.lease.is_none().then_some(initial_sha);
+            let (lifecycle, snapshots) = Lifecycle::new(store, oauth, policy, loaded);
+            let (sharing, lease) = match (&mode, &write_back) {
+                (Mode::Shared { lease, .. }, Some(wb)) => (
+                    Sharing::Shared { store: Arc::new(wb.clone()), confirm: CONFIRM_WRITE },
+                    Some(lease.to_string()),
+                ),
+                (_, Some(wb)) => (Sharing::WriteBack(Arc::new(wb.clone())), None),
+                (_, None) => (Sharing::Nowhere, None),
+            };
+            let lifecycle = lifecycle.with_sharing(sharing, lease);
+            // Shared, new pairs come from the Secret through the API, not from the (lagging) file.
+            let watch_seed = (!matches!(mode, Mode::Shared { .. })).then_some(initial_sha);
             (lifecycle, snapshots, watch_seed)
         }
     };
@@ -218,20 +243,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
     let mut election = None;
-    if let (Some(lease), Some(secret), Some(client)) = (&args.lease, &args.write_back_secret, kube_client) {
+    let mut identity = None;
+    if let (Mode::Shared { secret, lease, timing }, Some(client)) = (&mode, kube_client) {
         let shared = SharedSecret::new(client.clone(), secret.clone(), args.write_back_key.clone());
         shared.clone().spawn_watch(inputs_tx.clone());
-        let config = election::Config {
-            lease: lease.clone(),
-            identity: lease_identity(args.lease_holder.as_deref())?,
-            duration: args.lease_duration,
-        };
+        let id = crate::cluster::identity::of_this_process(args.lease_holder.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        if id.per_pod {
+            info!(identity = %id.id, "lease identity: this pod's name and UID (a restart of this container keeps the lease)");
+        } else {
+            warn!(identity = %id.id, "POD_UID is not set: the lease identity ends in a random suffix, so a restart of this agent waits for the lease to expire; set POD_UID from the downward API (metadata.uid)");
+        }
+        let config = election::Config { lease: lease.clone(), identity: id.id.clone(), timing: *timing };
+        identity = Some(id.id);
         let task = election::Election::new(config, client, shared).run(inputs_tx.clone(), lease_stop_rx);
         election = Some(tokio::spawn(task));
     }
+    let shared_write_back = write_back.filter(|_| matches!(mode, Mode::Shared { .. }));
     if let Some(metrics) = metrics_listener {
         tokio::spawn(crate::metrics::serve(metrics, snapshots.clone()));
     }
+    let final_snapshot = snapshots.clone();
     let mut lifecycle_task = tokio::spawn(lifecycle.run(inputs_rx, shutdown_rx.clone()));
     let mut socket_task =
         tokio::spawn(socket::serve(listener, socket_config, snapshots, inputs_tx, shutdown_rx.clone()));
@@ -266,17 +298,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 error!("the lifecycle task failed while shutting down");
                 return Ok(ExitCode::FAILURE);
             }
-            // No refresh can start any more: hand the lease to the next agent.
-            let _ = lease_stop_tx.send(true);
-            if let Some(election) = election {
-                let _ = election.await;
+        }
+        () = second_signal(&mut sigterm, &mut sigint) => {
+            warn!("second signal: exiting without waiting for the refresh in flight");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    // No refresh can start any more. The lease goes to the next agent only once the Secret holds the
+    // pair this one made: the next holder starts from the Secret, and the pair it replaced is spent.
+    let held_lease = {
+        let last = final_snapshot.borrow();
+        last.lease_holder.is_some() && last.lease_holder == identity
+    };
+    if let Some(write_back) = shared_write_back.as_ref().filter(|_| held_lease) {
+        if !write_back.is_settled() {
+            warn!("the shared Secret does not hold the live pair yet: keeping the lease and retrying the write; it is released once the write lands (a second signal, or the end of the grace period, stops the agent and the lease then expires)");
+            tokio::select! {
+                () = write_back.settled() => info!("the shared Secret holds the live pair"),
+                () = second_signal(&mut sigterm, &mut sigint) => {
+                    warn!("second signal: exiting with the live pair not in the Secret; the lease expires on its own");
+                    return Ok(ExitCode::SUCCESS);
+                }
             }
         }
-        _ = sigterm.recv() => warn!("second SIGTERM: exiting without waiting for the refresh in flight"),
-        _ = sigint.recv() => warn!("second SIGINT: exiting without waiting for the refresh in flight"),
+    }
+    let _ = lease_stop_tx.send(true);
+    if let Some(election) = election {
+        let _ = election.await;
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn second_signal(sigterm: &mut tokio::signal::unix::Signal, sigint: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = sigterm.recv() => warn!(signal = "SIGTERM", "second signal"),
+        _ = sigint.recv() => warn!(signal = "SIGINT", "second signal"),
+    }
 }
 
 /// Why `run` stopped waiting on its tasks.

@@ -1,8 +1,9 @@
 //! Whether this agent may call the token endpoint. Alone, it always may. Sharing a login through a Lease,
-//! only while it holds the lease with time to spare: refresh tokens rotate, so two refreshers kill each
-//! other's login.
+//! only while it holds the lease with time to spare, and each request must end by the lease's fence:
+//! refresh tokens rotate, so two refreshers kill each other's login.
 
 use sidecred_proto::Role;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Who decides about refreshes.
@@ -21,21 +22,33 @@ pub struct LeaseView {
     pub lease: String,
     /// The holder by the last successful read, or none (never read, or nobody holds it).
     pub holder: Option<String>,
-    /// Set while this agent holds the lease: a refresh may *start* before this instant. It is the start
-    /// of the last successful renewal plus the renew deadline, which is shorter than the lease, so the
-    /// lease is still ours (by any peer's clock) for as long as a refresh may begin.
-    pub held_until: Option<Instant>,
+    /// Set while this agent holds the lease: the fence, the instant another agent could take the lease
+    /// over if no renewal lands before it. Every refresh request must have ended by then.
+    pub fence: Option<Instant>,
+    /// A refresh starts only with at least this long left before the fence.
+    pub least_window: Duration,
+    /// After taking over a lease its holder did not release: until this instant, a refusal of a refresh
+    /// may mean that holder's last refresh won, and its pair may still reach the Secret.
+    pub raced_until: Option<Instant>,
     /// Why the lease could not be read or renewed (the API server unreachable, RBAC, a missing Lease).
     pub problem: Option<String>,
 }
 
+/// A refresh may start; under a lease its request must end by `deadline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    pub deadline: Option<Instant>,
+}
+
 impl Authority {
     /// Whether a refresh may start at `now`, and if not, why.
-    pub fn may_refresh(&self, now: Instant) -> Result<(), String> {
+    pub fn may_refresh(&self, now: Instant) -> Result<Permit, String> {
         match self {
-            Authority::Single => Ok(()),
-            Authority::Lease(view) => match view.held_until {
-                Some(until) if now < until => Ok(()),
+            Authority::Single => Ok(Permit { deadline: None }),
+            Authority::Lease(view) => match view.fence {
+                Some(fence) if view.starts_by(fence).is_some_and(|by| now < by) => {
+                    Ok(Permit { deadline: Some(fence) })
+                }
                 _ => Err(view.why_not()),
             },
         }
@@ -44,7 +57,7 @@ impl Authority {
     pub fn role(&self, now: Instant) -> Role {
         match self {
             Authority::Single => Role::Single,
-            Authority::Lease(view) if view.held_until.is_some_and(|t| now < t) => Role::Holder,
+            Authority::Lease(_) if self.may_refresh(now).is_ok() => Role::Holder,
             Authority::Lease(_) => Role::Follower,
         }
     }
@@ -55,20 +68,40 @@ impl Authority {
             Authority::Lease(view) => Some(view),
         }
     }
+
+    /// Until when a refused refresh may be the previous holder's win (see [`LeaseView::raced_until`]).
+    pub fn raced_until(&self, now: Instant) -> Option<Instant> {
+        self.lease().and_then(|l| l.raced_until).filter(|t| now < *t)
+    }
 }
 
 impl LeaseView {
     /// A view before the first answer from the API server.
     pub fn unknown(lease: String) -> LeaseView {
-        LeaseView { lease, holder: None, held_until: None, problem: None }
+        LeaseView {
+            lease,
+            holder: None,
+            fence: None,
+            least_window: Duration::ZERO,
+            raced_until: None,
+            problem: None,
+        }
+    }
+
+    fn starts_by(&self, fence: Instant) -> Option<Instant> {
+        fence.checked_sub(self.least_window)
     }
 
     fn why_not(&self) -> String {
         match (&self.problem, &self.holder) {
             (Some(problem), _) => format!("not refreshing without the lease {}: {problem}", self.lease),
-            (None, Some(holder)) => {
+            (None, Some(holder)) if self.fence.is_none() => {
                 format!("{holder} holds the lease {} and refreshes this login", self.lease)
             }
+            (None, Some(_)) => format!(
+                "too little time is left before the lease {} must be renewed; the refresh waits for the renewal",
+                self.lease
+            ),
             (None, None) => format!("waiting to acquire the lease {}", self.lease),
         }
     }

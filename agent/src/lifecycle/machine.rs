@@ -1,16 +1,19 @@
 //! The token lifecycle's states and transitions, with no I/O: each method takes what happened and when,
 //! changes the state, and returns the [`Effect`]s for the task in `task.rs` to perform. Nothing here
 //! sleeps, reads a clock or touches the network, so every transition is unit-tested with chosen times.
+//! Taking a pair from outside is `machine/adopt.rs`; what a refresh or a save brought back is
+//! `machine/outcome.rs`.
+
+mod adopt;
+mod outcome;
 
 use super::authority::{Authority, LeaseView};
-use super::login_age;
 use super::policy::Policy;
 use super::refusal::Witness;
-use super::snapshot::{Served, Snapshot, REAUTH_HINT};
-use super::state::{served, Live, Phase, Refresh, Save, Unrefreshable};
+use super::snapshot::{Served, Snapshot};
+use super::state::{Live, Phase, Refresh, Save, Unrefreshable, RACED};
 use crate::credentials::{now_ms, Credentials};
-use crate::oauth::{TokenError, TokenResponse};
-use crate::store::{is_retired, retire, Loaded, SeedRead};
+use crate::store::Loaded;
 use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenState};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -33,9 +36,9 @@ impl Now {
 /// What the task must do after a transition, in order.
 #[derive(Debug)]
 pub enum Effect {
-    /// Ask the token endpoint for a new pair with this refresh token; report back with
-    /// [`Machine::refresh_done`].
-    Refresh(Secret),
+    /// Ask the token endpoint for a new pair with this refresh token, giving up at `deadline` (the
+    /// lease's fence) if there is one; report back with [`Machine::refresh_done`].
+    Refresh { token: Secret, deadline: Option<Instant> },
     /// Write the live pair to the store; report back with [`Machine::saved`].
     Save(SaveJob),
     /// Hand the live pair to the Secret write-back, if there is one.
@@ -171,6 +174,7 @@ impl Machine {
                 // Without the lease a due refresh waits for it: the lease's news wakes the task, not a
                 // timer that would fire again and again.
                 Refresh::Scheduled { at, .. } if self.authority.may_refresh(now).is_ok() => Some(*at),
+                Refresh::Raced { until, .. } => Some(*until),
                 _ => None,
             },
             match save {
@@ -195,6 +199,17 @@ impl Machine {
         if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, .. } = &self.phase {
             if *at <= now.at {
                 effects.extend(self.start_refresh("the token is due for refresh", now.at));
+            }
+        }
+        if let Phase::Serving { refresh, .. } = &mut self.phase {
+            if let Refresh::Raced { reason, until } = refresh {
+                if *until <= now.at {
+                    error!(
+                        "no pair reached the shared Secret after the refused refresh; a new login is needed"
+                    );
+                    let reason = reason.clone();
+                    *refresh = Refresh::ReauthRequired { reason, token_rejected: false };
+                }
             }
         }
         effects
@@ -222,6 +237,9 @@ impl Machine {
     /// A client asked for a refresh now.
     pub fn refresh_requested(&mut self, now: Now) -> (Answer, Vec<Effect>) {
         match &self.phase {
+            Phase::Serving { refresh: Refresh::Raced { .. }, .. } => {
+                (Answer::Now(Err(unavailable(RACED))), Vec::new())
+            }
             Phase::NoLogin { .. } | Phase::Serving { refresh: Refresh::ReauthRequired { .. }, .. } => {
                 let err = self
                     .snapshot(now.at)
@@ -275,6 +293,7 @@ impl Machine {
             return (Answer::Now(answer), Vec::new());
         }
         match refresh {
+            Refresh::Raced { .. } => return (Answer::Now(Err(unavailable(RACED))), Vec::new()),
             Refresh::ReauthRequired { reason, token_rejected } => {
                 *token_rejected = true;
                 let err = ProtoError::new(ErrorCode::ReauthRequired, reason.clone());
@@ -310,277 +329,15 @@ impl Machine {
         (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token", now.at))
     }
 
-    /// The seed file changed on disk.
-    pub fn seed_changed(&mut self, seed: SeedRead, now: Now) -> Vec<Effect> {
-        // Noted at once, even while a refresh is in flight: a refusal of that refresh is judged by it.
-        if seed.secret_rv.is_some() {
-            let held = seed.credentials.as_ref().ok().and_then(|c| c.refresh_token.as_ref());
-            self.refusals.secret_read(held.map(|r| r.fingerprint()));
-        }
-        if let Phase::Serving { refresh: Refresh::Never { why: Unrefreshable::Static { .. }, .. }, .. } =
-            &self.phase
-        {
-            // A static token has no seed: whatever a file says is not what this agent was told to serve.
-            return Vec::new();
-        }
-        if let Phase::Serving { refresh: Refresh::InFlight { pending_seed, .. }, .. } = &mut self.phase {
-            *pending_seed = Some(seed);
-            return Vec::new();
-        }
-        self.apply_seed(seed, now)
-    }
-
-    /// The request to the token endpoint came back.
-    pub fn refresh_done(&mut self, result: Result<TokenResponse, TokenError>, now: Now) -> Vec<Effect> {
-        let Phase::Serving { live, refresh, save } =
-            std::mem::replace(&mut self.phase, Phase::NoLogin { reason: String::new() })
-        else {
-            return Vec::new();
-        };
-        let (failures, pending_seed) = match refresh {
-            Refresh::InFlight { failures, pending_seed, .. } => (failures, pending_seed),
-            other => {
-                // Not waiting for one: nothing to do with the answer.
-                self.phase = Phase::Serving { live, refresh: other, save };
-                return Vec::new();
-            }
-        };
-        let mut effects = Vec::new();
-        match result {
-            Ok(response) => effects = self.refreshed(live, response, now),
-            Err(TokenError::Transient { reason, retry_after }) => {
-                let attempts = failures.saturating_add(1);
-                let delay = self.policy.backoff(attempts, (self.jitter)(), retry_after);
-                warn!(error = %reason, attempt = attempts, retry_in = ?delay, "token refresh failed; will retry");
-                let at = now.at.checked_add(delay).unwrap_or_else(far_future);
-                if let Some(sent) = &live.credentials.refresh_token {
-                    self.refusals.sent_without_answer(sent.fingerprint());
-                }
-                self.last_error = Some((reason.clone(), now.wall_ms));
-                self.phase =
-                    Phase::Serving { live, refresh: Refresh::Scheduled { at, failures: attempts }, save };
-                effects.push(Effect::AnswerWaiters(Err(unavailable(&format!("refresh failed: {reason}")))));
-            }
-            Err(TokenError::Rejected { reason }) => {
-                let refused = live.credentials.refresh_token.as_ref().map(|r| r.fingerprint());
-                // The election's takeover of an unreleased lease is what makes a refusal "raced".
-                let verdict =
-                    self.refusals.judge(refused.as_deref().unwrap_or_default(), &self.retired, false);
-                let message = format!("{reason}. {}. {REAUTH_HINT}", verdict.explain());
-                error!(error = %reason, cause = verdict.as_str(), "the refresh token is dead; a new login is needed (watching the seed for one): {}", verdict.explain());
-                self.last_error = Some((reason, now.wall_ms));
-                let refresh = Refresh::ReauthRequired { reason: message.clone(), token_rejected: false };
-                self.phase = Phase::Serving { live, refresh, save };
-                effects.push(Effect::AnswerWaiters(Err(ProtoError::new(ErrorCode::ReauthRequired, message))));
-            }
-        }
-        if let Some(seed) = pending_seed {
-            effects.extend(self.apply_seed(seed, now));
-        }
-        effects
-    }
-
-    fn refreshed(&mut self, live: Live, response: TokenResponse, now: Now) -> Vec<Effect> {
-        let old_refresh = live.credentials.refresh_token.clone();
-        let rotated = response.refresh_token.as_ref().is_some_and(|r| old_refresh.as_ref() != Some(r));
-        let lifetime = response.expires_in;
-        if let Some(email) = response.account_email.clone() {
-            self.account = Some(email);
-        }
-        let credentials = live.credentials.with_update(response.into_update(now.wall_ms));
-        if let Some(old) = old_refresh.filter(|_| rotated) {
-            retire(&mut self.retired, old.fingerprint());
-        }
-        let deadline = now.at.checked_add(lifetime).unwrap_or_else(far_future);
-        info!(
-            access_token = %credentials.access_token,
-            refresh_token = ?credentials.refresh_token,
-            rotated,
-            expires_in = ?lifetime,
-            "refreshed the access token"
-        );
-        let at = refresh_due(deadline, self.policy.margin(lifetime), now.at);
-        let served = served(&credentials, deadline);
-        // Saved before anyone is handed the new access token: once it is served, a crash must not leave
-        // the old (now dead) refresh token as the only one on disk. Until the save succeeds the phase says
-        // it is due, so a failed save is retried.
-        self.phase = Phase::Serving {
-            live: Live { credentials, deadline },
-            refresh: Refresh::Scheduled { at, failures: 0 },
-            save: Save::Due(now.at),
-        };
-        self.refresh_count = self.refresh_count.saturating_add(1);
-        self.last_refresh_at_ms = Some(now.wall_ms);
-        self.last_success = Some(now.at);
-        self.last_error = None;
-        self.refusals.moved_on();
-        let mut effects: Vec<Effect> = self.save_job().map(Effect::Save).into_iter().collect();
-        if let Some((credentials, retired)) = self.live_pair() {
-            effects.push(Effect::WriteBack { credentials: credentials.clone(), retired: retired.to_vec() });
-        }
-        effects.push(Effect::AnswerWaiters(Ok(served)));
-        effects
-    }
-
-    /// A save ended. It counts only for what it wrote: a pair or seed adopted since then is still due.
-    pub fn saved(&mut self, job: &SaveJob, result: Result<(), String>, now: Now) {
-        let Phase::Serving { live, save, .. } = &mut self.phase else { return };
-        match result {
-            Ok(()) => {
-                self.save_failures = 0;
-                if live.credentials.same_tokens(&job.credentials) && self.seed_sha256 == job.seed_sha256 {
-                    *save = Save::Done;
-                }
-            }
-            Err(e) => {
-                self.save_failures = self.save_failures.saturating_add(1);
-                let retry = self.policy.save_retry(self.save_failures, (self.jitter)());
-                error!(error = %e, attempt = self.save_failures, retry_in = ?retry, "could not save the credentials; they live only in memory until a retry succeeds");
-                self.last_error = Some((format!("saving credentials failed: {e}"), now.wall_ms));
-                *save = Save::Due(now.at.checked_add(retry).unwrap_or_else(far_future));
-            }
-        }
-    }
-
-    fn save_job(&self) -> Option<SaveJob> {
-        let (credentials, retired) = self.live_pair()?;
-        Some(SaveJob {
-            credentials: credentials.clone(),
-            seed_sha256: self.seed_sha256.clone(),
-            retired: retired.to_vec(),
-        })
-    }
-
     fn start_refresh(&mut self, why: &str, now: Instant) -> Vec<Effect> {
-        if self.authority.may_refresh(now).is_err() {
-            return Vec::new();
-        }
+        let Ok(permit) = self.authority.may_refresh(now) else { return Vec::new() };
         let Phase::Serving { live, refresh, .. } = &mut self.phase else { return Vec::new() };
         let Refresh::Scheduled { at, failures } = *refresh else { return Vec::new() };
         // A login without a refresh token is never scheduled (see `adopt`).
-        let Some(refresh_token) = live.credentials.refresh_token.clone() else { return Vec::new() };
-        info!(refresh_token = %refresh_token, reason = why, "refreshing the access token");
+        let Some(token) = live.credentials.refresh_token.clone() else { return Vec::new() };
+        info!(refresh_token = %token, reason = why, "refreshing the access token");
         *refresh = Refresh::InFlight { scheduled: at, failures, pending_seed: None };
-        vec![Effect::Refresh(refresh_token)]
-    }
-
-    fn apply_seed(&mut self, seed: SeedRead, now: Now) -> Vec<Effect> {
-        if let Some(rv) = &seed.secret_rv {
-            self.secret_rv = Some(rv.clone());
-        }
-        if self.seed_sha256.as_deref() == Some(seed.sha256.as_str()) {
-            return Vec::new();
-        }
-        let credentials = match seed.credentials {
-            Ok(c) => c,
-            Err(e) => {
-                error!(source = %seed.origin, error = %e, "ignoring the changed seed; still serving the last good credentials");
-                self.last_error = Some((format!("seed change ignored: {e}"), now.wall_ms));
-                return Vec::new();
-            }
-        };
-        self.seed_sha256 = Some(seed.sha256);
-        if let Phase::Serving { live, .. } = &mut self.phase {
-            if live.credentials.same_tokens(&credentials) {
-                if let Some(better) = login_age::carried(&live.credentials, &credentials) {
-                    live.credentials = better;
-                }
-                return Vec::new();
-            }
-        }
-        if credentials.refresh_token.as_ref().is_some_and(|r| is_retired(&self.retired, &r.fingerprint())) {
-            warn!(
-                source = %seed.origin,
-                refresh_token = ?credentials.refresh_token,
-                "the seed holds a refresh token this agent already spent; keeping the live pair"
-            );
-            return Vec::new();
-        }
-        if seed.secret_rv.is_some() {
-            if let Some(effects) = self.refuse_expired(&credentials, now) {
-                return effects;
-            }
-        }
-        info!(
-            source = %seed.origin,
-            access_token = %credentials.access_token,
-            refresh_token = ?credentials.refresh_token,
-            "adopting new credentials from {}",
-            if seed.secret_rv.is_some() { "the shared Secret" } else { "the seed file" }
-        );
-        // The shared Secret only moves forward: the pair it replaces was spent by the lease holder, and
-        // must never be taken back (from a lagging volume, or a state file) and refreshed.
-        if seed.secret_rv.is_some() {
-            let replaced =
-                self.live_pair().and_then(|(c, _)| c.refresh_token.as_ref().map(|r| r.fingerprint()));
-            if let Some(fp) = replaced
-                .filter(|fp| Some(fp) != credentials.refresh_token.as_ref().map(|r| r.fingerprint()).as_ref())
-            {
-                retire(&mut self.retired, fp);
-            }
-        }
-        self.adopt(credentials, now);
-        // In a state directory, record that the live pair now grows from this seed.
-        if self.saves_to_state {
-            if let Phase::Serving { save, .. } = &mut self.phase {
-                *save = Save::Due(now.at);
-            }
-        }
-        Vec::new()
-    }
-
-    /// A pair in the shared Secret that has already expired (a backup restored, a GitOps revert) never
-    /// replaces a live pair that is still valid: its refresh token is most likely spent, and adopting it
-    /// would lose the login. It is marked stale, so the holder's write-back may put the live pair back
-    /// over it (the effect returned). `None`: nothing to refuse.
-    fn refuse_expired(&mut self, incoming: &Credentials, now: Now) -> Option<Vec<Effect>> {
-        let (live, _) = self.live_pair()?;
-        if incoming.remaining_ms(now.wall_ms) > 0 || live.remaining_ms(now.wall_ms) == 0 {
-            return None;
-        }
-        warn!(
-            refresh_token = ?incoming.refresh_token,
-            live = %live.access_token,
-            "the shared Secret now holds a pair that has already expired (a restored backup? a revert?); \
-             keeping the live pair, which is still valid"
-        );
-        self.last_error = Some((
-            "the shared Secret was set to an expired pair; kept the live one and put it back".to_owned(),
-            now.wall_ms,
-        ));
-        if let Some(fp) = incoming.refresh_token.as_ref().map(|r| r.fingerprint()) {
-            retire(&mut self.retired, fp);
-        }
-        if self.authority.may_refresh(now.at).is_err() {
-            return Some(Vec::new());
-        }
-        let (credentials, retired) = self.live_pair()?;
-        Some(vec![Effect::WriteBack { credentials: credentials.clone(), retired: retired.to_vec() }])
-    }
-
-    /// Makes `credentials` the live pair, timing the next refresh from its expiry. A save still due
-    /// stays due: it writes whatever pair is live when it runs.
-    fn adopt(&mut self, credentials: Credentials, now: Now) {
-        let credentials = login_age::with_clock(credentials, now.wall_ms);
-        self.refusals.moved_on();
-        let remaining = Duration::from_millis(credentials.remaining_ms(now.wall_ms));
-        let lifetime = self.policy.assumed_lifetime.max(remaining);
-        let deadline = now.at.checked_add(remaining).unwrap_or_else(far_future);
-        self.account = credentials.account.clone().or(self.account.take());
-        let save = match &self.phase {
-            Phase::Serving { save, .. } => *save,
-            Phase::NoLogin { .. } => Save::Done,
-        };
-        let refresh = if credentials.refresh_token.is_some() {
-            Refresh::Scheduled {
-                at: refresh_due(deadline, self.policy.margin(lifetime), now.at),
-                failures: 0,
-            }
-        } else {
-            info!(access_token = %credentials.access_token, "this login has no refresh token (a long-lived login): it is served until it expires and never refreshed");
-            Refresh::Never { why: Unrefreshable::NoRefreshToken, token_rejected: false }
-        };
-        self.phase = Phase::Serving { live: Live { credentials, deadline }, refresh, save };
+        vec![Effect::Refresh { token, deadline: permit.deadline }]
     }
 
     /// The state as readers and `status` see it at `now`.

@@ -11,6 +11,8 @@
 //! - [`login_age`]: the login's clock (when it was made) as the lifecycle starts, carries and judges it.
 //! - [`refusal`]: who spent a refresh token the endpoint refused: something else (a foreign refresher),
 //!   one of ours, or the previous lease holder in a race.
+//! - [`share`]: the interface to the store that shares each new pair with other agents (the Secret
+//!   write-back implements it; the lifecycle imports nothing from Kubernetes).
 //!
 //! Everyone else sends the task an [`Input`] or reads the latest [`Snapshot`] from a watch channel,
 //! which is how a token request is answered from memory.
@@ -20,6 +22,7 @@ mod login_age;
 mod machine;
 mod policy;
 mod refusal;
+mod share;
 mod snapshot;
 mod state;
 mod task;
@@ -28,6 +31,7 @@ mod tests;
 
 pub use authority::LeaseView;
 pub use policy::{Policy, EXPIRY_GUARD};
+pub use share::{SharedStore, Sharing};
 pub use snapshot::Snapshot;
 pub use task::Lifecycle;
 

@@ -37,6 +37,10 @@ pub(super) enum Refresh {
     /// A request to the token endpoint is out. A seed change that arrives meanwhile waits here: the
     /// pair the request brings back must be saved whatever the seed says.
     InFlight { scheduled: Instant, failures: u32, pending_seed: Option<SeedRead> },
+    /// Refused right after taking over a lease its holder did not release: that holder's last refresh
+    /// probably won and its pair may still reach the Secret. Until `until` the current token is served and
+    /// the Secret awaited; then it is [`Refresh::ReauthRequired`] with `reason`.
+    Raced { reason: String, until: Instant },
     /// The refresh token was refused: nothing is tried until a new login appears in the seed.
     /// `token_rejected` once the upstream refused the access token too.
     ReauthRequired { reason: String, token_rejected: bool },
@@ -62,6 +66,10 @@ const LONG_LIVED_SERVING: &str = "a login without a refresh token (a long-lived 
 const LONG_LIVED_EXPIRED: &str = "the token has expired and this login has no refresh token (a long-lived \
     login); log in again (`sidecred-agent login --long-lived`, then update the credentials file or Secret) \
     and the agent picks it up";
+
+pub(super) const RACED: &str = "the refresh was refused right after this agent took over a lease its \
+    holder had not released: that holder's last refresh probably won; waiting for its pair to reach the \
+    shared Secret";
 
 impl Unrefreshable {
     /// What `status` says while the token is served.
@@ -161,11 +169,11 @@ impl Phase {
         snap.next_refresh = match refresh {
             Refresh::Scheduled { at, .. } => Some(*at),
             Refresh::InFlight { scheduled, .. } => Some(*scheduled),
-            Refresh::ReauthRequired { .. } | Refresh::Never { .. } => None,
+            Refresh::ReauthRequired { .. } | Refresh::Never { .. } | Refresh::Raced { .. } => None,
         };
         let failures = match refresh {
             Refresh::Scheduled { failures, .. } | Refresh::InFlight { failures, .. } => *failures,
-            Refresh::ReauthRequired { .. } | Refresh::Never { .. } => 0,
+            Refresh::ReauthRequired { .. } | Refresh::Never { .. } | Refresh::Raced { .. } => 0,
         };
         if let Refresh::Never { why, .. } = refresh {
             snap.warning = why.warning();
@@ -173,6 +181,11 @@ impl Phase {
         }
         let (state, message) = match refresh {
             Refresh::ReauthRequired { reason, .. } => (TokenState::ReauthRequired, Some(reason.clone())),
+            Refresh::Raced { reason, until } if now >= *until => {
+                (TokenState::ReauthRequired, Some(reason.clone()))
+            }
+            Refresh::Raced { .. } if !valid => (TokenState::Expired, Some(RACED.to_owned())),
+            Refresh::Raced { .. } => (TokenState::Degraded, Some(RACED.to_owned())),
             // Nothing will bring a token back: a client is told at once instead of waiting for a refresh.
             Refresh::Never { why, token_rejected: true } => {
                 (TokenState::ReauthRequired, Some(why.rejected().message))

@@ -3,8 +3,7 @@
 //! talks to the token endpoint, so "single flight" holds by construction.
 
 use super::machine::{Answer, Effect, Machine, Now, Paths, SaveJob};
-use super::{Input, Policy, Snapshot};
-use crate::cluster::writeback::WriteBack;
+use super::{Input, Policy, Sharing, Snapshot};
 use crate::oauth::{OAuthClient, TokenError, TokenResponse};
 use crate::store::{Loaded, Store, Target};
 use sidecred_proto::{ErrorCode, ProtoError, Role, Secret, TokenGrant};
@@ -17,6 +16,10 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 type Waiter = super::Reply;
+
+/// Why a refresh request was abandoned at the lease's fence.
+const FENCED: &str = "the token endpoint did not answer before the lease could pass to another agent; \
+    the request was abandoned so that two agents never refresh at once";
 
 /// The longest the task sleeps without comparing the monotonic and wall clocks.
 const CLOCK_CHECK: Duration = Duration::from_secs(30);
@@ -40,11 +43,9 @@ pub struct Lifecycle {
     store: Option<Store>,
     oauth: OAuthClient,
     published: watch::Sender<Arc<Snapshot>>,
-    write_back: Option<WriteBack>,
+    sharing: Sharing,
     inflight: Option<RefreshFuture>,
     waiters: Vec<Waiter>,
-    /// With a lease, a new pair is served only once the shared Secret holds it (waiting at most this).
-    confirm_write_back: Option<Duration>,
     awaiting_pair: Vec<AwaitingPair>,
     /// The access token this follower last told the holder about, and when: many clients make one
     /// report, repeated after [`PEER_REFRESH_WAIT`] if no new pair came (the holder may have been in its
@@ -138,10 +139,9 @@ impl Lifecycle {
             store,
             oauth,
             published,
-            write_back: None,
+            sharing: Sharing::Nowhere,
             inflight: None,
             waiters: Vec::new(),
-            confirm_write_back: None,
             awaiting_pair: Vec::new(),
             reported: None,
             generations,
@@ -149,23 +149,18 @@ impl Lifecycle {
         (lifecycle, rx)
     }
 
-    /// Also writes every new pair to a Kubernetes Secret. The pair running now is offered at once, so a
-    /// Secret left behind by an earlier pod (state from a volume) catches up.
-    pub fn with_write_back(mut self, write_back: WriteBack) -> Self {
-        if let Some((credentials, retired)) = self.machine.live_pair() {
-            write_back.offer(credentials, retired);
+    /// Shares every new pair through `sharing`. The pair running now is offered at once, so a store left
+    /// behind by an earlier pod (state from a volume) catches up. With [`Sharing::Shared`], refreshes wait
+    /// for the Lease `lease` (`NAMESPACE/NAME`).
+    pub fn with_sharing(mut self, sharing: Sharing, lease: Option<String>) -> Self {
+        if let (Some(store), Some((credentials, retired))) = (sharing.store(), self.machine.live_pair()) {
+            store.offer(credentials, retired);
         }
-        self.write_back = Some(write_back);
-        self
-    }
-
-    /// Shares the login with other agents through the Lease `lease` (`NAMESPACE/NAME`): refreshes only
-    /// while holding it, and serves each new pair only after the Secret holds it (waiting at most
-    /// `confirm`; past that the pair is served anyway, and the writer keeps trying).
-    pub fn with_lease(mut self, lease: String, confirm: Duration) -> Self {
-        self.machine = self.machine.with_lease(lease);
-        self.confirm_write_back = Some(confirm);
-        self.publish();
+        self.sharing = sharing;
+        if let Some(lease) = lease {
+            self.machine = self.machine.with_lease(lease);
+            self.publish();
+        }
         self
     }
 
@@ -274,12 +269,24 @@ impl Lifecycle {
     async fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Refresh(refresh_token) => {
+                Effect::Refresh { token, deadline } => {
                     let oauth = self.oauth.clone();
                     let scopes =
                         self.machine.live_pair().map(|(live, _)| live.scopes.clone()).unwrap_or_default();
-                    self.inflight =
-                        Some(Box::pin(async move { oauth.refresh(&refresh_token, &scopes).await }));
+                    self.inflight = Some(Box::pin(async move {
+                        let request = oauth.refresh(&token, &scopes);
+                        match deadline {
+                            Some(fence) => {
+                                tokio::time::timeout_at(fence, request).await.unwrap_or_else(|_| {
+                                    Err(TokenError::Transient {
+                                        reason: FENCED.to_owned(),
+                                        retry_after: None,
+                                    })
+                                })
+                            }
+                            None => request.await,
+                        }
+                    }));
                 }
                 Effect::Save(job) => {
                     let result = match &self.store {
@@ -291,19 +298,17 @@ impl Lifecycle {
                     }
                     self.machine.saved(&job, result, Now::read());
                 }
-                Effect::WriteBack { credentials, retired } => {
-                    match (&self.write_back, self.confirm_write_back) {
-                        (Some(wb), Some(limit)) => {
-                            // Until the Secret holds the pair, readers keep the snapshot from before the
-                            // refresh: the old access token, which is still valid (holders refresh early).
-                            if !wb.offer_and_confirm(&credentials, &retired, limit).await {
-                                warn!(wait = ?limit, "the shared Secret does not hold the new pair yet; serving it anyway (the write is retried)");
-                            }
+                Effect::WriteBack { credentials, retired } => match &self.sharing {
+                    Sharing::Shared { store, confirm } => {
+                        // Until the store holds the pair, readers keep the snapshot from before the
+                        // refresh: the old access token, which is still valid (holders refresh early).
+                        if !store.offer_and_confirm(&credentials, &retired, *confirm).await {
+                            warn!(wait = ?confirm, "the shared store does not hold the new pair yet; serving it anyway (the write is retried)");
                         }
-                        (Some(wb), None) => wb.offer(&credentials, &retired),
-                        (None, _) => {}
                     }
-                }
+                    Sharing::WriteBack(store) => store.offer(&credentials, &retired),
+                    Sharing::Nowhere => {}
+                },
                 Effect::AnswerWaiters(outcome) => {
                     // Readers see the new token no later than the waiters do.
                     self.publish();
@@ -329,11 +334,10 @@ impl Lifecycle {
     fn ask_the_holder(&mut self, token: &Secret, otherwise: &ProtoError) -> bool {
         let live = self.machine.live_pair().is_some_and(|(c, _)| c.access_token == *token);
         let follower = self.machine.snapshot(Instant::now()).role == Role::Follower;
-        let Some(write_back) = self.write_back.as_ref().filter(|_| {
-            live && follower && otherwise.code == ErrorCode::Unavailable && self.confirm_write_back.is_some()
-        }) else {
+        let Sharing::Shared { store, .. } = &self.sharing else { return false };
+        if !(live && follower && otherwise.code == ErrorCode::Unavailable) {
             return false;
-        };
+        }
         let fingerprint = token.fingerprint();
         let now = Instant::now();
         let again = match &self.reported {
@@ -341,7 +345,7 @@ impl Lifecycle {
             None => true,
         };
         if again {
-            write_back.report_rejected(fingerprint.clone());
+            store.report_rejected(fingerprint.clone());
             self.reported = Some((fingerprint, now));
         }
         true

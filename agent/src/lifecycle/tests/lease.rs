@@ -10,17 +10,20 @@ fn leased(clock: &Clock, left: Duration) -> Machine {
 }
 
 fn follower_of(holder: &str) -> LeaseView {
-    LeaseView { lease: "apps/sidecred".into(), holder: Some(holder.into()), held_until: None, problem: None }
+    LeaseView { holder: Some(holder.into()), ..LeaseView::unknown("apps/sidecred".into()) }
 }
 
+/// Holding the lease: refreshes may start before `until`, and must end a second later (the fence).
 fn holding_until(until: Instant) -> LeaseView {
     LeaseView {
-        lease: "apps/sidecred".into(),
         holder: Some("me".into()),
-        held_until: Some(until),
-        problem: None,
+        fence: Some(until + LEAST_WINDOW),
+        least_window: LEAST_WINDOW,
+        ..LeaseView::unknown("apps/sidecred".into())
     }
 }
+
+const LEAST_WINDOW: Duration = Duration::from_secs(1);
 
 fn from_secret(rv: &str, c: Credentials) -> SeedRead {
     SeedRead {
@@ -95,4 +98,80 @@ async fn an_unreachable_api_server_degrades_but_keeps_serving() {
         .as_deref()
         .is_some_and(|msg| msg.contains("no refresh until the lease is held again")));
     assert_eq!(served_token(&m).as_deref(), Some("A0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_under_the_lease_ends_by_the_fence_and_starts_only_with_time_to_spare() {
+    let clock = Clock::new();
+    let mut m = leased(&clock, Duration::from_secs(60));
+    let fence = clock.at(3);
+    let view = |fence| LeaseView {
+        holder: Some("me".into()),
+        fence: Some(fence),
+        least_window: Duration::from_secs(1),
+        ..LeaseView::unknown("apps/sidecred".into())
+    };
+    // Half a second before the fence: too little left, the due refresh waits for the next renewal.
+    advance(Duration::from_millis(2500)).await;
+    assert!(m.lease_changed(view(fence), clock.now()).is_empty());
+    let (answer, effects) = m.refresh_requested(clock.now());
+    assert!(effects.is_empty());
+    assert!(
+        matches!(answer, Answer::Now(Err(ref e)) if e.message.contains("too little time is left")),
+        "{answer:?}"
+    );
+    // Renewed: the refresh starts, and its request must end by the new fence, not the request timeout.
+    let renewed = clock.at(5);
+    let effects = m.lease_changed(view(renewed), clock.now());
+    let deadlines: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Refresh { deadline, .. } => Some(*deadline),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deadlines, [Some(renewed)]);
+    // Alone, there is no fence.
+    let mut alone = machine(&clock, Duration::from_secs(60), true);
+    let effects = alone.tick(clock.now());
+    assert!(matches!(effects.as_slice(), [Effect::Refresh { deadline: None, .. }]), "{effects:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_right_after_an_unreleased_takeover_waits_for_the_old_holders_pair() {
+    let clock = Clock::new();
+    let mut m = leased(&clock, Duration::from_secs(60));
+    let taken =
+        |raced_until| LeaseView { raced_until, ..holding_until(Instant::now() + Duration::from_secs(10)) };
+    let effects = m.lease_changed(taken(Some(clock.at(60))), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+    // The old holder's refresh spent R0 first.
+    m.refresh_done(Err(TokenError::Rejected { reason: "invalid_grant".into() }), clock.now());
+    let snap = m.snapshot(Instant::now());
+    assert_eq!(snap.state, TokenState::Degraded, "{:?}", snap.message);
+    assert_eq!(served_token(&m).as_deref(), Some("A0"), "the current token is still served");
+    // Its pair reaches the Secret: adopted, and the login lives on.
+    advance(Duration::from_secs(20)).await;
+    m.seed_changed(from_secret("21", creds("A1", "R1", WALL0 + 7_200_000)), clock.now());
+    assert_eq!(served_token(&m).as_deref(), Some("A1"));
+    let snap = m.snapshot(Instant::now());
+    assert!(snap.next_refresh.is_some(), "refreshes are scheduled again: {:?}", snap.message);
+    assert!(!snap.message.unwrap_or_default().contains("refused"), "no longer raced");
+
+    // Without a late pair the wait ends and a new login is needed.
+    let mut m = leased(&clock, Duration::from_secs(60));
+    let until = Instant::now() + Duration::from_secs(60);
+    let effects = m.lease_changed(taken(Some(until)), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+    m.refresh_done(Err(TokenError::Rejected { reason: "invalid_grant".into() }), clock.now());
+    advance(Duration::from_secs(60)).await;
+    m.tick(clock.now());
+    assert_eq!(state(&m), TokenState::ReauthRequired);
+
+    // A refusal with no unreleased takeover behind it is final at once.
+    let mut m = leased(&clock, Duration::from_secs(60));
+    let effects = m.lease_changed(taken(None), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+    m.refresh_done(Err(TokenError::Rejected { reason: "invalid_grant".into() }), clock.now());
+    assert_eq!(state(&m), TokenState::ReauthRequired);
 }

@@ -88,7 +88,7 @@ fn refreshes(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Refresh(rt) => Some(rt.expose().to_owned()),
+            Effect::Refresh { token, .. } => Some(token.expose().to_owned()),
             _ => None,
         })
         .collect()

@@ -187,17 +187,71 @@ async fn token_endpoint(
     user_agent: String,
     body: Bytes,
 ) -> HandlerResult {
+    let presented = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .filter(|doc| doc["grant_type"] == "refresh_token")
+        .and_then(|doc| doc["refresh_token"].as_str().map(str::to_owned));
+    let in_flight = presented.map(|token| InFlight::start(&st, token));
+    let hold = in_flight.as_ref().and_then(|_| st.lock().unwrap().holds.pop_front());
+    if let Some(hold) = hold {
+        // Dropped here if the client goes away first: hyper drops the future of a closed connection.
+        let mut held = Held { st: st.clone(), over: false };
+        tokio::time::sleep(hold).await;
+        held.over = true;
+    }
     // The request is carried out in its own task: a client that dies mid-request does not stop it, as
     // with the real server.
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let answer = token_request(&st, &content_type, user_agent, &body).await;
+        drop(in_flight);
         let _ = tx.send(answer);
     });
     match rx.await {
         Ok(Some(resp)) => Ok(resp),
         // Reset: fail the connection without an answer.
         _ => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: reset")),
+    }
+}
+
+/// A refresh request being worked on, counted by the refresh token it presents until dropped.
+struct InFlight {
+    st: Arc<Mutex<State>>,
+    token: String,
+}
+
+impl InFlight {
+    fn start(st: &Arc<Mutex<State>>, token: String) -> InFlight {
+        let mut s = st.lock().unwrap();
+        let n = s.in_flight.entry(token.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            s.overlapping += 1;
+        }
+        InFlight { st: st.clone(), token }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.st.lock().unwrap();
+        if let Some(n) = s.in_flight.get_mut(&self.token) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// A held request; counted as abandoned when dropped before its hold is over.
+struct Held {
+    st: Arc<Mutex<State>>,
+    over: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.over {
+            self.st.lock().unwrap().abandoned += 1;
+        }
     }
 }
 

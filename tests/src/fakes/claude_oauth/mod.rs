@@ -106,6 +106,14 @@ struct State {
     long_lived_refresh_token: bool,
     /// The `scope` of every refresh request, in order (`None`: the request had none).
     refresh_scopes: Vec<Option<String>>,
+    /// Refresh requests being worked on, by the refresh token they present.
+    in_flight: std::collections::HashMap<String, u32>,
+    /// Refresh requests that arrived while another with the same refresh token was being worked on.
+    overlapping: u64,
+    /// How long the next refresh requests are held before the server takes them on.
+    holds: VecDeque<Duration>,
+    /// Held requests whose client went away before the server took them on.
+    abandoned: u64,
 }
 
 /// The fake; clones share one server and one book.
@@ -141,6 +149,10 @@ impl FakeOAuth {
             last_exchange_expires_in: None,
             refresh_scopes: Vec::new(),
             long_lived_refresh_token: true,
+            in_flight: Default::default(),
+            overlapping: 0,
+            holds: VecDeque::new(),
+            abandoned: 0,
         }));
         let st = state.clone();
         let server = FakeServer::bind(addr, move |req| endpoints::handle(req, st.clone())).await?;
@@ -201,6 +213,21 @@ impl FakeOAuth {
     /// Refreshes stop rotating: the answer carries no refresh token and the presented one stays live.
     pub fn set_omit_refresh_token(&self, omit: bool) {
         self.st().omit_refresh_token = omit;
+    }
+    /// The next refresh request is held this long before the server takes it on (a slow path to the
+    /// endpoint); a client that gives up meanwhile leaves nothing behind, as with a server that drops the
+    /// work of a closed connection. [`FakeOAuth::set_delay`], by contrast, delays work already taken on.
+    pub fn hold_next_refresh(&self, hold: Duration) {
+        self.st().holds.push_back(hold);
+    }
+    /// Refresh requests that arrived while another presenting the same refresh token was still being
+    /// worked on (held or taken on): two refreshers racing for one refresh token.
+    pub fn overlapping_refreshes(&self) -> u64 {
+        self.st().overlapping
+    }
+    /// Held refresh requests whose client gave up before the server took them on.
+    pub fn abandoned_refreshes(&self) -> u64 {
+        self.st().abandoned
     }
     /// Every token request gets `fault` until cleared with `None`.
     pub fn set_fault(&self, fault: Option<Fault>) {

@@ -7,8 +7,10 @@
 //!
 //! It speaks the real JSON (objects with `metadata.resourceVersion`, base64 Secret `data`, `Status`
 //! errors), counts every request with its verb and status, and can be taken down (`set_down`: every
-//! request answers 503 and open watches end) to play an API server outage. `misbehave.rs` holds the
-//! switches that make it hang a call, break a watch or send what no client should take.
+//! request answers 503 and open watches end) to play an API server outage. Each pod may get a token of its
+//! own (`write_pod_kubeconfig`), so one pod can be cut off (`cut_off`) while the others carry on; Secret
+//! writes alone can be refused (`refuse_secret_writes`). `misbehave.rs` holds the switches that make it hang
+//! a call, break a watch or send what no client should take.
 
 mod lease;
 mod misbehave;
@@ -46,6 +48,8 @@ pub struct Seen {
     pub holder: Option<String>,
     /// When the request arrived, for checking how retries are spaced.
     pub at: Instant,
+    /// The pod whose own token made the request ([`FakeKube::write_pod_kubeconfig`]).
+    pub pod: Option<String>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -76,6 +80,12 @@ pub(crate) struct State {
     switches: misbehave::Switches,
     /// Tells open watches that the server went down.
     down_tx: tokio::sync::watch::Sender<bool>,
+    /// Each pod's own service-account token, and the pod it names.
+    pod_tokens: BTreeMap<String, String>,
+    /// Pods cut off from the API server: their requests land nowhere.
+    cut_off: std::collections::BTreeSet<String>,
+    /// Secret patches fail (an API server that takes reads but no writes).
+    refuse_secret_writes: bool,
 }
 
 impl State {
@@ -128,6 +138,9 @@ impl FakeKube {
             annotations: BTreeMap::new(),
             switches: misbehave::Switches::default(),
             down_tx,
+            pod_tokens: BTreeMap::new(),
+            cut_off: Default::default(),
+            refuse_secret_writes: false,
         };
         let object = secret_object(&state);
         state.history.push((1000, object));
@@ -157,6 +170,34 @@ impl FakeKube {
             ns = st.namespace,
         );
         std::fs::write(path, config).expect("write kubeconfig");
+    }
+
+    /// A kubeconfig for one pod, with a token of its own (each pod gets its own projected token), so
+    /// the server can tell the pod's requests apart ([`FakeKube::cut_off`]).
+    pub fn write_pod_kubeconfig(&self, path: &Path, pod: &str) {
+        self.write_kubeconfig(path);
+        let mut st = self.st();
+        let token = format!("{}-{pod}", st.token);
+        st.pod_tokens.insert(token.clone(), pod.to_owned());
+        let config = std::fs::read_to_string(path).expect("read kubeconfig");
+        let config = config.replace(&format!("token: {}\n", st.token), &format!("token: {token}\n"));
+        std::fs::write(path, config).expect("write kubeconfig");
+    }
+
+    /// Cuts `pod` off from the API server, or lets it back: while cut off, every request with its token
+    /// fails at once with 500 and nothing it sends lands.
+    pub fn cut_off(&self, pod: &str, cut: bool) {
+        let mut st = self.st();
+        if cut {
+            st.cut_off.insert(pod.to_owned());
+        } else {
+            st.cut_off.remove(pod);
+        }
+    }
+
+    /// Secret patches fail with 500 until told otherwise; reads, watches and Leases work.
+    pub fn refuse_secret_writes(&self, refuse: bool) {
+        self.st().refuse_secret_writes = refuse;
     }
 
     pub fn value(&self, key: &str) -> Option<Vec<u8>> {
@@ -311,12 +352,14 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
             && path == format!("/api/v1/namespaces/{}/secrets/{}", s.namespace, s.name)
             && misbehave::hangs(&s);
         if hang {
+            let pod = pod_of(&s, auth.as_deref());
             s.seen.push(Seen {
                 verb: verb.clone(),
                 path: path.clone(),
                 content_type: None,
                 status: 0,
                 holder: None,
+                pod,
                 at,
             });
         }
@@ -332,13 +375,17 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
     let mut holder = None;
     let resp = if s.down {
         status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the API server is down (fake outage)")
-    } else if auth != Some(format!("Bearer {}", s.token)) {
+    } else if !authorized(&s, auth.as_deref()) {
         status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    } else if is_cut_off(&s, auth.as_deref()) {
+        status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "the pod is cut off (fake partition)")
     } else if path == secret_path && verb == "get" {
         match s.switches.huge_secret {
             Some(bytes) => misbehave::huge_secret(&s, bytes),
             None => respond(StatusCode::OK, secret_object(&s)),
         }
+    } else if path == secret_path && verb == "patch" && s.refuse_secret_writes {
+        status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "writes are refused (fake)")
     } else if path == secret_path && verb == "patch" {
         patch_secret(&mut s, content_type.as_deref(), &body)
     } else if path == secrets_path && verb == "watch" {
@@ -366,8 +413,24 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Result<Respons
         forbidden(&verb, &path)
     };
     let code = resp.status().as_u16();
-    s.seen.push(Seen { verb, path, content_type, status: code, holder, at });
+    let pod = pod_of(&s, auth.as_deref());
+    s.seen.push(Seen { verb, path, content_type, status: code, holder, at, pod });
     Ok(resp)
+}
+
+/// The service account's token, or one of the pods' own.
+fn authorized(s: &State, auth: Option<&str>) -> bool {
+    let token = auth.and_then(|a| a.strip_prefix("Bearer "));
+    token.is_some_and(|t| t == s.token || s.pod_tokens.contains_key(t))
+}
+
+fn pod_of(s: &State, auth: Option<&str>) -> Option<String> {
+    let token = auth.and_then(|a| a.strip_prefix("Bearer "))?;
+    s.pod_tokens.get(token).cloned()
+}
+
+fn is_cut_off(s: &State, auth: Option<&str>) -> bool {
+    pod_of(s, auth).is_some_and(|pod| s.cut_off.contains(&pod))
 }
 
 fn form_pairs(query: &str) -> BTreeMap<String, String> {
