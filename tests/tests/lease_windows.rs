@@ -114,10 +114,21 @@ async fn a_holder_stopped_while_the_secret_refuses_its_pair_keeps_the_lease_unti
     assert_eq!(role_of(&b).await, Some(Role::Follower));
 
     // The API server takes writes again: the pair lands, pod-a releases the lease and exits.
+    let live = cluster.fake.live_refresh_tokens();
+    assert_eq!(live.len(), 1, "one live pair, pod-a's");
     cluster.kube.refuse_secret_writes(false);
     assert!(agent.wait_exit(Duration::from_secs(20)).success());
     let _ = refresh.await;
-    assert!(cluster.settled(), "the Secret holds the live pair");
+    // pod-a's pair is in the Secret; pod-b, which may take the released lease at once and refresh the
+    // adopted pair straight away, can only have started from it.
+    let in_secret = cluster.secret_doc().as_ref().and_then(refresh_token_of);
+    assert!(
+        in_secret.as_deref() == Some(live[0].as_str()) || cluster.fake.was_rotated(&live[0]),
+        "the Secret holds neither pod-a's pair nor one refreshed from it: {} requests, {} rotations, {} invalid_grant",
+        cluster.fake.refresh_requests(),
+        cluster.fake.rotations(),
+        cluster.invalid_grants(),
+    );
     wait_until("pod-b to take the released lease", Duration::from_secs(5), || {
         cluster.holder().as_deref() == Some("pod-b")
     })
