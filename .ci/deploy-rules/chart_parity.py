@@ -11,8 +11,6 @@ differ, and why:
   the only live refresh token; kubectl delete -k has no such switch);
 - the order of env entries (kustomize merges a component's entries in front; the order matters only for $(VAR)
   references, which logins.py checks in both) and of other lists of named entries (volumes, mounts, ports);
-- env POD_UID (the holder identity's pod incarnation) while the kustomize files do not set it yet: the chart
-  sets it wherever the agent takes part in an election; once the kustomize side sets it, both must agree.
 Everything else (images, probes, security contexts, resources, RBAC rules, budgets, policies) must be equal.
 """
 
@@ -22,7 +20,6 @@ import yaml
 
 HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance"}
 HELM_ONLY_ANNOTATIONS = {"helm.sh/resource-policy"}
-CHART_AHEAD_ENV = {"POD_UID"}
 
 
 def normalise(value, key=""):
@@ -47,8 +44,6 @@ def differences(chart, kustomize, path=""):
         for k in sorted(chart.keys() | kustomize.keys()):
             here = f"{path}/{k}"
             if k not in kustomize:
-                if k in CHART_AHEAD_ENV and path.endswith("/env"):
-                    continue
                 out.append(f"{here}: only in the chart")
             elif k not in chart:
                 out.append(f"{here}: only in kustomize")
