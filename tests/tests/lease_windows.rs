@@ -32,6 +32,22 @@ fn one_refresh_per_token(cluster: &Cluster, what: &str) {
     assert_eq!(fake.refresh_requests(), fake.rotations(), "{what}: a refresh that did not rotate");
 }
 
+/// pod-a holding the lease and pod-b following, after pod-a's first refresh has reached the Secret.
+async fn holder_and_follower(cluster: &Cluster) -> (Pod, Pod) {
+    let a = Pod::start(cluster, "pod-a").await;
+    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
+        cluster.holder().as_deref() == Some("pod-a")
+    })
+    .await;
+    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
+    let b = Pod::start(cluster, "pod-b").await;
+    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
+    // The first holder refreshes at once (a pair from a file has an unknown lifetime).
+    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
+    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_pods_with_one_name_and_different_uids_are_two_agents() {
     // Tokens live 6 s, so the holder refreshes every 3 s.
@@ -71,17 +87,7 @@ async fn two_pods_with_one_name_and_different_uids_are_two_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_stopped_while_the_secret_refuses_its_pair_keeps_the_lease_until_the_pair_lands() {
     let cluster = Cluster::start(3600).await;
-    let mut a = Pod::start(&cluster, "pod-a").await;
-    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
-        cluster.holder().as_deref() == Some("pod-a")
-    })
-    .await;
-    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
-    let b = Pod::start(&cluster, "pod-b").await;
-    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
-    // The first holder refreshes at once (a pair from a file has an unknown lifetime).
-    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
-    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
+    let (mut a, b) = holder_and_follower(&cluster).await;
 
     // The API server takes no Secret writes: pod-a's next pair lives only in pod-a.
     cluster.kube.refuse_secret_writes(true);
@@ -149,17 +155,7 @@ async fn a_holder_stopped_while_the_secret_refuses_its_pair_keeps_the_lease_unti
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_cut_off_from_the_api_server_abandons_its_slow_refresh_before_anyone_takes_over() {
     let cluster = Cluster::start(3600).await;
-    let a = Pod::start(&cluster, "pod-a").await;
-    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
-        cluster.holder().as_deref() == Some("pod-a")
-    })
-    .await;
-    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
-    let b = Pod::start(&cluster, "pod-b").await;
-    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
-    // The first holder refreshes at once (a pair from a file has an unknown lifetime).
-    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
-    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
+    let (a, b) = holder_and_follower(&cluster).await;
     let by_a = |c: &Cluster| c.refreshes_by_pod().get("pod-a").copied().unwrap_or(0);
     let (a_before, rotations) = (by_a(&cluster), cluster.fake.rotations());
 
