@@ -207,16 +207,35 @@ async fn two_forwarders(backends: &Backends, delay: Option<&str>) -> (Forwarder,
     (leaving, staying)
 }
 
+/// Two forwarders behind the balancer, with requests flowing through both. Fields drop in this order:
+/// the load first, the backends last.
+struct Rollout {
+    load: Load,
+    balancer: Balancer,
+    staying: Forwarder,
+    leaving: Forwarder,
+    backends: Backends,
+}
+
+impl Rollout {
+    /// `delay` is the leaving forwarder's `--shutdown-delay` (see [`two_forwarders`]).
+    async fn under_load(delay: Option<&str>) -> Rollout {
+        let backends = Backends::start().await;
+        let (leaving, staying) = two_forwarders(&backends, delay).await;
+        let balancer = Balancer::start(&[leaving.addr, staying.addr]).await;
+        let load = Load::start(balancer.addr);
+        wait_until("requests through both forwarders", Duration::from_secs(30), || {
+            load.ok() >= 40 && balancer.routed_to(leaving.addr) >= 10
+        })
+        .await;
+        Rollout { load, balancer, staying, leaving, backends }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_forwarder_refuses_no_connection_while_the_balancer_catches_up() {
-    let backends = Backends::start().await;
-    let (mut leaving, staying) = two_forwarders(&backends, None).await;
-    let balancer = Balancer::start(&[leaving.addr, staying.addr]).await;
-    let load = Load::start(balancer.addr);
-    wait_until("requests through both forwarders", Duration::from_secs(30), || {
-        load.ok() >= 40 && balancer.routed_to(leaving.addr) >= 10
-    })
-    .await;
+    let Rollout { load, balancer, staying: _staying, mut leaving, backends: _backends } =
+        Rollout::under_load(None).await;
 
     leaving.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let routed_before = balancer.routed_to(leaving.addr);
@@ -253,14 +272,8 @@ async fn a_terminated_forwarder_refuses_no_connection_while_the_balancer_catches
 /// be able to fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_shutdown_delay_the_balancer_meets_a_closed_listener() {
-    let backends = Backends::start().await;
-    let (mut leaving, staying) = two_forwarders(&backends, Some("0s")).await;
-    let balancer = Balancer::start(&[leaving.addr, staying.addr]).await;
-    let load = Load::start(balancer.addr);
-    wait_until("requests through both forwarders", Duration::from_secs(30), || {
-        load.ok() >= 40 && balancer.routed_to(leaving.addr) >= 10
-    })
-    .await;
+    let Rollout { load, balancer, staying, mut leaving, backends: _backends } =
+        Rollout::under_load(Some("0s")).await;
 
     leaving.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let status = leaving.proc.wait_exit(Duration::from_secs(40));
