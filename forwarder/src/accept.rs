@@ -2,7 +2,8 @@
 //! worker, round robin, until SIGTERM or SIGINT; then hands over what waits in the backlog and closes the
 //! listener, which tells the workers to drain.
 
-use crate::{agent, cli, Shared};
+use crate::worker::{Accepted, Shared};
+use crate::{agent, cli};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,6 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
-
-/// An accepted connection on its way to a worker, with its slot under `--max-connections`.
-pub type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 
 /// The cap's warning is repeated at most this often while connections keep hitting it.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);

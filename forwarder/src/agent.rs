@@ -26,7 +26,7 @@ pub use subscription::Pushed;
 mod tests;
 
 use crate::headers::{self, HeaderError};
-use crate::metrics::{AgentFailure, METRICS};
+use crate::observe::metrics::{AgentFailure, METRICS};
 use http::HeaderValue;
 use sidecred_proto::client::{Client, ClientError};
 use sidecred_proto::{ErrorCode, ProtoError, Secret, TokenGrant};

@@ -6,9 +6,9 @@
 //! - [`ResponseBody`] carries the upstream's answer (or one of our own) to the client and writes the
 //!   access-log line when it ends, fails or is dropped by a client that went away.
 
-use crate::access::{AccessLog, Outcome};
-use crate::limiter::Slot;
-use crate::metrics::{Route, METRICS};
+use crate::keys::quota::Slot;
+use crate::observe::access_log::{AccessLog, BodyEnd};
+use crate::observe::metrics::{Route, METRICS};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -212,6 +212,12 @@ struct Stream {
     _slot: Option<Slot>,
 }
 
+/// The upstream's answer body: streaming on, or read (a short error the classifier needed).
+pub enum AnswerBody {
+    Streaming(Incoming),
+    Read(Bytes),
+}
+
 /// The body sent to the client. Counts what it passes and finishes the request's access-log line.
 pub struct ResponseBody {
     source: Source,
@@ -232,15 +238,10 @@ impl ResponseBody {
     }
 
     /// An upstream answer as the account's shell passed it on: still streaming, or a short error it read.
-    pub fn answer(
-        body: crate::account::AnswerBody,
-        route: Route,
-        arrived: Instant,
-        slot: Option<Slot>,
-    ) -> Self {
+    pub fn answer(body: AnswerBody, route: Route, arrived: Instant, slot: Option<Slot>) -> Self {
         match body {
-            crate::account::AnswerBody::Streaming(body) => ResponseBody::upstream(body, route, arrived, slot),
-            crate::account::AnswerBody::Read(bytes) => ResponseBody::full(bytes),
+            AnswerBody::Streaming(body) => ResponseBody::upstream(body, route, arrived, slot),
+            AnswerBody::Read(bytes) => ResponseBody::full(bytes),
         }
     }
 
@@ -248,12 +249,12 @@ impl ResponseBody {
     pub fn with_log(mut self, log: AccessLog) -> Self {
         self.log = Some(log);
         if self.is_end_stream() {
-            self.finish(Outcome::Complete);
+            self.finish(BodyEnd::Complete);
         }
         self
     }
 
-    fn finish(&mut self, outcome: Outcome) {
+    fn finish(&mut self, outcome: BodyEnd) {
         if let Some(log) = self.log.take() {
             log.emit(outcome);
         }
@@ -290,11 +291,11 @@ impl Body for ResponseBody {
                     log.bytes += data.len() as u64;
                 }
                 if this.is_end_stream() {
-                    this.finish(Outcome::Complete);
+                    this.finish(BodyEnd::Complete);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(Outcome::UpstreamFailed),
-            Poll::Ready(None) => this.finish(Outcome::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(BodyEnd::UpstreamFailed),
+            Poll::Ready(None) => this.finish(BodyEnd::Complete),
             Poll::Pending => {}
         }
         polled
@@ -320,7 +321,7 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // Still holding the log line here means the body never finished: the client went away (or the
         // server is shutting down), and dropping the upstream body cancels the upstream request.
-        self.finish(Outcome::ClientClosed);
+        self.finish(BodyEnd::ClientClosed);
         if matches!(self.source, Source::Upstream(..)) {
             METRICS.open_streams.dec();
         }

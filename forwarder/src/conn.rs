@@ -47,7 +47,7 @@ use tracing::debug;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct Timeouts {
     pub first_request: Duration,
     pub idle: Duration,
     /// How long an HTTP/1 connection stays open once the drain starts, answering with
@@ -161,7 +161,7 @@ pub struct Worker {
     pub drain: Drain,
     /// Set by the acceptor while connections wait for a slot under `--max-connections`.
     pub crowded: watch::Receiver<bool>,
-    pub limits: Limits,
+    pub timeouts: Timeouts,
 }
 
 impl Worker {
@@ -197,7 +197,7 @@ impl Worker {
             activity,
             drain: self.drain.tx.subscribe(),
             crowded: self.crowded.clone(),
-            limits: self.limits,
+            timeouts: self.timeouts,
             peer,
             _slot: slot,
         };
@@ -218,7 +218,7 @@ struct Watcher {
     activity: Arc<Activity>,
     drain: watch::Receiver<bool>,
     crowded: watch::Receiver<bool>,
-    limits: Limits,
+    timeouts: Timeouts,
     peer: SocketAddr,
     _slot: OwnedSemaphorePermit,
 }
@@ -254,7 +254,7 @@ impl Watcher {
                         conn.as_mut().graceful_shutdown();
                         phase = Phase::Closing(None);
                     } else {
-                        check = Instant::now() + self.limits.drain_linger;
+                        check = Instant::now() + self.timeouts.drain_linger;
                         phase = Phase::Lingering;
                     }
                 }
@@ -279,7 +279,7 @@ impl Watcher {
                         }
                         Phase::Serving => {
                             let crowded = crowding && *self.crowded.borrow();
-                            match judge(&self.activity.seen(), &self.limits, crowded, now) {
+                            match judge(&self.activity.seen(), &self.timeouts, crowded, now) {
                                 Verdict::Wait(at) => check = at,
                                 Verdict::Close(reason) => {
                                     debug!(peer = %peer, reason = reason.describe(), "closing a client connection");

@@ -3,8 +3,8 @@
 
 use crate::agent::AgentError;
 use crate::body::ResponseBody;
-use crate::limiter::Refusal;
-use crate::metrics::Outcome;
+use crate::keys::quota::OverQuota;
+use crate::observe::metrics::RequestOutcome;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use sidecred_proto::ErrorCode;
@@ -23,7 +23,7 @@ pub struct ErrorReply {
     /// Unset, the client's own rules decide (a 503 during an agent restart is worth retrying).
     pub retry: Option<bool>,
     /// How `/metrics` counts it.
-    pub outcome: Outcome,
+    pub outcome: RequestOutcome,
     /// Sent as `retry-after` (seconds) when set.
     pub retry_after: Option<u64>,
     /// Whether `allow` names the methods that are forwarded (a 405).
@@ -33,11 +33,11 @@ pub struct ErrorReply {
 impl ErrorReply {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         let outcome = match status {
-            StatusCode::BAD_GATEWAY => Outcome::UpstreamError,
-            StatusCode::SERVICE_UNAVAILABLE => Outcome::AgentUnavailable,
-            StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
-            StatusCode::UNAUTHORIZED => Outcome::RejectedKey,
-            _ => Outcome::InvalidRequest,
+            StatusCode::BAD_GATEWAY => RequestOutcome::UpstreamError,
+            StatusCode::SERVICE_UNAVAILABLE => RequestOutcome::AgentUnavailable,
+            StatusCode::TOO_MANY_REQUESTS => RequestOutcome::RateLimited,
+            StatusCode::UNAUTHORIZED => RequestOutcome::RejectedKey,
+            _ => RequestOutcome::InvalidRequest,
         };
         ErrorReply {
             status,
@@ -51,7 +51,7 @@ impl ErrorReply {
     }
 
     /// Counted as `outcome` rather than what its status suggests.
-    pub fn counted_as(mut self, outcome: Outcome) -> Self {
+    pub fn counted_as(mut self, outcome: RequestOutcome) -> Self {
         self.outcome = outcome;
         self
     }
@@ -78,14 +78,14 @@ impl ErrorReply {
     }
 
     /// A key over its limits: the API's own 429 shape, and when to come back.
-    pub fn rate_limited(refusal: Refusal, key_name: &str) -> Self {
+    pub fn rate_limited(refusal: OverQuota, key_name: &str) -> Self {
         let (message, after) = match refusal {
-            Refusal::Rate { retry_after } => (
+            OverQuota::Rate { retry_after } => (
                 format!("the API key `{key_name}` is over its request rate on this forwarder; retry later"),
                 // Whole seconds, rounded up: a client that waits what it is told gets through.
                 retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
             ),
-            Refusal::Concurrency { limit } => (
+            OverQuota::Concurrency { limit } => (
                 format!("the API key `{key_name}` already has {limit} requests in flight on this forwarder, its limit"),
                 1,
             ),
@@ -205,7 +205,7 @@ pub fn reauth(agent_message: &str) -> ErrorReply {
         "the Claude login behind this forwarder has expired or was revoked; an operator must log in again \
          (sidecred-agent login) and update the agent's credentials. Agent says: {agent_message}"
     ))
-    .counted_as(Outcome::ReauthRequired)
+    .counted_as(RequestOutcome::ReauthRequired)
 }
 
 pub fn static_token_rejected(agent_message: &str) -> ErrorReply {
@@ -215,7 +215,7 @@ pub fn static_token_rejected(agent_message: &str) -> ErrorReply {
          operator must replace it (sidecred-agent run --static-token-env) or run the agent on a login. Agent \
          says: {agent_message}"
     ))
-    .counted_as(Outcome::ReauthRequired)
+    .counted_as(RequestOutcome::ReauthRequired)
 }
 
 #[cfg(test)]
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn a_key_over_its_limits_gets_the_apis_429() {
-        let refusal = Refusal::Rate { retry_after: std::time::Duration::from_millis(1500) };
+        let refusal = OverQuota::Rate { retry_after: std::time::Duration::from_millis(1500) };
         let e = ErrorReply::rate_limited(refusal, "ci");
         let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(v["type"], "error");
@@ -260,7 +260,7 @@ mod tests {
         let resp = e.into_response();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()["retry-after"], "2");
-        let resp = ErrorReply::rate_limited(Refusal::Concurrency { limit: 3 }, "ci").into_response();
+        let resp = ErrorReply::rate_limited(OverQuota::Concurrency { limit: 3 }, "ci").into_response();
         assert_eq!(resp.headers()["retry-after"], "1");
     }
 

@@ -11,7 +11,7 @@ use crate::account::Account;
 use crate::agent::{AgentError, TokenSource};
 use crate::body::ResponseBody;
 use crate::errors::json_response;
-use crate::metrics::METRICS;
+use crate::observe::metrics::METRICS;
 use crate::rejected::RejectedToken;
 use http::{Response, StatusCode};
 use serde_json::json;

@@ -1,16 +1,16 @@
 //! The request path: route, check the client's key, get the token, rewrite headers, send upstream,
 //! retry once on 401, stream the answer back.
 
-use crate::access::AccessLog;
-use crate::account::{self, Account, AnswerBody};
+use crate::account::{self, Account};
 use crate::agent::{AgentError, Token, TokenSource};
-use crate::body::{discard, ResponseBody, Tee, UpstreamBody};
+use crate::body::{discard, AnswerBody, ResponseBody, Tee, UpstreamBody};
 use crate::errors::{agent_failure, reauth, static_token_rejected, ErrorReply};
 use crate::headers;
 use crate::health;
+use crate::keys::quota::Slot;
 use crate::keys::InboundKeys;
-use crate::limiter::Slot;
-use crate::metrics::{KeyLabels, Outcome, Route, METRICS};
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{KeyLabels, RequestOutcome, Route, METRICS};
 use crate::path::upstream_path;
 use crate::rejected::RejectedToken;
 use crate::upstream::Upstream;
@@ -52,7 +52,7 @@ impl Proxy {
             health::LIVEZ_PATH => health::livez(),
             "/readyz" => Box::pin(health::readyz(&self.tokens, &self.leaving)).await,
             "/health" => Box::pin(health::health(&self.tokens, &self.rejected, &self.account)).await,
-            "/metrics" => crate::exposition::page(req.headers()),
+            "/metrics" => crate::observe::exposition::page(req.headers()),
             _ => return Ok(self.forward(req).await),
         };
         // Probes come every few seconds; they go to debug so the access log stays about traffic.
@@ -71,7 +71,7 @@ impl Proxy {
         // to move and to keep than the 2 KiB this future holds while it waits.
         let mut resp = match Box::pin(self.forward_inner(parts, body, &mut log, route)).await {
             Ok((rparts, answer, slot)) => {
-                METRICS.request(route, rparts.status, Outcome::of_upstream(rparts.status));
+                METRICS.request(route, rparts.status, RequestOutcome::of_upstream(rparts.status));
                 Response::from_parts(rparts, ResponseBody::answer(answer, route, arrived, slot))
             }
             Err(e) => {
@@ -125,7 +125,7 @@ impl Proxy {
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                 // Rare, and its future (an agent exchange and a second upstream request) is large: boxed,
                 // so the common path's future stays small.
-                let rejection = Rejection {
+                let unauthorized = Unauthorized {
                     response: resp,
                     token: &token,
                     parts: &parts,
@@ -134,7 +134,7 @@ impl Proxy {
                     tee: tee.as_ref(),
                     log,
                 };
-                Box::pin(self.after_rejection(rejection)).await?
+                Box::pin(self.after_401(unauthorized)).await?
             }
             Ok(resp) => {
                 self.rejected.accepted(&token.access_token);
@@ -215,8 +215,8 @@ impl Proxy {
     /// once however many requests report the same token), then send the request again with the new
     /// token if its body was small enough to keep; otherwise the client gets the 401, told by
     /// `x-should-retry` whether its own retry would carry a newer token.
-    async fn after_rejection(&self, rejection: Rejection<'_>) -> Result<Response<Incoming>, ErrorReply> {
-        let Rejection { mut response, token, parts, uri, headers, tee, log } = rejection;
+    async fn after_401(&self, unauthorized: Unauthorized<'_>) -> Result<Response<Incoming>, ErrorReply> {
+        let Unauthorized { mut response, token, parts, uri, headers, tee, log } = unauthorized;
         let fresh = match self.tokens.report_rejected(&token.access_token).await {
             Ok(fresh) => fresh,
             Err(AgentError::ReauthRequired(m)) => return Err(reauth(&m)),
@@ -286,7 +286,7 @@ impl Proxy {
 type Admitted = (PathAndQuery, Option<u64>, Arc<Token>, Option<Slot>, account::Admitted);
 
 /// A request the upstream answered 401, with what sending it again needs.
-struct Rejection<'a> {
+struct Unauthorized<'a> {
     /// The 401, passed on to the client when no retry is possible.
     response: Response<Incoming>,
     /// The token the upstream rejected, reported to the agent.

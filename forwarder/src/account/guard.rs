@@ -94,7 +94,7 @@ pub enum State {
     OnPlan,
 }
 
-crate::instruments::label_values!(State {
+crate::observe::instruments::label_values!(State {
     ExtraUsageInUse => "extra_usage_in_use",
     WindowExhausted => "window_exhausted",
     ThirdPartyRefused => "third_party_refused",

@@ -21,7 +21,7 @@ pub enum RefusalReason {
     ExtraUsage,
 }
 
-crate::instruments::label_values!(RefusalReason {
+crate::observe::instruments::label_values!(RefusalReason {
     ClientNotAllowed => "client_not_allowed",
     WindowExhausted => "window_exhausted",
     ExtraUsage => "extra_usage",

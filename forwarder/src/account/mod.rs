@@ -19,8 +19,9 @@ mod replies;
 pub mod reset;
 pub mod shape;
 
+use crate::body::AnswerBody;
 use crate::errors::ErrorReply;
-use crate::metrics::{Route, METRICS};
+use crate::observe::metrics::{Route, METRICS};
 use bytes::Bytes;
 use guard::{Billing, Config, Decision, Guard, Refusal, State, Windows};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER};
@@ -48,12 +49,6 @@ const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(10);
 pub struct Admitted {
     pub shape: Shape,
     metered: bool,
-}
-
-/// The upstream's answer body: streaming on, or read (a short error the classifier needed).
-pub enum AnswerBody {
-    Streaming(Incoming),
-    Read(Bytes),
 }
 
 pub struct Account {

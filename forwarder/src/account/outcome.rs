@@ -33,7 +33,7 @@ pub enum Outcome {
     Other,
 }
 
-crate::instruments::label_values!(Outcome {
+crate::observe::instruments::label_values!(Outcome {
     Plan => "plan",
     ExtraUsage => "extra_usage",
     WindowExhausted => "window_exhausted",

@@ -5,7 +5,7 @@
 use super::guard::Refusal;
 use super::reset::retry_after_secs;
 use crate::errors::ErrorReply;
-use crate::metrics::Outcome;
+use crate::observe::metrics::RequestOutcome;
 use http::StatusCode;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +24,7 @@ pub fn reply(refusal: &Refusal, wall_now: SystemTime) -> ErrorReply {
              operator for a forwarder without --clients claude-code",
         )
         .final_answer()
-        .counted_as(Outcome::AccountGuard),
+        .counted_as(RequestOutcome::AccountGuard),
         Refusal::WindowExhausted { window, wait } => paused(
             format!(
                 "the account's {} usage window is used up until {} (the API refused a request with that \
@@ -58,7 +58,7 @@ pub fn reply(refusal: &Refusal, wall_now: SystemTime) -> ErrorReply {
 
 fn paused(message: String, wait: Duration) -> ErrorReply {
     let mut e = ErrorReply::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
-        .counted_as(Outcome::AccountGuard);
+        .counted_as(RequestOutcome::AccountGuard);
     e.retry_after = Some(retry_after_secs(wait));
     if wait > SDK_RETRY_LIMIT {
         e = e.final_answer();

@@ -13,7 +13,7 @@ pub enum Shape {
     Other,
 }
 
-crate::instruments::label_values!(Shape {
+crate::observe::instruments::label_values!(Shape {
     ClaudeCode => "claude_code",
     Other => "other",
 });

@@ -4,7 +4,7 @@
 //! usual timeout: otherwise a few hundred connections that never ask would lock every client out for
 //! rounds of `--first-request-timeout` each.
 
-use super::Limits;
+use super::Timeouts;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -58,15 +58,15 @@ pub enum Verdict {
     Close(Reason),
 }
 
-pub fn judge(seen: &Seen, limits: &Limits, crowded: bool, now: Instant) -> Verdict {
+pub fn judge(seen: &Seen, timeouts: &Timeouts, crowded: bool, now: Instant) -> Verdict {
     let (since, usual, reasons) = if !seen.asked {
-        (seen.opened, limits.first_request, (Reason::NoRequest, Reason::NoRequestCrowded))
+        (seen.opened, timeouts.first_request, (Reason::NoRequest, Reason::NoRequestCrowded))
     } else if seen.in_flight {
         // A request in flight is never cut; look again once it may have ended.
-        let again = if crowded { CROWDED_GRACE.min(limits.idle) } else { limits.idle };
+        let again = if crowded { CROWDED_GRACE.min(timeouts.idle) } else { timeouts.idle };
         return Verdict::Wait(now + again);
     } else {
-        (seen.idle_since, limits.idle, (Reason::Idle, Reason::IdleCrowded))
+        (seen.idle_since, timeouts.idle, (Reason::Idle, Reason::IdleCrowded))
     };
     let crowded_at = since + CROWDED_GRACE.min(usual);
     if crowded && now >= crowded_at {
@@ -83,7 +83,7 @@ pub fn judge(seen: &Seen, limits: &Limits, crowded: bool, now: Instant) -> Verdi
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    const TIMEOUTS: Timeouts = Timeouts {
         first_request: Duration::from_secs(10),
         idle: Duration::from_secs(60),
         drain_linger: Duration::from_secs(1),
@@ -97,11 +97,11 @@ mod tests {
     fn a_connection_that_never_asks_gets_its_timeout_or_one_second_when_crowded() {
         let t0 = Instant::now();
         let seen = Seen { opened: t0, asked: false, in_flight: false, idle_since: t0 };
-        assert_eq!(judge(&seen, &LIMITS, false, at(t0, 0.5)), Verdict::Wait(at(t0, 10.0)));
-        assert_eq!(judge(&seen, &LIMITS, false, at(t0, 10.0)), Verdict::Close(Reason::NoRequest));
-        assert_eq!(judge(&seen, &LIMITS, true, at(t0, 0.5)), Verdict::Wait(at(t0, 1.0)));
-        assert_eq!(judge(&seen, &LIMITS, true, at(t0, 1.0)), Verdict::Close(Reason::NoRequestCrowded));
-        let short = Limits { first_request: Duration::from_millis(300), ..LIMITS };
+        assert_eq!(judge(&seen, &TIMEOUTS, false, at(t0, 0.5)), Verdict::Wait(at(t0, 10.0)));
+        assert_eq!(judge(&seen, &TIMEOUTS, false, at(t0, 10.0)), Verdict::Close(Reason::NoRequest));
+        assert_eq!(judge(&seen, &TIMEOUTS, true, at(t0, 0.5)), Verdict::Wait(at(t0, 1.0)));
+        assert_eq!(judge(&seen, &TIMEOUTS, true, at(t0, 1.0)), Verdict::Close(Reason::NoRequestCrowded));
+        let short = Timeouts { first_request: Duration::from_millis(300), ..TIMEOUTS };
         assert_eq!(judge(&seen, &short, true, at(t0, 0.3)), Verdict::Close(Reason::NoRequestCrowded));
     }
 
@@ -111,7 +111,7 @@ mod tests {
         let seen = Seen { opened: t0, asked: true, in_flight: true, idle_since: t0 };
         for crowded in [false, true] {
             let now = at(t0, 3600.0);
-            assert!(matches!(judge(&seen, &LIMITS, crowded, now), Verdict::Wait(w) if w > now));
+            assert!(matches!(judge(&seen, &TIMEOUTS, crowded, now), Verdict::Wait(w) if w > now));
         }
     }
 
@@ -119,10 +119,10 @@ mod tests {
     fn idle_connections_close_after_the_idle_timeout_or_one_second_when_crowded() {
         let t0 = Instant::now();
         let seen = Seen { opened: t0, asked: true, in_flight: false, idle_since: at(t0, 5.0) };
-        assert_eq!(judge(&seen, &LIMITS, false, at(t0, 6.0)), Verdict::Wait(at(t0, 65.0)));
-        assert_eq!(judge(&seen, &LIMITS, false, at(t0, 65.0)), Verdict::Close(Reason::Idle));
-        assert_eq!(judge(&seen, &LIMITS, true, at(t0, 5.5)), Verdict::Wait(at(t0, 6.0)));
-        assert_eq!(judge(&seen, &LIMITS, true, at(t0, 6.0)), Verdict::Close(Reason::IdleCrowded));
+        assert_eq!(judge(&seen, &TIMEOUTS, false, at(t0, 6.0)), Verdict::Wait(at(t0, 65.0)));
+        assert_eq!(judge(&seen, &TIMEOUTS, false, at(t0, 65.0)), Verdict::Close(Reason::Idle));
+        assert_eq!(judge(&seen, &TIMEOUTS, true, at(t0, 5.5)), Verdict::Wait(at(t0, 6.0)));
+        assert_eq!(judge(&seen, &TIMEOUTS, true, at(t0, 6.0)), Verdict::Close(Reason::IdleCrowded));
         assert!(Reason::NoRequestCrowded.never_asked() && !Reason::IdleCrowded.never_asked());
         assert!(Reason::NoRequest.describe().contains("--first-request-timeout"));
     }

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
-use crate::limiter::{Limiter, Limits};
+pub mod quota;
+
+use quota::{Limiter, Quota};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -29,7 +31,7 @@ pub enum KeysError {
 
 /// Why a request's key was refused. The message is for the client; it never repeats the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
+pub enum BadKey {
     #[error("missing API key: send it as the x-api-key header or as Authorization: Bearer <key>")]
     Missing,
     #[error("invalid API key")]
@@ -87,7 +89,7 @@ impl InboundKeys {
                 ));
             }
             let mut name = None;
-            let mut limits = Limits::default();
+            let mut limits = Quota::default();
             for word in words {
                 let (setting, value) = word
                     .split_once('=')
@@ -130,8 +132,8 @@ impl InboundKeys {
     }
 
     /// The key a request presents as `x-api-key` or `Authorization: Bearer`.
-    pub fn check(&self, headers: &HeaderMap) -> Result<&Key, Rejection> {
-        let presented = presented_key(headers).ok_or(Rejection::Missing)?;
+    pub fn check(&self, headers: &HeaderMap) -> Result<&Key, BadKey> {
+        let presented = presented_key(headers).ok_or(BadKey::Missing)?;
         let digest: [u8; 32] = Sha256::digest(presented).into();
         // Every stored key is compared, whatever the outcome, so the time taken says nothing about which.
         let mut matched = Choice::from(0);
@@ -142,9 +144,9 @@ impl InboundKeys {
             matched |= equal;
         }
         if bool::from(matched) {
-            self.keys.get(index as usize).ok_or(Rejection::Wrong)
+            self.keys.get(index as usize).ok_or(BadKey::Wrong)
         } else {
-            Err(Rejection::Wrong)
+            Err(BadKey::Wrong)
         }
     }
 }
@@ -243,13 +245,13 @@ mod tests {
     fn rejects_missing_and_wrong_keys() {
         let k = keys();
         let err = |h: HeaderMap| k.check(&h).map(|key| key.name.clone()).unwrap_err();
-        assert_eq!(err(HeaderMap::new()), Rejection::Missing);
-        assert_eq!(err(headers("authorization", "Basic a2V5LW9uZQ==")), Rejection::Missing);
-        assert_eq!(err(headers("authorization", "Bearer ")), Rejection::Missing);
-        assert_eq!(err(headers("x-api-key", "key-thre")), Rejection::Wrong);
-        assert_eq!(err(headers("x-api-key", "key-three")), Rejection::Wrong);
+        assert_eq!(err(HeaderMap::new()), BadKey::Missing);
+        assert_eq!(err(headers("authorization", "Basic a2V5LW9uZQ==")), BadKey::Missing);
+        assert_eq!(err(headers("authorization", "Bearer ")), BadKey::Missing);
+        assert_eq!(err(headers("x-api-key", "key-thre")), BadKey::Wrong);
+        assert_eq!(err(headers("x-api-key", "key-three")), BadKey::Wrong);
         assert!(k.check(&headers("x-api-key", "key-one ")).is_ok());
-        assert_eq!(err(headers("x-api-key", "KEY-ONE")), Rejection::Wrong);
+        assert_eq!(err(headers("x-api-key", "KEY-ONE")), BadKey::Wrong);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! allocation. Labels are fixed sets (route, status class, outcome); nothing a client sends (path,
 //! key) becomes a label value, except a key's *name* from the operator's keys file.
 
-use crate::instruments::{label_values, Histogram, HistogramOf, Slots};
+use super::instruments::{label_values, Histogram, HistogramOf, Slots};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,7 +63,7 @@ impl Route {
 
 /// How a request ended, from the operator's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// The upstream answered (any status but 429 and 5xx).
     Ok,
     /// The upstream answered 5xx, or could not be reached.
@@ -85,7 +85,7 @@ pub enum Outcome {
     AccountGuard,
 }
 
-label_values!(Outcome {
+label_values!(RequestOutcome {
     Ok => "ok",
     UpstreamError => "upstream_error",
     UpstreamRateLimited => "upstream_rate_limited",
@@ -99,13 +99,13 @@ label_values!(Outcome {
 
 const OUTCOMES: usize = 9;
 
-impl Outcome {
+impl RequestOutcome {
     /// The outcome of an answer the upstream gave.
-    pub fn of_upstream(status: http::StatusCode) -> Outcome {
+    pub fn of_upstream(status: http::StatusCode) -> RequestOutcome {
         match status.as_u16() {
-            429 => Outcome::UpstreamRateLimited,
-            500.. => Outcome::UpstreamError,
-            _ => Outcome::Ok,
+            429 => RequestOutcome::UpstreamRateLimited,
+            500.. => RequestOutcome::UpstreamError,
+            _ => RequestOutcome::Ok,
         }
     }
 }
@@ -149,7 +149,7 @@ fn class_index(status: http::StatusCode) -> usize {
 struct RequestLabels {
     route: Route,
     status_class: StatusClass,
-    outcome: Outcome,
+    outcome: RequestOutcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -211,7 +211,7 @@ pub struct Metrics {
     pub agent_seconds: Histogram,
     agent_failures: Family<AgentFailureLabels, Counter>,
     pub key_rate_limited: Family<KeyLabels, Counter>,
-    pub usage: crate::usage::UsageGauges,
+    pub usage: super::usage::UsageGauges,
     pub account: crate::account::metrics::AccountMetrics,
 }
 
@@ -276,7 +276,7 @@ impl Metrics {
             "Requests refused with 429 because their key was over its limits, by key name",
             key_rate_limited.clone(),
         );
-        let usage = crate::usage::UsageGauges::register(&mut registry);
+        let usage = super::usage::UsageGauges::register(&mut registry);
         let account = crate::account::metrics::AccountMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -295,7 +295,7 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: Route, status: http::StatusCode, outcome: Outcome) {
+    pub fn request(&self, route: Route, status: http::StatusCode, outcome: RequestOutcome) {
         let class = class_index(status);
         let slot = (route.index() * CLASSES.len() + class) * OUTCOMES + outcome as usize;
         let labels = || RequestLabels { route, status_class: CLASSES[class], outcome };
@@ -343,21 +343,24 @@ mod tests {
 
     #[test]
     fn outcomes_of_upstream_answers() {
-        assert_eq!(Outcome::of_upstream(http::StatusCode::OK), Outcome::Ok);
-        assert_eq!(Outcome::of_upstream(http::StatusCode::BAD_REQUEST), Outcome::Ok);
-        assert_eq!(Outcome::of_upstream(http::StatusCode::TOO_MANY_REQUESTS), Outcome::UpstreamRateLimited);
+        assert_eq!(RequestOutcome::of_upstream(http::StatusCode::OK), RequestOutcome::Ok);
+        assert_eq!(RequestOutcome::of_upstream(http::StatusCode::BAD_REQUEST), RequestOutcome::Ok);
         assert_eq!(
-            Outcome::of_upstream(http::StatusCode::from_u16(529).unwrap_or_default()),
-            Outcome::UpstreamError
+            RequestOutcome::of_upstream(http::StatusCode::TOO_MANY_REQUESTS),
+            RequestOutcome::UpstreamRateLimited
+        );
+        assert_eq!(
+            RequestOutcome::of_upstream(http::StatusCode::from_u16(529).unwrap_or_default()),
+            RequestOutcome::UpstreamError
         );
     }
 
     #[test]
     fn a_request_is_counted_under_its_labels() {
         let m = Metrics::new();
-        m.request(Route::Models, http::StatusCode::OK, Outcome::Ok);
-        m.request(Route::Models, http::StatusCode::OK, Outcome::Ok);
-        m.request(Route::Other, http::StatusCode::UNAUTHORIZED, Outcome::RejectedKey);
+        m.request(Route::Models, http::StatusCode::OK, RequestOutcome::Ok);
+        m.request(Route::Models, http::StatusCode::OK, RequestOutcome::Ok);
+        m.request(Route::Other, http::StatusCode::UNAUTHORIZED, RequestOutcome::RejectedKey);
         let page = m.encode();
         assert!(
             page.contains(
@@ -375,7 +378,7 @@ mod tests {
         for route in ROUTES {
             for status in [100, 200, 302, 404, 503, 999] {
                 let status = http::StatusCode::from_u16(status).unwrap_or_default();
-                m.request(route, status, Outcome::InvalidRequest);
+                m.request(route, status, RequestOutcome::InvalidRequest);
             }
         }
         assert!(m.encode().contains(r#"status_class="other",outcome="invalid_request"} 1"#));

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 /// The log target, so `SIDECRED_LOG=warn,sidecred_forwarder::access=info` keeps just these lines.
 pub const TARGET: &str = "sidecred_forwarder::access";
 
+/// How a response body ended: the access log's `outcome` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum BodyEnd {
     Complete,
     /// The client disconnected before the end of the body.
     ClientClosed,
@@ -16,12 +17,12 @@ pub enum Outcome {
     UpstreamFailed,
 }
 
-impl Outcome {
+impl BodyEnd {
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Complete => "complete",
-            Outcome::ClientClosed => "client_closed",
-            Outcome::UpstreamFailed => "upstream_failed",
+            BodyEnd::Complete => "complete",
+            BodyEnd::ClientClosed => "client_closed",
+            BodyEnd::UpstreamFailed => "upstream_failed",
         }
     }
 }
@@ -66,7 +67,7 @@ impl AccessLog {
         }
     }
 
-    pub fn emit(self, outcome: Outcome) {
+    pub fn emit(self, outcome: BodyEnd) {
         // Field expressions are evaluated only when the line is enabled, so a filtered-out access log
         // costs no clock read or formatting.
         tracing::info!(

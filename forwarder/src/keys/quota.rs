@@ -1,4 +1,4 @@
-//! Per-key limits: a token bucket for requests per minute (with a burst), and a cap on the requests a
+//! Per-key quota: a token bucket for requests per minute (with a burst), and a cap on the requests a
 //! key has in flight at once (a stream counts until its body ends). Time comes in as an argument, so
 //! the bucket is tested with chosen instants instead of sleeps.
 
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// What the keys file says of one key's limits; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
+pub struct Quota {
     /// Requests per minute, refilled continuously.
     pub per_minute: Option<u32>,
     /// How many requests may come at once after a quiet spell (default: one minute's worth).
@@ -19,7 +19,7 @@ pub struct Limits {
 
 /// Why a key's request is refused, and when trying again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum OverQuota {
     Rate { retry_after: Duration },
     Concurrency { limit: u32 },
 }
@@ -74,7 +74,7 @@ impl Drop for Slot {
 }
 
 impl Limiter {
-    pub fn new(limits: Limits, now: Instant) -> Self {
+    pub fn new(limits: Quota, now: Instant) -> Self {
         let bucket =
             limits.per_minute.map(|rpm| Mutex::new(Bucket::new(rpm, limits.burst.unwrap_or(rpm), now)));
         let concurrent = limits.concurrent.map(|n| (n, Arc::new(AtomicU32::new(0))));
@@ -83,14 +83,14 @@ impl Limiter {
 
     /// Admits a request at `now`: its slot (held until its response ends) when the key has a cap.
     /// The concurrency check comes first, so a request refused for it does not spend a token.
-    pub fn admit(&self, now: Instant) -> Result<Option<Slot>, Refusal> {
+    pub fn admit(&self, now: Instant) -> Result<Option<Slot>, OverQuota> {
         let slot = match &self.concurrent {
             None => None,
             Some((limit, in_flight)) => {
                 let taken = in_flight
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < *limit).then(|| n + 1));
                 if taken.is_err() {
-                    return Err(Refusal::Concurrency { limit: *limit });
+                    return Err(OverQuota::Concurrency { limit: *limit });
                 }
                 Some(Slot(in_flight.clone()))
             }
@@ -101,7 +101,7 @@ impl Limiter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(now)
-                .map_err(|retry_after| Refusal::Rate { retry_after })?;
+                .map_err(|retry_after| OverQuota::Rate { retry_after })?;
         }
         Ok(slot)
     }
@@ -157,10 +157,10 @@ mod tests {
     #[test]
     fn concurrency_is_capped_until_slots_are_given_back() {
         let t0 = Instant::now();
-        let l = Limiter::new(Limits { concurrent: Some(2), ..Limits::default() }, t0);
+        let l = Limiter::new(Quota { concurrent: Some(2), ..Quota::default() }, t0);
         let a = l.admit(t0).unwrap().unwrap();
         let _b = l.admit(t0).unwrap().unwrap();
-        assert_eq!(l.admit(t0).unwrap_err(), Refusal::Concurrency { limit: 2 });
+        assert_eq!(l.admit(t0).unwrap_err(), OverQuota::Concurrency { limit: 2 });
         drop(a);
         assert!(l.admit(t0).is_ok());
     }
@@ -168,20 +168,20 @@ mod tests {
     #[test]
     fn a_rate_refusal_gives_its_slot_back_and_a_concurrency_refusal_spends_no_token() {
         let t0 = Instant::now();
-        let limits = Limits { per_minute: Some(60), burst: Some(1), concurrent: Some(1) };
+        let limits = Quota { per_minute: Some(60), burst: Some(1), concurrent: Some(1) };
         let l = Limiter::new(limits, t0);
         let held = l.admit(t0).unwrap();
-        assert_eq!(l.admit(t0 + SEC).unwrap_err(), Refusal::Concurrency { limit: 1 });
+        assert_eq!(l.admit(t0 + SEC).unwrap_err(), OverQuota::Concurrency { limit: 1 });
         drop(held);
         assert!(l.admit(t0 + SEC).is_ok(), "the refused request took no token");
-        assert!(matches!(l.admit(t0 + SEC), Err(Refusal::Rate { .. })));
+        assert!(matches!(l.admit(t0 + SEC), Err(OverQuota::Rate { .. })));
         assert!(l.admit(t0 + 2 * SEC).is_ok(), "the rate refusal gave its slot back");
     }
 
     #[test]
     fn no_limits_admit_everything() {
         let t0 = Instant::now();
-        let l = Limiter::new(Limits::default(), t0);
+        let l = Limiter::new(Quota::default(), t0);
         for _ in 0..10_000 {
             assert!(l.admit(t0).unwrap().is_none());
         }

@@ -9,7 +9,7 @@
 //! kept is what the latest response reports: a window it no longer names leaves the gauges and the
 //! summary, so a window the API adds later (`5h` after a run of per-model ones) always finds room.
 
-use crate::instruments::label_values;
+use super::instruments::label_values;
 use http::HeaderMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;

@@ -1,8 +1,8 @@
 //! `GET /metrics`: on the main listener, like the probes (an operator's endpoint, not the API, so no
 //! inbound key), and on `--metrics-listen` when the operator wants it on a port clients cannot reach.
 
+use super::metrics::METRICS;
 use crate::body::ResponseBody;
-use crate::metrics::METRICS;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
