@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use sidecred_tests::forwarder_harness::http_client;
-use sidecred_tests::harness::{assert_no_secrets, bin, wait_for_status, wait_until};
+use sidecred_tests::harness::{assert_no_secrets, bin, free_port, wait_for_status, wait_until};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -142,11 +142,6 @@ impl Drop for RunLocal {
             assert_no_secrets("run-local.sh", &self.output());
         }
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 fn is_gone(pid: Pid) -> bool {

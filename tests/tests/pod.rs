@@ -83,10 +83,6 @@ fn creds(p: &Pair) -> Vec<u8> {
     p.credentials_file(now_ms() + 8 * HOUR_MS)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The pod's directories: `creds` (the Secret mount), `run` (the socket emptyDir), `state`.
 struct Pod {
     sb: Sandbox,

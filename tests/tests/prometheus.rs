@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 use sidecred_tests::fakes::upstream::FakeUpstream;
 use sidecred_tests::forwarder_harness::{forwarder_cmd, http_client, start_forwarder};
-use sidecred_tests::harness::{now_ms, Proc, Seeded, HOUR_MS};
+use sidecred_tests::harness::{free_port, now_ms, Proc, Seeded, HOUR_MS};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,10 +23,6 @@ fn tool(name: &str) -> PathBuf {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file());
     found.unwrap_or_else(|| panic!("{name} is not installed: {INSTALL}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `promtool check metrics` on a page, which it reads on stdin.
