@@ -3,28 +3,39 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
+use sidecred_tests::fakes::claude_oauth::FakeOAuth;
+use sidecred_tests::harness::Sandbox;
 use sidecred_tests::harness::{now_ms, Seeded, HOUR_MS};
 use sidecred_tests::oneshot::{os, run};
+use std::ffi::{OsStr, OsString};
+
+/// `status` with where it reads the token from (`source`), the sandbox's seed file, the fake's token
+/// endpoint and API, then `extra`.
+fn status_args(
+    sb: &Sandbox,
+    fake: &FakeOAuth,
+    source: &[&dyn AsRef<OsStr>],
+    extra: &[&str],
+) -> Vec<OsString> {
+    let mut args = os(&[&"status"]);
+    args.extend(os(source));
+    args.extend(os(&[
+        &"--credentials",
+        &sb.seed(),
+        &"--token-url",
+        &fake.token_url(),
+        &"--api-base",
+        &fake.api_base(),
+    ]));
+    args.extend(extra.iter().map(OsString::from));
+    args
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_usage_shows_the_windows_from_the_api() {
     let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 4 * HOUR_MS).await;
     let agent = sb.start_agent("agent", sb.agent_cmd(&fake.token_url())).await;
-    let args = |extra: &[&str]| {
-        let mut args = os(&[
-            &"status",
-            &"--socket",
-            &sb.socket(),
-            &"--credentials",
-            &sb.seed(),
-            &"--token-url",
-            &fake.token_url(),
-            &"--api-base",
-            &fake.api_base(),
-        ]);
-        args.extend(extra.iter().map(std::ffi::OsString::from));
-        args
-    };
+    let args = |extra: &[&str]| status_args(&sb, &fake, &[&"--socket", &sb.socket()], extra);
 
     let done = run(&sb, "status", &args(&[])).await;
     assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
@@ -67,21 +78,7 @@ async fn status_usage_shows_the_windows_from_the_api() {
 async fn status_usage_shows_the_extra_usage_meter_and_prints_nothing_raw() {
     let Seeded { fake, sb, .. } = Seeded::start(now_ms() + 4 * HOUR_MS).await;
     // No agent: the file's token, so `state` comes from the file and is not valid in the forged line.
-    let args = |extra: &[&str]| {
-        let mut args = os(&[
-            &"status",
-            &"--source",
-            &"file",
-            &"--credentials",
-            &sb.seed(),
-            &"--token-url",
-            &fake.token_url(),
-            &"--api-base",
-            &fake.api_base(),
-        ]);
-        args.extend(extra.iter().map(std::ffi::OsString::from));
-        args
-    };
+    let args = |extra: &[&str]| status_args(&sb, &fake, &[&"--source", &"file"], extra);
     let done = run(&sb, "status", &args(&["--usage"])).await;
     assert!(
         done.stdout.contains("extra usage:")

@@ -82,6 +82,65 @@ impl World {
     }
 }
 
+/// Four clients sending messages through `url` back to back until stopped: how many succeeded and
+/// failed, and when each request started and ended.
+struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    spans: Arc<Mutex<Vec<(Instant, Instant)>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let spans = Arc::new(Mutex::new(Vec::<(Instant, Instant)>::new()));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (ok, failed, stop, spans, url) =
+                (ok.clone(), failed.clone(), stop.clone(), spans.clone(), url.clone());
+            workers.push(tokio::spawn(async move {
+                let client = http_client();
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let (status, body) = message(&client, &url).await;
+                    spans.lock().unwrap().push((started, Instant::now()));
+                    if status == 200 {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        eprintln!("failed request: {status} {body}");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+        Load { ok, failed, stop, spans, workers }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` requests have succeeded beyond those counted now.
+    async fn wait_for(&self, what: &str, more: u64) {
+        let base = self.ok();
+        wait_until(what, Duration::from_secs(20), || self.ok() >= base + more).await;
+    }
+
+    /// Stops the clients once their requests are done; answers how many failed, and every request's span.
+    async fn stop(self) -> (u64, Vec<(Instant, Instant)>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            w.await.unwrap();
+        }
+        let spans = std::mem::take(&mut *self.spans.lock().unwrap());
+        (self.failed.load(Ordering::SeqCst), spans)
+    }
+}
+
 /// POSTs a small non-streaming message request; answers status and JSON body.
 async fn message(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let resp = client

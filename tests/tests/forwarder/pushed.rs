@@ -122,49 +122,20 @@ async fn an_agent_killed_under_load_fails_no_request_and_its_successor_is_follow
     // A window far shorter than the outage: only the pushed token can carry requests through it.
     let fwd = world.forwarder("forwarder", &["--agent-wait", "100ms"]).await;
     wait_for_push(&fwd, &sidecred_proto::fingerprint(&world.pair.access_token)).await;
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (ok, failed, stop, url) = (ok.clone(), failed.clone(), stop.clone(), fwd.url("/v1/messages"));
-        workers.push(tokio::spawn(async move {
-            let client = http_client();
-            while !stop.load(Ordering::SeqCst) {
-                let (status, body) = message(&client, &url).await;
-                if status == 200 {
-                    ok.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    eprintln!("failed request: {status} {body}");
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }));
-    }
-    wait_until("traffic before the kill", Duration::from_secs(20), || ok.load(Ordering::SeqCst) >= 20).await;
+    let load = Load::start(fwd.url("/v1/messages"));
+    load.wait_for("traffic before the kill", 20).await;
     world.kill_agent();
     // The agent stays down until the forwarder surely noticed (probes ask the agent) and requests
     // went on meanwhile.
     let client = http_client();
     assert_eq!(client.get(fwd.url("/readyz")).send().await.unwrap().status(), 503);
-    let during = ok.load(Ordering::SeqCst);
-    wait_until("traffic with the agent gone", Duration::from_secs(20), || {
-        ok.load(Ordering::SeqCst) >= during + 50
-    })
-    .await;
+    load.wait_for("traffic with the agent gone", 50).await;
     world.restart_agent("agent-2").await;
     let grant = world.sandbox.client().await.refresh().await.expect("a refresh on the new agent");
     wait_for_push(&fwd, &grant.access_token.fingerprint()).await;
-    let after = ok.load(Ordering::SeqCst);
-    wait_until("traffic after the restart", Duration::from_secs(20), || {
-        ok.load(Ordering::SeqCst) >= after + 20
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed across an agent kill");
+    load.wait_for("traffic after the restart", 20).await;
+    let (failed, _) = load.stop().await;
+    assert_eq!(failed, 0, "requests failed across an agent kill");
     assert_eq!(bearer_of_last(&world), grant.access_token.expose(), "the new agent's token is used");
 }
 

@@ -52,32 +52,8 @@ async fn a_dead_agent_gives_503_after_the_window_and_a_restarted_one_serves_agai
 async fn an_agent_restart_within_the_window_fails_no_request() {
     let mut world = World::new().await;
     let fwd = world.forwarder("forwarder", &["--agent-wait", "10s"]).await;
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    // When each request started and ended, to find those the forwarder held through the outage.
-    let spans = Arc::new(Mutex::new(Vec::<(Instant, Instant)>::new()));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (ok, failed, stop, url) = (ok.clone(), failed.clone(), stop.clone(), fwd.url("/v1/messages"));
-        let spans = spans.clone();
-        workers.push(tokio::spawn(async move {
-            let client = http_client();
-            while !stop.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                let (status, body) = message(&client, &url).await;
-                spans.lock().unwrap().push((started, Instant::now()));
-                if status == 200 {
-                    ok.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    eprintln!("failed request: {status} {body}");
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }));
-    }
-    wait_until("traffic before the restart", Duration::from_secs(20), || ok.load(Ordering::SeqCst) >= 20)
-        .await;
+    let load = Load::start(fwd.url("/v1/messages"));
+    load.wait_for("traffic before the restart", 20).await;
     world.kill_agent();
     // The agent stays down until the forwarder has found it gone (a probe fails as soon as the agent
     // does not answer), so requests surely meet the outage however the machine schedules the workers:
@@ -86,22 +62,15 @@ async fn an_agent_restart_within_the_window_fails_no_request() {
     assert_eq!(client.get(fwd.url("/readyz")).send().await.unwrap().status(), 503);
     let outage_seen = Instant::now();
     world.restart_agent("agent-2").await;
-    let after = ok.load(Ordering::SeqCst);
-    wait_until("traffic after the restart", Duration::from_secs(20), || {
-        ok.load(Ordering::SeqCst) >= after + 20
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let spans = spans.lock().unwrap();
+    load.wait_for("traffic after the restart", 20).await;
+    let ok = load.ok();
+    let (failed, spans) = load.stop().await;
     let held = spans.iter().filter(|(start, end)| *start < outage_seen && *end > outage_seen).count();
     let slowest = spans.iter().map(|(start, end)| end.duration_since(*start)).max().unwrap_or_default();
     eprintln!("requests in flight while the forwarder had no agent: {held}, slowest request: {slowest:?}");
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed across an agent restart");
+    assert_eq!(failed, 0, "requests failed across an agent restart");
     assert!(held >= 1, "no request met the restart");
-    assert!(ok.load(Ordering::SeqCst) >= 40);
+    assert!(ok >= 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
