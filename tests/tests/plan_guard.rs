@@ -11,6 +11,7 @@ use sidecred_tests::fakes::upstream::account::now_epoch;
 use sidecred_tests::fakes::upstream::{Billing, Canned};
 use sidecred_tests::forwarder_harness::{http_client, Backends, Forwarder};
 use sidecred_tests::harness::wait_until_async;
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 /// The client shapes a test sends as: Claude Code's headers as a real Claude Code sends them, or an
@@ -22,17 +23,20 @@ enum As {
 }
 
 async fn ask(fwd: &Forwarder, shape: As) -> reqwest::Response {
-    let mut req = http_client()
+    request(fwd, shape).send().await.unwrap()
+}
+
+fn request(fwd: &Forwarder, shape: As) -> reqwest::RequestBuilder {
+    let req = http_client()
         .post(fwd.url("/v1/messages"))
         .header("anthropic-version", "2023-06-01")
         .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}));
-    req = match shape {
+    match shape {
         As::ClaudeCode => req
             .header("user-agent", format!("{CLAUDE_CODE_USER_AGENT_PREFIX}2.1.332 (external, sdk-cli)"))
             .header(X_APP_HEADER, CLAUDE_CODE_X_APP),
         As::Sdk => req.header("user-agent", "Anthropic/Python 2.14.0"),
-    };
-    req.send().await.unwrap()
+    }
 }
 
 async fn metrics(fwd: &Forwarder) -> String {
@@ -334,6 +338,50 @@ async fn a_third_party_refusal_is_passed_on_and_shown() {
     assert_eq!(health(&fwd).await["account"]["state"], "third_party_refused");
     assert_eq!(ask(&fwd, As::Sdk).await.status(), 400, "not paused: refusing costs nothing");
     assert_eq!(backends.upstream.seen_count(), 3);
+}
+
+/// Clients that accept compressed answers (One-Hub and the Python SDK send `accept-encoding: gzip,
+/// deflate`) may get the API's errors gzipped: the account reads them decoded, and the client gets the
+/// bytes the API sent. Read as what it is, the long-context 429 pauses nothing even with a
+/// rejected-looking status (unread, it looked like a spent window and paused every client for an hour);
+/// the third-party refusal is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzipped_errors_are_read_for_the_account_and_passed_on_as_sent() {
+    let backends = Backends::start().await;
+    let fwd = backends.forwarder("forwarder", &[]).await;
+    let up = &backends.upstream;
+    up.set_gzip_errors(true);
+    let gzipped =
+        |resp: &reqwest::Response| resp.headers().get("content-encoding").map(|v| v.as_bytes().to_vec());
+    let gunzip = |bytes: &[u8]| {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(bytes).read_to_string(&mut out).unwrap();
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let reset = (now_epoch() + 3600).to_string();
+    up.answer_next(Canned::long_context_429().with_unified(&[
+        ("status", "rejected"),
+        ("5h-status", "rejected"),
+        ("5h-reset", &reset),
+    ]));
+    let resp = request(&fwd, As::Sdk).header("accept-encoding", "gzip, deflate").send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(gzipped(&resp).as_deref(), Some(&b"gzip"[..]), "passed on as the API sent it");
+    let body = gunzip(&resp.bytes().await.unwrap());
+    assert!(body["error"]["message"].as_str().unwrap().contains("long context"), "{body}");
+    assert_eq!(ask(&fwd, As::Sdk).await.status(), 200, "the long-context 429 paused the account");
+
+    up.set_billing(Billing::RefusesOthers);
+    let resp = request(&fwd, As::Sdk).header("accept-encoding", "gzip, deflate").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(gzipped(&resp).as_deref(), Some(&b"gzip"[..]));
+    let body = gunzip(&resp.bytes().await.unwrap());
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("Third-party apps"), "{body}");
+    assert_eq!(health(&fwd).await["account"]["state"], "third_party_refused");
+    let page = metrics(&fwd).await;
+    assert_eq!(outcome(&page, "request_limit", "other"), 1.0, "{page}");
+    assert_eq!(outcome(&page, "third_party_refused", "other"), 1.0, "{page}");
+    assert_eq!(up.seen_count(), 3);
 }
 
 /// `--clients claude-code`: other clients get 403 with the mode named, and nothing goes upstream; Claude

@@ -5,6 +5,7 @@
 //! - `reset.rs`: when a window clears, from a `-reset` value of any form seen; pure.
 //! - `guard.rs`: the account's state as enums and the pure transitions on admit and on answer.
 //! - `replies.rs`: the guard's own answers in the API's error shape.
+//! - `decode.rs`: an error body's content coding (gzip, deflate, br), undone for the classifier only.
 //! - `metrics.rs`: the counters and the state gauge, registered in one place.
 //!
 //! This file is the shell the request path calls twice: [`Account::admit`] before a request is sent,
@@ -12,6 +13,7 @@
 //! process, shared by its workers: the forwarder is the one that sees every answer's headers and must
 //! decide on every request without a round trip; the guarantee is per forwarder process.
 
+mod decode;
 pub mod guard;
 pub mod metrics;
 pub mod outcome;
@@ -24,7 +26,7 @@ use crate::errors::ErrorReply;
 use crate::observe::metrics::{Route, METRICS};
 use bytes::Bytes;
 use guard::{Billing, Config, Decision, Guard, Refusal, State, Windows};
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -96,7 +98,8 @@ impl Account {
         let (mut parts, body) = response.into_parts();
         let (body, error) = if readable_error(&parts.headers, parts.status) {
             let bytes = read_error(body).await?;
-            let error = ErrorBody::parse(&bytes);
+            let decoded = decode::coding(&parts.headers).and_then(|c| decode::decode(c, &bytes));
+            let error = decoded.map_or_else(ErrorBody::default, |b| ErrorBody::parse(&b));
             (AnswerBody::Read(bytes), error)
         } else {
             (AnswerBody::Streaming(body), ErrorBody::default())
@@ -223,11 +226,11 @@ fn reason(state: State, allowed: bool) -> &'static str {
 }
 
 /// Whether an answer's body is read before it is passed on: an error whose meaning is in its message,
-/// small enough by its declared length, and not compressed (the classifier reads plain JSON).
+/// small enough by its declared length, and in a coding `decode.rs` can undo (the client still gets
+/// the bytes as sent).
 fn readable_error(headers: &HeaderMap, status: http::StatusCode) -> bool {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let encoded = headers.get(CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity");
-    needs_body(status) && declared.is_some_and(|n| n <= MAX_ERROR_BODY) && !encoded
+    needs_body(status) && declared.is_some_and(|n| n <= MAX_ERROR_BODY) && decode::coding(headers).is_some()
 }
 
 async fn read_error(body: Incoming) -> Result<Bytes, ErrorReply> {

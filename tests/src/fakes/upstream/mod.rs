@@ -108,6 +108,8 @@ struct State {
     billing: Billing,
     /// Answers about the account the next Messages requests get, in order.
     canned: VecDeque<Canned>,
+    /// Whether those answers come gzipped to a client that accepts gzip.
+    gzip_errors: bool,
 }
 
 /// What the fake's Messages answers say of the account's usage windows unless a test sets others
@@ -183,6 +185,7 @@ impl FakeUpstream {
             answer: "hello".to_owned(),
             usage: DEFAULT_USAGE.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             billing: Billing::OnPlan,
+            gzip_errors: false,
             canned: VecDeque::new(),
         }));
         let counters = Arc::new(Counters::default());
@@ -249,6 +252,12 @@ impl FakeUpstream {
     /// How the account pays for Messages requests from now on.
     pub fn set_billing(&self, billing: Billing) {
         self.state.lock().unwrap().billing = billing;
+    }
+
+    /// Whether the answers about the account (refusals, exhausted windows: `Canned`) come gzipped, with
+    /// `content-encoding: gzip`, to a request whose `accept-encoding` names gzip.
+    pub fn set_gzip_errors(&self, on: bool) {
+        self.state.lock().unwrap().gzip_errors = on;
     }
 
     /// The next Messages request that carries a valid token gets this answer (after those queued).
@@ -337,7 +346,12 @@ async fn handle(
         status: 0,
     };
     let is_message = parts.method == Method::POST && parts.uri.path() == "/v1/messages";
-    let (authorized, failure, canned, sse, delay, answer, usage, billing) = {
+    let accepts_gzip = parts
+        .headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .any(|v| v.to_str().unwrap_or("").split(',').any(|c| c.trim().starts_with("gzip")));
+    let (authorized, failure, canned, sse, delay, answer, usage, billing, gzip) = {
         let mut s = st.lock().unwrap();
         let valid = seen.bearer().is_some_and(|t| (s.check)(t));
         let forced = s.reject_next > 0;
@@ -347,7 +361,18 @@ async fn handle(
         let authorized = valid && !forced;
         let failure = if authorized { s.fail_next.pop_front() } else { None };
         let canned = if authorized && failure.is_none() && is_message { s.canned.pop_front() } else { None };
-        (authorized, failure, canned, s.sse, s.delay, s.answer.clone(), s.usage.clone(), s.billing.clone())
+        let gzip = s.gzip_errors && accepts_gzip;
+        (
+            authorized,
+            failure,
+            canned,
+            s.sse,
+            s.delay,
+            s.answer.clone(),
+            s.usage.clone(),
+            s.billing.clone(),
+            gzip,
+        )
     };
     if !delay.is_zero() {
         // hyper drops this future when the client's connection closes first: the guard counts that.
@@ -364,10 +389,10 @@ async fn handle(
         resp.headers_mut().insert("retry-after-ms", "20".parse().unwrap());
         resp
     } else if let Some(canned) = canned {
-        canned_answer(&canned)
+        canned_answer(&canned, gzip)
     } else if is_message {
         match account::judge(&billing, &parts.headers) {
-            account::Verdict::Refuse(canned) => canned_answer(&canned),
+            account::Verdict::Refuse(canned) => canned_answer(&canned, gzip),
             account::Verdict::Serve { unified, billed } => {
                 if billed {
                     counters.billed.fetch_add(1, Ordering::SeqCst);
@@ -445,8 +470,17 @@ fn set_unified<'a>(headers: &mut HeaderMap, pairs: impl Iterator<Item = &'a (Str
 }
 
 /// One of the API's answers about the account or the request, as `account.rs` describes it.
-fn canned_answer(canned: &Canned) -> Answer {
+fn canned_answer(canned: &Canned, gzip: bool) -> Answer {
     let mut resp = json_answer(StatusCode::from_u16(canned.status).unwrap(), canned.body.clone());
+    if gzip {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(canned.body.to_string().as_bytes()).unwrap();
+        let zipped = e.finish().unwrap();
+        resp.headers_mut().insert(http::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, zipped.len().into());
+        *resp.body_mut() = Either::Left(Full::new(Bytes::from(zipped)));
+    }
     set_unified(resp.headers_mut(), canned.unified.iter());
     for (name, value) in &canned.headers {
         resp.headers_mut()
