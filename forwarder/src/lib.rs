@@ -187,7 +187,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         if let Some(metrics) = metrics_listener {
             let metrics =
                 tokio::net::TcpListener::from_std(metrics).context("cannot register the metrics listener")?;
-            tokio::spawn(exposition::serve(metrics));
+            tokio::spawn(exposition::serve(metrics, shared.account.clone()));
         }
         acceptor.run(listener, &shared, &cli, local, via).await?;
         // Joined off this thread, so that while the workers drain it goes on following the agent's

@@ -52,7 +52,7 @@ impl Proxy {
             health::LIVEZ_PATH => health::livez(),
             "/readyz" => Box::pin(health::readyz(&self.tokens, &self.leaving)).await,
             "/health" => Box::pin(health::health(&self.tokens, &self.rejected, &self.account)).await,
-            "/metrics" => crate::observe::exposition::page(req.headers()),
+            "/metrics" => crate::observe::exposition::page(req.headers(), &self.account),
             _ => return Ok(self.forward(req).await),
         };
         // Probes come every few seconds; they go to debug so the access log stays about traffic.

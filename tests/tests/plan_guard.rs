@@ -292,6 +292,32 @@ async fn a_rejected_window_sends_nothing_upstream_until_its_reset() {
     assert!(refusals >= answered_here as f64, "{refusals} < {answered_here}\n{page}");
 }
 
+/// The state gauge is the state at the scrape: a window's pause shows as ended at its reset, with no
+/// request since (alerts and dashboards read the gauge, and a paused account may see no traffic at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_gauge_shows_a_pause_ended_without_traffic() {
+    let backends = Backends::start().await;
+    let fwd = backends.forwarder("forwarder", &[]).await;
+    let up = &backends.upstream;
+    let until = now_epoch() + 3;
+    up.set_billing(Billing::WindowExhausted { reset: until.to_string(), until });
+    assert_eq!(ask(&fwd, As::Sdk).await.status(), 429);
+    let state =
+        |page: &str, s: &str| sample(page, &format!(r#"sidecred_forwarder_account_state{{state="{s}"}}"#));
+    let page = metrics(&fwd).await;
+    assert_eq!(state(&page, "window_exhausted"), 1.0, "{page}");
+    let f = &fwd;
+    wait_until_async(
+        "the gauge to show the plan again after the reset",
+        Duration::from_secs(10),
+        || async move { state(&metrics(f).await, "on_plan") == 1.0 },
+    )
+    .await;
+    assert!(now_epoch() >= until, "on_plan before the reset");
+    assert_eq!(state(&metrics(&fwd).await, "window_exhausted"), 0.0);
+    assert_eq!(up.seen_count(), 1, "a request went upstream");
+}
+
 /// An absurd reset (the year 3000) is not believed: nothing is paused, and no `retry-after` is made up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_reset_pauses_nothing() {

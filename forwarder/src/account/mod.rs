@@ -145,6 +145,12 @@ impl Account {
         out
     }
 
+    /// Sets the state gauge to the state as it is now, for a scrape: a pause that ended at its reset
+    /// shows as ended without a request having come through since.
+    pub fn publish_state(&self) {
+        METRICS.account.set_state(self.lock().state(Instant::now()));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Guard> {
         // Every transition assigns whole values: a panic cannot leave the state half-written.
         self.guard.lock().unwrap_or_else(PoisonError::into_inner)

@@ -2,6 +2,7 @@
 //! inbound key), and on `--metrics-listen` when the operator wants it on a port clients cannot reach.
 
 use super::metrics::METRICS;
+use crate::account::Account;
 use crate::body::ResponseBody;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -9,10 +10,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tracing::{debug, info, warn};
 
-/// The metrics page in the format the scraper asks for (Prometheus: OpenMetrics; others: classic text).
-pub fn page(headers: &HeaderMap) -> Response<ResponseBody> {
+/// The metrics page in the format the scraper asks for (Prometheus: OpenMetrics; others: classic text),
+/// with the account's state as it stands at the scrape.
+pub fn page(headers: &HeaderMap, account: &Account) -> Response<ResponseBody> {
+    account.publish_state();
     let accept = headers.get(ACCEPT).map(HeaderValue::as_bytes);
     let (page, content_type) = sidecred_proto::exposition::negotiate(METRICS.encode(), accept);
     let mut resp = Response::new(ResponseBody::full(page.into()));
@@ -21,7 +25,7 @@ pub fn page(headers: &HeaderMap) -> Response<ResponseBody> {
 }
 
 /// Serves `/metrics` (and nothing else) on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener) {
+pub async fn serve(listener: tokio::net::TcpListener, account: Arc<Account>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -31,14 +35,15 @@ pub async fn serve(listener: tokio::net::TcpListener) {
                 continue;
             }
         };
-        tokio::spawn(serve_one(stream, peer));
+        tokio::spawn(serve_one(stream, peer, account.clone()));
     }
 }
 
-async fn serve_one(stream: tokio::net::TcpStream, peer: SocketAddr) {
+async fn serve_one(stream: tokio::net::TcpStream, peer: SocketAddr, account: Arc<Account>) {
+    let account = &account;
     let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
         Ok::<_, Infallible>(match req.uri().path() {
-            "/metrics" => page(req.headers()),
+            "/metrics" => page(req.headers(), account),
             _ => {
                 let mut resp = Response::new(ResponseBody::full("only /metrics here\n".into()));
                 *resp.status_mut() = StatusCode::NOT_FOUND;
