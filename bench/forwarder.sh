@@ -15,6 +15,9 @@
 #
 # Usage: bench/forwarder.sh [--smoke]
 #   --smoke  2 s runs; fails only when a component fails (CI), reports the targets without enforcing them.
+#   SIDECRED_BENCH_BEFORE=PATH  also measures another sidecred-forwarder binary (an older build, run with
+#            the same flags but --agent-mode) against the same agent, as the row "before", so a change is
+#            measured before and after in the same rounds.
 # Installs wrk and nginx-light from Debian when missing. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 
@@ -90,6 +93,19 @@ wait_for "the per-request forwarder" 20 grep -q ' listening ' "$WORK/exchange.lo
 EXCHANGE="$(sed -n 's/.* listening addr=\([^ ]*\).*/\1/p' "$WORK/exchange.log" | head -n1)"
 wait_for "the per-request forwarder's /readyz" 20 curl -fsS "http://$EXCHANGE/readyz"
 
+# --- an older forwarder, for a before-and-after in one run ------------------------------------------
+BEFORE="${SIDECRED_BENCH_BEFORE:-}"
+if [[ -n "$BEFORE" ]]; then
+    [[ -x "$BEFORE" ]] || die "SIDECRED_BENCH_BEFORE=$BEFORE is not an executable"
+    SIDECRED_LOG="warn,sidecred_forwarder=info,sidecred_forwarder::access=off" "$BEFORE" \
+        --listen 127.0.0.1:0 --upstream "http://$UPSTREAM" --socket "$SOCKET" >"$WORK/before.log" 2>&1 &
+    BEFORE_PID=$!
+    PIDS+=("$BEFORE_PID")
+    wait_for "the forwarder before" 20 grep -q ' listening ' "$WORK/before.log"
+    BEFORE_ADDR="$(sed -n 's/.* listening addr=\([^ ]*\).*/\1/p' "$WORK/before.log" | head -n1)"
+    wait_for "the forwarder before's /readyz" 20 curl -fsS "http://$BEFORE_ADDR/readyz"
+fi
+
 # --- nginx: a static proxy that injects the same headers, keepalive to the upstream --------------
 NGINX_PORT="$(free_port)"
 mkdir -p "$WORK/nginx/tmp"
@@ -116,6 +132,10 @@ declare -A URL=(
     [exchange]="http://$EXCHANGE/v1/messages"
 )
 SETUPS=(direct nginx floor sidecred exchange)
+if [[ -n "$BEFORE" ]]; then
+    URL[before]="http://$BEFORE_ADDR/v1/messages"
+    SETUPS+=(before)
+fi
 # The processes whose CPU a setup costs (nginx's workers are its children).
 declare -A COST=(
     [direct]=""
@@ -123,6 +143,7 @@ declare -A COST=(
     [floor]="$FLOOR_PID"
     [sidecred]="$FORWARDER_PID $AGENT_PID"
     [exchange]="$EXCHANGE_PID $AGENT_PID"
+    [before]="${BEFORE_PID:-} $AGENT_PID"
 )
 CLK_TCK="$(getconf CLK_TCK)"
 # cpu_us PID...: the CPU time (user + system) the processes have used so far, in microseconds.
@@ -156,6 +177,7 @@ run_wrk() {
     alive "$AGENT_PID" agent "$WORK/agent.log"
     alive "$FORWARDER_PID" forwarder "$WORK/forwarder.log"
     alive "$EXCHANGE_PID" "the per-request forwarder" "$WORK/exchange.log"
+    if [[ -n "$BEFORE" ]]; then alive "$BEFORE_PID" "the forwarder before" "$WORK/before.log"; fi
     alive "$NGINX_PID" nginx "$WORK/nginx/error.log"
     alive "$FLOOR_PID" "the floor proxy" "$WORK/floor.log"
     echo "$out"
@@ -227,6 +249,13 @@ added99() { echo $((P99[$1] - P99[direct])); }
 OVER_FLOOR_P50=$((P50[sidecred] - P50[floor]))
 EX_OVER_FLOOR_P50=$((P50[exchange] - P50[floor]))
 cpu_ratio() { awk -v a="${CPU[$1]}" -v b="${CPU[floor]}" 'BEGIN { if (a == "–" || b == "–" || b == 0) print "–"; else printf "%.2f", a / b }'; }
+BEFORE_ROW="" BEFORE_TARGETS=""
+if [[ -n "$BEFORE" ]]; then
+    IFS='|' read -r BE_RATIO BE_RATIOS <<<"$(ratio_of before nginx)"
+    IFS='|' read -r BE_OF_FLOOR BE_OF_FLOOR_RATIOS <<<"$(ratio_of before floor)"
+    BEFORE_ROW="| sidecred before (\`$BEFORE\`) | ${RPS[before]} | ${CPU[before]} µs | ${P50[before]} µs | ${P99[before]} µs | $((P50[before] - P50[direct])) µs | $((P99[before] - P99[direct])) µs |"
+    BEFORE_TARGETS="before: ${BE_OF_FLOOR}× the floor (${BE_OF_FLOOR_RATIOS}), ${BE_RATIO}× nginx (${BE_RATIOS}), p50 at c=1 $((P50[before] - P50[floor])) µs over the floor's, CPU per request $(cpu_ratio before)× the floor's."
+fi
 ok() { if awk "BEGIN { exit !($1) }" 2>/dev/null; then echo "yes"; else echo "**no**"; fi; }
 OK_FLOOR="$(ok "$OF_FLOOR >= 0.95")"
 OK_NGINX="$(ok "$RATIO >= 0.85")"
@@ -248,6 +277,7 @@ cat <<EOF
 | floor: bare hyper + hyper-util proxy (static headers) | ${RPS[floor]} | ${CPU[floor]} µs | ${P50[floor]} µs | ${P99[floor]} µs | $(added floor) µs | $(added99 floor) µs |
 | sidecred, token pushed (agent + forwarder) | ${RPS[sidecred]} | ${CPU[sidecred]} µs | ${P50[sidecred]} µs | ${P99[sidecred]} µs | $(added sidecred) µs | $(added99 sidecred) µs |
 | sidecred, \`--agent-mode per-request\` | ${RPS[exchange]} | ${CPU[exchange]} µs | ${P50[exchange]} µs | ${P99[exchange]} µs | $(added exchange) µs | $(added99 exchange) µs |
+${BEFORE_ROW}
 
 | target | token pushed | per request | goal | met (pushed) |
 |---|---:|---:|---:|:--:|
@@ -258,6 +288,8 @@ cat <<EOF
 | CPU per request vs the floor's ($CPU_HOW) | $(cpu_ratio sidecred)× | $(cpu_ratio exchange)× | ≤ 1.3× | $OK_CPU |
 | forwarder RSS, $STREAMS SSE streams | $(mib "$RSS_STREAMS") | | ≤ 20 MiB | $OK_RSS |
 | forwarder RSS, idle | $(mib "$RSS_IDLE") | | ≤ 8 MiB | $OK_IDLE |
+
+${BEFORE_TARGETS}
 
 wrk $DURATION per run, median of $ROUNDS alternating rounds (req/s per round: direct ${RPS_ALL[direct]}/ nginx ${RPS_ALL[nginx]}/ floor ${RPS_ALL[floor]}/ pushed ${RPS_ALL[sidecred]}/ per request ${RPS_ALL[exchange]}); nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarders 2 workers, access log off; CPU per request is that of the setup's processes (sidecred: forwarder and agent) over the c=$CONNS runs.
 EOF
