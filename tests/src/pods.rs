@@ -6,8 +6,9 @@ use crate::fakes::claude_oauth::FakeOAuth;
 use crate::fakes::kube::{FakeKube, LeaseSpec};
 use crate::fakes::upstream::FakeUpstream;
 use crate::forwarder_harness::{forwarder_cmd, http_client, start_forwarder, Forwarder};
-use crate::harness::{now_ms, refresh_token_of, Proc, Sandbox};
+use crate::harness::{access_token_of, now_ms, refresh_token_of, wait_until, Proc, Sandbox};
 use serde_json::json;
+use sidecred_proto::Role;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,7 +118,15 @@ impl Pod {
         let forwarder =
             start_forwarder(&sb, &format!("{name}-forwarder"), forwarder_cmd(&sb, &cluster.upstream.url()))
                 .await;
-        Pod { name: name.to_owned(), uid: uid.to_owned(), sb, agent: Some(agent), forwarder, restarts: 0 }
+        Pod {
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            sb,
+            agent: Some(agent),
+            forwarder,
+            restarts: 0,
+            env,
+        }
     }
 
     pub fn agent_pid(&self) -> i32 {
@@ -168,6 +177,67 @@ fn agent_cmd(sb: &Sandbox, cluster: &Cluster, name: &str, uid: &str) -> std::pro
         .env("POD_NAME", name)
         .env("POD_UID", uid);
     cmd
+}
+
+/// The pod's role in the election, by its status.
+pub async fn role_of(pod: &Pod) -> Option<Role> {
+    pod.status().await.and_then(|s| s.role)
+}
+
+pub async fn wait_role(pod: &Pod, role: Role, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while role_of(pod).await != Some(role) {
+        assert!(std::time::Instant::now() < deadline, "{} is not {role:?} within {within:?}", pod.name);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// pod-a holding the lease and pod-b following, after pod-a's first refresh has reached the Secret.
+pub async fn holder_and_follower(cluster: &Cluster) -> (Pod, Pod) {
+    let a = Pod::start(cluster, "pod-a").await;
+    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
+        cluster.holder().as_deref() == Some("pod-a")
+    })
+    .await;
+    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
+    let b = Pod::start(cluster, "pod-b").await;
+    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
+    // The first holder refreshes at once (a pair from a file has an unknown lifetime).
+    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
+    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
+    (a, b)
+}
+
+/// Waits until every pod serves the access token the Secret holds.
+pub async fn converged(cluster: &Cluster, pods: &[&Pod], what: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let secret =
+            cluster.secret_doc().as_ref().and_then(access_token_of).map(|t| sidecred_proto::fingerprint(&t));
+        let mut all = secret.is_some();
+        for pod in pods {
+            all &= pod.status().await.and_then(|s| s.token_fingerprint) == secret;
+        }
+        if all {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: the pods do not all serve the Secret's token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request through the pod's forwarder: the status the upstream's answer came with.
+pub async fn request_through(pod: &Pod) -> u16 {
+    let body =
+        json!({"model": "claude-fake-1", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    http_client()
+        .post(format!("http://{}/v1/messages", pod.url()))
+        .header("x-api-key", "client-key-ignored")
+        .json(&body)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
 }
 
 /// Counts of client requests through the forwarders.

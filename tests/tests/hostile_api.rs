@@ -92,6 +92,8 @@ async fn a_hung_secret_get_then_a_holder_kill_loses_nothing() {
     holder.kill9();
     wait_until("a new holder", Duration::from_secs(15), || cluster.holder().is_some_and(|h| h != killed))
         .await;
+    // The new holder reads the Secret before it knows itself the holder: ask it only then.
+    wait_role(&follower, sidecred_proto::Role::Holder, Duration::from_secs(10)).await;
     let before = cluster.fake.rotations();
     follower.sb.client().await.refresh().await.expect("a refresh by the new holder");
     assert!(cluster.fake.rotations() > before, "the new holder did not rotate");

@@ -54,8 +54,10 @@ pub struct Election {
     /// lifecycle refresh.
     holding: bool,
     holder: Option<String>,
-    /// Set after taking over a lease its holder did not release (see [`LeaseView::raced_until`]).
+    /// Set after taking over a lease its holder did not release (see [`LeaseView::raced_until`] and
+    /// [`LeaseView::late_write_by`]).
     raced_until: Option<Instant>,
+    late_write_by: Option<Instant>,
     /// The lifecycle has stopped (the agent is shutting down): renew what is held, take nothing.
     closing: bool,
 }
@@ -80,6 +82,7 @@ impl Election {
             holding: false,
             holder: None,
             raced_until: None,
+            late_write_by: None,
             closing: false,
         }
     }
@@ -111,7 +114,9 @@ impl Election {
                 if taken && !released {
                     // Its holder stopped renewing without handing the lease on: it may have a refresh
                     // whose pair has not reached the Secret yet.
-                    self.raced_until = Instant::now().checked_add(self.config.timing.race_wait());
+                    let now = Instant::now();
+                    self.raced_until = now.checked_add(self.config.timing.race_wait());
+                    self.late_write_by = now.checked_add(self.config.timing.late_write_wait());
                 }
                 self.holder = Some(self.config.identity.clone());
                 if (taken || !self.holding) && !self.closing {
@@ -138,6 +143,7 @@ impl Election {
                 self.holding = false;
                 self.fence = None;
                 self.raced_until = None;
+                self.late_write_by = None;
                 None
             }
             Ok(Err(e)) => Some(e),
@@ -145,6 +151,13 @@ impl Election {
         };
         if let Some(problem) = &problem {
             warn!(lease = %self.config.lease, error = %problem, "cannot renew or read the lease");
+            // What could not be seen is not known to be unchanged: the holder may have renewed while
+            // we were blind (or been as blind as we were, in an outage of the API server). client-go
+            // keeps its observedTime across failed reads, so after an outage longer than the lease a
+            // follower takes over the moment the API answers, racing a holder that is alive and whose
+            // last pair may not have reached the Secret. Here the count starts again at the next read:
+            // a live holder renews first, and a dead one is taken over a lease duration later.
+            self.observed = None;
             if let Decision::StopRefreshing { fence } =
                 decide(None, &self.config.identity, sent, Instant::now(), self.fence, self.config.timing)
             {
@@ -165,6 +178,7 @@ impl Election {
             fence: self.fence.filter(|_| self.holding),
             least_window: self.config.timing.least_window(),
             raced_until: self.raced_until,
+            late_write_by: self.late_write_by,
             problem,
         }
     }

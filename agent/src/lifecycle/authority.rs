@@ -30,6 +30,10 @@ pub struct LeaseView {
     /// After taking over a lease its holder did not release: until this instant, a refusal of a refresh
     /// may mean that holder's last refresh won, and its pair may still reach the Secret.
     pub raced_until: Option<Instant>,
+    /// After taking over a lease its holder did not release: until this instant a refresh that falls
+    /// due for the pair held at the takeover waits for that holder's late write to the Secret (while
+    /// the access token has life to spare), instead of spending a pair that holder may have spent.
+    pub late_write_by: Option<Instant>,
     /// Why the lease could not be read or renewed (the API server unreachable, RBAC, a missing Lease).
     pub problem: Option<String>,
 }
@@ -73,6 +77,18 @@ impl Authority {
     pub fn raced_until(&self, now: Instant) -> Option<Instant> {
         self.lease().and_then(|l| l.raced_until).filter(|t| now < *t)
     }
+
+    /// Until when a due refresh of the pair held at an unreleased takeover waits for the old holder's
+    /// late write (see [`LeaseView::late_write_by`]).
+    pub fn late_write_by(&self, now: Instant) -> Option<Instant> {
+        self.lease().and_then(|l| l.late_write_by).filter(|t| now < *t)
+    }
+
+    /// Whether the last round could not renew or read the lease: a new pair could not reach the Secret
+    /// now either.
+    pub fn api_unreachable(&self) -> bool {
+        self.lease().is_some_and(|l| l.problem.is_some())
+    }
 }
 
 impl LeaseView {
@@ -84,6 +100,7 @@ impl LeaseView {
             fence: None,
             least_window: Duration::ZERO,
             raced_until: None,
+            late_write_by: None,
             problem: None,
         }
     }

@@ -87,6 +87,9 @@ pub struct Machine {
     secret_rv: Option<String>,
     /// What decides who spent a refused refresh token ([`super::refusal`]).
     refusals: Witness,
+    /// The fingerprint of the refresh token held when this agent took over a lease its holder had not
+    /// released: that holder may have spent it ([`super::hold`]).
+    inherited: Option<String>,
 }
 
 /// Where the store reads and writes, for logs and the status report.
@@ -117,6 +120,7 @@ impl Machine {
             authority: Authority::Single,
             secret_rv: None,
             refusals: Witness::default(),
+            inherited: None,
         };
         match start {
             Ok(loaded) => {
@@ -173,7 +177,9 @@ impl Machine {
             match refresh {
                 // Without the lease a due refresh waits for it: the lease's news wakes the task, not a
                 // timer that would fire again and again.
-                Refresh::Scheduled { at, .. } if self.authority.may_refresh(now).is_ok() => Some(*at),
+                Refresh::Scheduled { at, .. } if self.authority.may_refresh(now).is_ok() => {
+                    Some(self.due_refresh_waits(now).map_or(*at, |until| until.max(*at)))
+                }
                 Refresh::Raced { until, .. } => Some(*until),
                 _ => None,
             },
@@ -197,7 +203,7 @@ impl Machine {
             }
         }
         if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, .. } = &self.phase {
-            if *at <= now.at {
+            if *at <= now.at && self.due_refresh_waits(now.at).is_none() {
                 effects.extend(self.start_refresh("the token is due for refresh", now.at));
             }
         }
@@ -264,11 +270,19 @@ impl Machine {
     }
 
     /// The lease task learned who holds the lease. Becoming the holder starts a refresh that fell due
-    /// meanwhile.
+    /// meanwhile, unless it waits ([`super::hold`]).
     pub fn lease_changed(&mut self, view: LeaseView, now: Now) -> Vec<Effect> {
         let before = self.authority.role(now.at);
         if let Authority::Lease(current) = &mut self.authority {
+            let taken_over = view.late_write_by.is_some() && view.late_write_by != current.late_write_by;
             *current = view;
+            if taken_over {
+                // The election read the Secret before reporting the takeover: the live pair is the one
+                // the old holder left there.
+                self.inherited =
+                    self.live_pair().and_then(|(c, _)| c.refresh_token.as_ref()).map(|r| r.fingerprint());
+                info!(wait = ?self.authority.late_write_by(now.at).map(|t| t.saturating_duration_since(now.at)), "took over a lease its holder did not release: a due refresh of the pair it left waits for its late write first");
+            }
         }
         let after = self.authority.role(now.at);
         if before != after {
@@ -327,6 +341,20 @@ impl Machine {
             );
         }
         (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token", now.at))
+    }
+
+    /// Until when a refresh that fell due waits although this agent may refresh ([`super::hold`]).
+    fn due_refresh_waits(&self, now: Instant) -> Option<Instant> {
+        let Phase::Serving { live, .. } = &self.phase else { return None };
+        let live_fp = live.credentials.refresh_token.as_ref().map(|r| r.fingerprint());
+        super::hold::hold(super::hold::Facts {
+            now,
+            deadline: live.deadline,
+            floor: self.policy.margin_min,
+            api_unreachable: self.authority.api_unreachable(),
+            late_write_by: self.authority.late_write_by(now),
+            inherited: live_fp.is_some() && live_fp == self.inherited,
+        })
     }
 
     fn start_refresh(&mut self, why: &str, now: Instant) -> Vec<Effect> {

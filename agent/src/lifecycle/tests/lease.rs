@@ -175,3 +175,58 @@ async fn a_refusal_right_after_an_unreleased_takeover_waits_for_the_old_holders_
     m.refresh_done(Err(TokenError::Rejected { reason: "invalid_grant".into() }), clock.now());
     assert_eq!(state(&m), TokenState::ReauthRequired);
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_an_unreleased_takeover_the_inherited_pair_waits_for_the_old_holders_late_write() {
+    let clock = Clock::new();
+    // 1000 s left: due at once by the margin (a pair of unknown lifetime), with life to spare.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let taken = |late_write_by| LeaseView {
+        raced_until: Some(clock.at(60)),
+        late_write_by,
+        ..holding_until(Instant::now() + Duration::from_secs(10))
+    };
+    let effects = m.lease_changed(taken(Some(clock.at(30))), clock.now());
+    assert!(refreshes(&effects).is_empty(), "the inherited pair is not spent at once");
+    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(30)), "it waits until the late-write wait ends");
+    // The old holder's late write arrives: that pair is refreshed as usual.
+    advance(Duration::from_secs(5)).await;
+    m.seed_changed(from_secret("31", creds("A1", "R1", WALL0 + 1_000_000)), clock.now());
+    let effects = m.tick(clock.now());
+    assert_eq!(refreshes(&effects), ["R1"]);
+
+    // No late write: the inherited pair is refreshed once the wait is over.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let until = Instant::now() + Duration::from_secs(30);
+    assert!(refreshes(&m.lease_changed(taken(Some(until)), clock.now())).is_empty());
+    advance(Duration::from_secs(30)).await;
+    let effects = m.lease_changed(taken(Some(until)), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+
+    // A token close to expiry is not held back.
+    let mut m = leased(&clock, Duration::from_secs(60));
+    let effects = m.lease_changed(taken(Some(Instant::now() + Duration::from_secs(30))), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+
+    // A released lease (no late-write wait) refreshes the due pair at once.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    assert_eq!(refreshes(&m.lease_changed(taken(None), clock.now())), ["R0"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_cannot_reach_the_api_does_not_spend_a_pair_it_could_not_share() {
+    let clock = Clock::new();
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let unreachable = LeaseView {
+        problem: Some("the API server is down".into()),
+        ..holding_until(Instant::now() + Duration::from_secs(10))
+    };
+    assert!(refreshes(&m.lease_changed(unreachable, clock.now())).is_empty());
+    // A client asking still gets its refresh: the token is wanted now.
+    let (_, effects) = m.refresh_requested(clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+    // The API answers again: the due refresh goes ahead.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let effects = m.lease_changed(holding_until(Instant::now() + Duration::from_secs(10)), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+}
