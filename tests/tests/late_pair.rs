@@ -6,6 +6,8 @@
 //! 2. The holder stays cut off after the outage, so the follower takes the lease over: the new holder
 //!    does not refresh the pair it inherited while the access token has life to spare, and adopts the
 //!    old holder's late pair when it lands. Zero `invalid_grant`.
+//! 3. The same with tokens too short-lived to wait: the new holder's first refresh is refused
+//!    ("raced"), and it adopts the late pair instead of declaring the login lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sidecred_proto::{Role, TokenState};
@@ -63,6 +65,10 @@ async fn nothing_lost(cluster: &Cluster, a: &Pod, b: &Pod, what: &str) {
         assert_eq!(status.state, Some(TokenState::Valid), "{what}: {}: {status:?}", pod.name);
     }
     assert_eq!(cluster.fake.overlapping_refreshes(), 0, "{what}: two refreshes with one refresh token");
+}
+
+fn log_of(pod: &Pod) -> String {
+    pod.agent.as_ref().map(|a| a.log()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -145,5 +151,45 @@ async fn a_takeover_after_an_outage_waits_for_the_old_holders_late_pair() {
         cluster.fake.rotations(),
         cluster.invalid_grants(),
         cluster.refreshes_by_pod()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_holder_refused_after_a_takeover_adopts_the_old_holders_late_pair() {
+    // Tokens live 120 s: less than the refresh margin's floor (5 min) is left, so the new holder does
+    // not wait and spends the inherited pair at once.
+    let cluster = Cluster::start(120).await;
+    let (a, b) = holder_and_follower(&cluster).await;
+    let late = refresh_during_an_outage(&cluster, &a).await;
+    let back = outage_ends_without_pod_a(&cluster, &a).await;
+    wait_until("pod-b to take the lease over", LEASE_DURATION * 4, || {
+        cluster.holder().as_deref() == Some("pod-b")
+    })
+    .await;
+    let took = back.elapsed();
+    wait_until("pod-b's refresh of the spent pair to be refused", Duration::from_secs(10), || {
+        cluster.invalid_grants() >= 1
+    })
+    .await;
+    // Raced: pod-b serves the current token, degraded, and waits for a late pair.
+    let status = b.status().await.unwrap();
+    assert_eq!(status.state, Some(TokenState::Degraded), "{status:?}");
+    assert!(status.message.unwrap_or_default().contains("waiting for its pair"));
+    cluster.kube.cut_off(&a.api_name(), false);
+    let reconnected = Instant::now();
+    wait_until("pod-b to refresh pod-a's late pair", Duration::from_secs(30), || {
+        cluster.fake.was_rotated(&late)
+    })
+    .await;
+    let healed = reconnected.elapsed();
+    nothing_lost(&cluster, &a, &b, "a refused refresh after a takeover").await;
+    assert_eq!(cluster.invalid_grants(), 1, "one refusal, the race: {:?}", cluster.fake.rejections());
+    assert!(!log_of(&b).contains("a new login is needed"), "pod-b declared the login lost");
+    eprintln!(
+        "raced: pod-b took the lease {took:?} after the API came back, was refused once, refreshed pod-a's late pair \
+         {healed:?} after pod-a reconnected; {} refreshes, {} rotations, {} invalid_grant",
+        cluster.fake.refresh_requests(),
+        cluster.fake.rotations(),
+        cluster.invalid_grants()
     );
 }
