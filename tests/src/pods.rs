@@ -98,6 +98,8 @@ pub struct Pod {
     pub agent: Option<Proc>,
     pub forwarder: Forwarder,
     restarts: u32,
+    /// Environment the agent gets beyond what the manifests set ([`Pod::start_with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Pod {
@@ -109,12 +111,24 @@ impl Pod {
     /// A pod with this name and UID: two pods may share a name (a StatefulSet's replacement `db-0` while
     /// the old one still runs), never a UID.
     pub async fn start_with_uid(cluster: &Cluster, name: &str, uid: &str) -> Pod {
+        Pod::start_full(cluster, name, uid, Vec::new()).await
+    }
+
+    /// A pod whose agent also gets `env` (a setting a test changes, such as
+    /// `SIDECRED_SHUTDOWN_WRITE_WAIT`).
+    pub async fn start_with_env(cluster: &Cluster, name: &str, env: &[(&str, &str)]) -> Pod {
+        let uid = format!("{:032x}", rand::random::<u128>());
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Pod::start_full(cluster, name, &uid, env).await
+    }
+
+    async fn start_full(cluster: &Cluster, name: &str, uid: &str, env: Vec<(String, String)>) -> Pod {
         let sb = Sandbox::new();
         cluster.kube.write_pod_kubeconfig(&sb.path().join("kubeconfig"), &format!("{name}.{uid}"));
         // The kubelet's copy of the Secret, as it was when the pod started (it lags; the agent reads the
         // API anyway).
         std::fs::write(sb.seed(), cluster.kube.value(KEY).unwrap_or_default()).expect("seed");
-        let agent = sb.start_agent(&format!("{name}-agent"), agent_cmd(&sb, cluster, name, uid)).await;
+        let agent = sb.start_agent(&format!("{name}-agent"), agent_cmd(&sb, cluster, name, uid, &env)).await;
         let forwarder =
             start_forwarder(&sb, &format!("{name}-forwarder"), forwarder_cmd(&sb, &cluster.upstream.url()))
                 .await;
@@ -143,7 +157,7 @@ impl Pod {
     pub async fn restart_agent(&mut self, cluster: &Cluster) {
         self.restarts += 1;
         let log = format!("{}-agent-{}", self.name, self.restarts);
-        let cmd = agent_cmd(&self.sb, cluster, &self.name, &self.uid);
+        let cmd = agent_cmd(&self.sb, cluster, &self.name, &self.uid, &self.env);
         self.agent = Some(self.sb.start_agent(&log, cmd).await);
     }
 
@@ -163,7 +177,13 @@ impl Pod {
 }
 
 /// The agent as the manifests run it: its pod's name and UID from the downward API.
-fn agent_cmd(sb: &Sandbox, cluster: &Cluster, name: &str, uid: &str) -> std::process::Command {
+fn agent_cmd(
+    sb: &Sandbox,
+    cluster: &Cluster,
+    name: &str,
+    uid: &str,
+    env: &[(String, String)],
+) -> std::process::Command {
     let mut cmd = sb.agent_cmd(&cluster.fake.token_url());
     cmd.arg("--state-dir")
         .arg(sb.state_dir())
@@ -175,7 +195,11 @@ fn agent_cmd(sb: &Sandbox, cluster: &Cluster, name: &str, uid: &str) -> std::pro
         .env("KUBECONFIG", sb.path().join("kubeconfig"))
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("POD_NAME", name)
-        .env("POD_UID", uid);
+        .env("POD_UID", uid)
+        // A stopped holder waits this long for its last pair to reach the Secret: longer than the
+        // tests that refuse Secret writes take to let them through again.
+        .env("SIDECRED_SHUTDOWN_WRITE_WAIT", "60s")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 

@@ -124,6 +124,53 @@ async fn a_holder_stopped_while_the_secret_refuses_its_pair_keeps_the_lease_unti
     );
 }
 
+/// The wait of a stopped holder for its pair to reach the Secret has a deadline of its own
+/// (`--shutdown-write-wait`): past it the agent exits without releasing the lease, before the grace
+/// period's SIGKILL, and says what it leaves behind; the lease then expires on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_holder_waits_for_the_secret_only_until_its_shutdown_write_wait() {
+    const WAIT: Duration = Duration::from_secs(2);
+    let cluster = Cluster::start(3600).await;
+    let mut a = Pod::start_with_env(&cluster, "pod-a", &[("SIDECRED_SHUTDOWN_WRITE_WAIT", "2s")]).await;
+    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
+        cluster.holder().as_deref() == Some("pod-a")
+    })
+    .await;
+    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
+    let b = Pod::start(&cluster, "pod-b").await;
+    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
+    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
+    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
+
+    // The Secret takes no writes; pod-a refreshes, and its answer comes once the refresh's own wait for
+    // the Secret (10 s) is over.
+    cluster.kube.refuse_secret_writes(true);
+    let rotations = cluster.fake.rotations();
+    a.sb.client()
+        .await
+        .refresh()
+        .await
+        .expect("pod-a's refresh, served once its wait for the Secret ran out");
+    assert!(cluster.fake.rotations() > rotations && !cluster.settled(), "pod-a's pair is not in the Secret");
+    let identity = cluster.holder_identity();
+    let agent = a.agent.as_mut().unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped = std::time::Instant::now();
+    let status = agent.wait_exit(Duration::from_secs(30));
+    let took = stopped.elapsed();
+    assert!(!status.success(), "pod-a left its pair out of the Secret: it exits with a failure");
+    assert!(took >= WAIT, "pod-a exited after {took:?}, before its wait");
+    assert!(took < WAIT + LEASE_DURATION * 2, "pod-a exited {took:?} after SIGTERM");
+    assert_eq!(cluster.holder_identity(), identity, "pod-a released a lease whose pair is not in the Secret");
+    assert!(agent.log().contains("after --shutdown-write-wait"), "pod-a says why it exited");
+    // Nobody released it: the lease passes to pod-b when it expires.
+    wait_until("pod-b to take the expired lease", LEASE_DURATION * 3, || {
+        cluster.holder().as_deref() == Some("pod-b")
+    })
+    .await;
+    eprintln!("shutdown write wait {WAIT:?}: pod-a exited {took:?} after SIGTERM without releasing; pod-b took the expired lease");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_cut_off_from_the_api_server_abandons_its_slow_refresh_before_anyone_takes_over() {
     let cluster = Cluster::start(3600).await;
