@@ -9,7 +9,8 @@
 //! duration (the fence). The lifecycle starts a refresh only with time to spare before the fence and
 //! ends its request by the fence, so by the time another agent may hold the lease, this one has no
 //! request at the token endpoint. A holder that was paused or cut off wakes up past its fence and does
-//! nothing until it has renewed again.
+//! nothing until it has renewed again. The fence is kept by the boot clock too (`CLOCK_BOOTTIME`, which
+//! counts a suspend of the machine; the monotonic clock does not): see `lifecycle/fence.rs`.
 //!
 //! When the holder becomes the holder, it reads the shared Secret before it reports holding the lease,
 //! so it never refreshes with a pair older than the Secret's.
@@ -18,7 +19,7 @@ use crate::cluster::client::{clip, ApiClient, CallError, Objects};
 use crate::cluster::decision::{decide, Decision, Observed, Record, Timing};
 use crate::cluster::secret_watch::SharedSecret;
 use crate::cluster::writeback::SecretRef;
-use crate::lifecycle::{Input, LeaseView};
+use crate::lifecycle::{since_boot, Fence, Input, LeaseView};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -48,8 +49,8 @@ pub struct Election {
     api: Objects<Lease>,
     secret: SharedSecret,
     observed: Option<Observed>,
-    /// The fence of this agent's last renewal that landed.
-    fence: Option<Instant>,
+    /// The fence of this agent's last renewal that landed, by the monotonic and the boot clock.
+    fence: Option<Fence>,
     /// Whether this process holds the lease and has read the Secret since it took it: only then may the
     /// lifecycle refresh.
     holding: bool,
@@ -107,9 +108,9 @@ impl Election {
     }
 
     async fn round(&mut self, inputs: &mpsc::Sender<Input>) -> LeaseView {
-        let sent = Instant::now();
+        let (sent, sent_boot) = (Instant::now(), since_boot());
         let limit = self.config.round_limit();
-        let problem = match tokio::time::timeout(limit, self.try_acquire_or_renew(sent)).await {
+        let problem = match tokio::time::timeout(limit, self.try_acquire_or_renew(sent, sent_boot)).await {
             Ok(Ok(Written::Held { taken, released })) => {
                 if taken && !released {
                     // Its holder stopped renewing without handing the lease on: it may have a refresh
@@ -158,10 +159,13 @@ impl Election {
             // last pair may not have reached the Secret. Here the count starts again at the next read:
             // a live holder renews first, and a dead one is taken over a lease duration later.
             self.observed = None;
+            let last = self.fence.map(|f| f.at);
             if let Decision::StopRefreshing { fence } =
-                decide(None, &self.config.identity, sent, Instant::now(), self.fence, self.config.timing)
+                decide(None, &self.config.identity, sent, Instant::now(), last, self.config.timing)
             {
-                self.fence = fence;
+                // Kept only while it lies ahead by the boot clock too (a suspend uses it up).
+                let boot_now = since_boot();
+                self.fence = self.fence.filter(|f| fence == Some(f.at) && boot_now < f.boot);
             }
             if self.fence.is_none() {
                 // Past the fence: whoever renews next reads the Secret again first.
@@ -184,7 +188,7 @@ impl Election {
     }
 
     /// One round: read the record, decide, write what the decision says.
-    async fn try_acquire_or_renew(&mut self, sent: Instant) -> Result<Written, String> {
+    async fn try_acquire_or_renew(&mut self, sent: Instant, sent_boot: Duration) -> Result<Written, String> {
         let name = &self.config.lease.name;
         let lease = self.api.get(name).await.map_err(|e| self.describe("get", e))?;
         let now = Instant::now();
@@ -196,8 +200,8 @@ impl Election {
             version: lease.metadata.resource_version.clone(),
         };
         let observed = Observed::update(self.observed.take(), record, now);
-        let decision =
-            decide(Some(&observed), &self.config.identity, sent, now, self.fence, self.config.timing);
+        let last = self.fence.map(|f| f.at);
+        let decision = decide(Some(&observed), &self.config.identity, sent, now, last, self.config.timing);
         self.observed = Some(observed);
         let (fence, taken, released) = match decision {
             Decision::Follow { holder, .. } => {
@@ -224,7 +228,8 @@ impl Election {
         update.spec = Some(next);
         match self.api.replace(name, &PostParams::default(), &update).await {
             Ok(_) => {
-                self.fence = Some(fence);
+                // The same moment by the boot clock: as far from the round's start as by the monotonic one.
+                self.fence = Fence::after(sent, sent_boot, fence.saturating_duration_since(sent));
                 Ok(Written::Held { taken, released })
             }
             Err(e) if e.code() == Some(409) => {

@@ -2,6 +2,8 @@
 //! only while it holds the lease with time to spare, and each request must end by the lease's fence:
 //! refresh tokens rotate, so two refreshers kill each other's login.
 
+use super::fence::Fence;
+use super::machine::Now;
 use sidecred_proto::Role;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -23,8 +25,9 @@ pub struct LeaseView {
     /// The holder by the last successful read, or none (never read, or nobody holds it).
     pub holder: Option<String>,
     /// Set while this agent holds the lease: the fence, the instant another agent could take the lease
-    /// over if no renewal lands before it. Every refresh request must have ended by then.
-    pub fence: Option<Instant>,
+    /// over if no renewal lands before it. Every refresh request must have ended by then. Kept by the
+    /// boot clock too, so a suspend uses it up ([`super::fence`]).
+    pub fence: Option<Fence>,
     /// A refresh starts only with at least this long left before the fence.
     pub least_window: Duration,
     /// After taking over a lease its holder did not release: until this instant, a refusal of a refresh
@@ -45,23 +48,29 @@ pub struct Permit {
 }
 
 impl Authority {
-    /// Whether a refresh may start at `now`, and if not, why.
-    pub fn may_refresh(&self, now: Instant) -> Result<Permit, String> {
+    /// Whether a refresh may start at `now`, and if not, why. The time left before the fence is the
+    /// lesser by the monotonic and the boot clock: after a suspend the boot clock says the lease may
+    /// have passed on, whatever the monotonic clock says.
+    pub fn may_refresh(&self, now: Now) -> Result<Permit, String> {
         match self {
             Authority::Single => Ok(Permit { deadline: None }),
-            Authority::Lease(view) => match view.fence {
-                Some(fence) if view.starts_by(fence).is_some_and(|by| now < by) => {
-                    Ok(Permit { deadline: Some(fence) })
-                }
+            Authority::Lease(view) => match view.fence.map(|f| f.left(now.at, now.boot)) {
+                Some(left) if left > view.least_window => Ok(Permit { deadline: now.at.checked_add(left) }),
                 _ => Err(view.why_not()),
             },
         }
     }
 
+    /// The role `status` shows at `now`, by the monotonic clock alone (a suspend is caught by
+    /// [`Authority::may_refresh`] and, within a round, by the election).
     pub fn role(&self, now: Instant) -> Role {
         match self {
             Authority::Single => Role::Single,
-            Authority::Lease(_) if self.may_refresh(now).is_ok() => Role::Holder,
+            Authority::Lease(view)
+                if view.fence.is_some_and(|f| f.at.saturating_duration_since(now) > view.least_window) =>
+            {
+                Role::Holder
+            }
             Authority::Lease(_) => Role::Follower,
         }
     }
@@ -103,10 +112,6 @@ impl LeaseView {
             late_write_by: None,
             problem: None,
         }
-    }
-
-    fn starts_by(&self, fence: Instant) -> Option<Instant> {
-        fence.checked_sub(self.least_window)
     }
 
     fn why_not(&self) -> String {

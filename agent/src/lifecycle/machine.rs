@@ -19,17 +19,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-/// A moment by both clocks: the monotonic one times refreshes, the wall clock stamps what is written
-/// and shown.
+/// A moment by three clocks: the monotonic one times refreshes, the wall clock stamps what is written
+/// and shown, the boot clock (which counts a suspend) measures what is left of the lease's fence.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub at: Instant,
     pub wall_ms: u64,
+    pub boot: Duration,
 }
 
 impl Now {
     pub fn read() -> Now {
-        Now { at: Instant::now(), wall_ms: now_ms() }
+        Now { at: Instant::now(), wall_ms: now_ms(), boot: super::fence::since_boot() }
     }
 }
 
@@ -170,14 +171,15 @@ impl Machine {
 
     /// When [`Machine::tick`] has something to do next: a refresh or save falls due, or the token crosses
     /// into "expired" (so readers and status see it).
-    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+    pub fn next_wake(&self, now: Now) -> Option<Instant> {
         let Phase::Serving { live, refresh, save } = &self.phase else { return None };
+        let (clocks, now) = (now, now.at);
         let expiry = live.deadline.checked_sub(super::EXPIRY_GUARD).unwrap_or(live.deadline);
         [
             match refresh {
                 // Without the lease a due refresh waits for it: the lease's news wakes the task, not a
                 // timer that would fire again and again.
-                Refresh::Scheduled { at, .. } if self.authority.may_refresh(now).is_ok() => {
+                Refresh::Scheduled { at, .. } if self.authority.may_refresh(clocks).is_ok() => {
                     Some(self.due_refresh_waits(now).map_or(*at, |until| until.max(*at)))
                 }
                 Refresh::Raced { until, .. } => Some(*until),
@@ -204,7 +206,7 @@ impl Machine {
         }
         if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, .. } = &self.phase {
             if *at <= now.at && self.due_refresh_waits(now.at).is_none() {
-                effects.extend(self.start_refresh("the token is due for refresh", now.at));
+                effects.extend(self.start_refresh("the token is due for refresh", now));
             }
         }
         if let Phase::Serving { refresh, .. } = &mut self.phase {
@@ -261,10 +263,10 @@ impl Machine {
                 (Answer::Now(Err(err)), Vec::new())
             }
             Phase::Serving { .. } => {
-                if let Err(why) = self.authority.may_refresh(now.at) {
+                if let Err(why) = self.authority.may_refresh(now) {
                     return (Answer::Now(Err(unavailable(&why))), Vec::new());
                 }
-                (Answer::AfterRefresh, self.start_refresh("a refresh was requested", now.at))
+                (Answer::AfterRefresh, self.start_refresh("a refresh was requested", now))
             }
         }
     }
@@ -332,7 +334,7 @@ impl Machine {
             }
             _ => {}
         }
-        if let Err(why) = self.authority.may_refresh(now.at) {
+        if let Err(why) = self.authority.may_refresh(now) {
             // The holder refreshes; its new pair reaches this agent through the Secret.
             warn!(token = %token, "the upstream rejected the current token; {why}");
             return (
@@ -340,7 +342,7 @@ impl Machine {
                 Vec::new(),
             );
         }
-        (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token", now.at))
+        (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token", now))
     }
 
     /// Until when a refresh that fell due waits although this agent may refresh ([`super::hold`]).
@@ -357,7 +359,7 @@ impl Machine {
         })
     }
 
-    fn start_refresh(&mut self, why: &str, now: Instant) -> Vec<Effect> {
+    fn start_refresh(&mut self, why: &str, now: Now) -> Vec<Effect> {
         let Ok(permit) = self.authority.may_refresh(now) else { return Vec::new() };
         let Phase::Serving { live, refresh, .. } = &mut self.phase else { return Vec::new() };
         let Refresh::Scheduled { at, failures } = *refresh else { return Vec::new() };

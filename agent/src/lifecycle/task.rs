@@ -174,7 +174,7 @@ impl Lifecycle {
             // The clocks are compared at least this often, so a suspend is noticed soon after the wake-up.
             let wake = self
                 .machine
-                .next_wake(Instant::now())
+                .next_wake(Now::read())
                 .map_or(Instant::now() + CLOCK_CHECK, |w| w.min(Instant::now() + CLOCK_CHECK));
             let wake = self.awaiting_pair.iter().map(|a| a.until).fold(wake, Instant::min);
             tokio::select! {

@@ -117,7 +117,7 @@ impl Machine {
         if let Some(fp) = incoming.refresh_token.as_ref().map(|r| r.fingerprint()) {
             retire(&mut self.retired, fp);
         }
-        if self.authority.may_refresh(now.at).is_err() {
+        if self.authority.may_refresh(now).is_err() {
             return Some(Vec::new());
         }
         let (credentials, retired) = self.live_pair()?;
