@@ -2,9 +2,10 @@
 //! changes the state, and returns the [`Effect`]s for the task in `task.rs` to perform. Nothing here
 //! sleeps, reads a clock or touches the network, so every transition is unit-tested with chosen times.
 //! Taking a pair from outside is `machine/adopt.rs`; what a refresh or a save brought back is
-//! `machine/outcome.rs`.
+//! `machine/outcome.rs`; the pair an adopted one replaced, kept until it proves itself, `machine/kept.rs`.
 
 mod adopt;
+mod kept;
 mod outcome;
 
 use super::authority::{Authority, LeaseView};
@@ -91,6 +92,8 @@ pub struct Machine {
     /// The fingerprint of the refresh token held when this agent took over a lease its holder had not
     /// released: that holder may have spent it ([`super::hold`]).
     inherited: Option<String>,
+    /// A valid pair an adopted one replaced, until the adopted one proves itself ([`kept`]).
+    kept: Option<kept::Kept>,
 }
 
 /// Where the store reads and writes, for logs and the status report.
@@ -122,6 +125,7 @@ impl Machine {
             secret_rv: None,
             refusals: Witness::default(),
             inherited: None,
+            kept: None,
         };
         match start {
             Ok(loaded) => {

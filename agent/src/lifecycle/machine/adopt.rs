@@ -54,7 +54,11 @@ impl Machine {
                 return Vec::new();
             }
         }
-        if credentials.refresh_token.as_ref().is_some_and(|r| is_retired(&self.retired, &r.fingerprint())) {
+        let from_secret = seed.secret_rv.is_some();
+        if credentials.refresh_token.as_ref().is_some_and(|r| {
+            let fp = r.fingerprint();
+            is_retired(&self.retired, &fp) || (from_secret && self.is_kept_from_secret(&fp))
+        }) {
             warn!(
                 source = %seed.origin,
                 refresh_token = ?credentials.refresh_token,
@@ -74,9 +78,11 @@ impl Machine {
             "adopting new credentials from {}",
             if seed.secret_rv.is_some() { "the shared Secret" } else { "the seed file" }
         );
+        let kept = self.keep_replaced(&credentials, seed.secret_rv.is_some(), now.wall_ms);
         // The shared Secret only moves forward: the pair it replaces was spent by the lease holder, and
-        // must never be taken back (from a lagging volume, or a state file) and refreshed.
-        if seed.secret_rv.is_some() {
+        // must never be taken back (from a lagging volume, or a state file) and refreshed. A pair kept
+        // until the adopted one proves itself is retired then ([`super::kept`]).
+        if seed.secret_rv.is_some() && !kept {
             let replaced =
                 self.live_pair().and_then(|(c, _)| c.refresh_token.as_ref().map(|r| r.fingerprint()));
             if let Some(fp) = replaced

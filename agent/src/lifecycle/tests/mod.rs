@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::time::{advance, Instant};
 
+mod kept;
 mod lease;
 mod never;
 
