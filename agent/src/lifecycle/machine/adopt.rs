@@ -136,6 +136,11 @@ impl Machine {
         let credentials = login_age::with_clock(credentials, now.wall_ms);
         self.refusals.moved_on();
         let remaining = Duration::from_millis(credentials.remaining_ms(now.wall_ms));
+        // A file or the Secret does not say when a pair was issued: it is timed as if it had lived the
+        // assumed lifetime, so one past the margin of that is due at once (it may be older than it looks).
+        // Under a lease that is safe for a holder that starts or takes a released lease (the Secret then
+        // holds the live pair); after a takeover of an unreleased lease, `hold.rs` makes that due refresh
+        // wait for the old holder's late write first.
         let lifetime = self.policy.assumed_lifetime.max(remaining);
         let deadline = now.at.checked_add(remaining).unwrap_or_else(far_future);
         self.account = credentials.account.clone().or(self.account.take());
