@@ -55,6 +55,8 @@ pub struct SaveJob {
     pub credentials: Credentials,
     pub seed_sha256: Option<String>,
     pub retired: Vec<String>,
+    /// Boxed: a second document, rarely there.
+    pub kept: Option<Box<crate::store::KeptPair>>,
 }
 
 /// The answer to a request from a client of the socket.
@@ -93,7 +95,7 @@ pub struct Machine {
     /// released: that holder may have spent it ([`super::hold`]).
     inherited: Option<String>,
     /// A valid pair an adopted one replaced, until the adopted one proves itself ([`kept`]).
-    kept: Option<kept::Kept>,
+    kept: Option<crate::store::KeptPair>,
 }
 
 /// Where the store reads and writes, for logs and the status report.
@@ -131,6 +133,7 @@ impl Machine {
             Ok(loaded) => {
                 machine.seed_sha256 = loaded.seed_sha256;
                 machine.retired = loaded.retired;
+                machine.kept = loaded.kept;
                 machine.adopt(loaded.credentials, now);
             }
             Err(reason) => machine.phase = Phase::NoLogin { reason },

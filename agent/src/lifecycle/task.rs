@@ -383,7 +383,7 @@ impl Lifecycle {
 async fn save(store: Store, job: SaveJob) -> Result<(), String> {
     let started = Instant::now();
     let result = tokio::task::spawn_blocking(move || {
-        store.persist(&job.credentials, job.seed_sha256.as_deref(), &job.retired)
+        store.persist(&job.credentials, job.seed_sha256.as_deref(), &job.retired, job.kept.as_deref())
     })
     .await;
     match result {

@@ -9,22 +9,13 @@
 //! (`invalid_grant`), the agent goes back to the kept pair instead of declaring the login lost; the next
 //! refresh then spends the kept pair, and its result goes to the file and the Secret as usual.
 //!
-//! Kept in memory only: an agent restarted in between starts from what it saved (the adopted pair).
+//! In a state directory the kept pair is saved beside the live one (every change of it comes with a save
+//! of the live pair), so an agent restarted in between still has it; without one it lives in memory.
 
 use super::Machine;
 use crate::credentials::Credentials;
-use crate::store::{is_retired, retire};
+use crate::store::{is_retired, retire, KeptPair as Kept};
 use tracing::{info, warn};
-
-/// A valid live pair that an adopted pair replaced.
-#[derive(Debug)]
-pub(in crate::lifecycle) struct Kept {
-    credentials: Credentials,
-    /// The fingerprint of the adopted pair's refresh token: the one whose refresh proves it or not.
-    replaced_by: String,
-    /// Adopted from the shared Secret (whose replaced pairs are retired once the adopted one is proved).
-    from_secret: bool,
-}
 
 impl Machine {
     /// Before `incoming` replaces the live pair: keeps the live pair if it may still be worth having,

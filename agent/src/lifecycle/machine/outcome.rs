@@ -168,6 +168,7 @@ impl Machine {
             credentials: credentials.clone(),
             seed_sha256: self.seed_sha256.clone(),
             retired: retired.to_vec(),
+            kept: self.kept.clone().map(Box::new),
         })
     }
 }

@@ -68,3 +68,30 @@ async fn an_expired_live_pair_is_not_kept() {
     m.refresh_done(Err(rejected()), clock.now());
     assert_eq!(state(&m), TokenState::ReauthRequired);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_kept_pair_is_saved_beside_the_adopted_one_and_outlives_a_restart() {
+    let clock = Clock::new();
+    let mut m = machine(&clock, Duration::from_secs(3600), true);
+    m.seed_changed(seed("s1", creds("A9", "R9", WALL0 + 600_000)), clock.now());
+    let effects = m.tick(clock.now());
+    let job = saves(&effects).pop().expect("the adopted pair is saved");
+    let kept = job.kept.clone().expect("with the pair it replaced beside it");
+    assert_eq!(kept.credentials.refresh_token, Some(Secret::new("R0")));
+
+    // The agent restarts from that state: the adopted pair's refusal still falls back.
+    let loaded = Loaded {
+        credentials: job.credentials,
+        origin: Origin::State,
+        seed_sha256: job.seed_sha256,
+        retired: job.retired,
+        seed_problem: None,
+        kept: job.kept.map(|k| *k),
+    };
+    let paths = Paths { seed: "seed.json".into(), persist: "state.json".into(), saves_to_state: true };
+    let mut m = Machine::new(Policy::default(), paths, Ok(loaded), clock.now()).with_jitter(|| 0.0);
+    assert_eq!(refreshes(&m.tick(clock.now())), ["R9"]);
+    let effects = m.refresh_done(Err(rejected()), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+    assert_eq!(served_token(&m).as_deref(), Some("A0"));
+}

@@ -79,6 +79,7 @@ fn machine(clock: &Clock, left: Duration, saves_to_state: bool) -> Machine {
         seed_sha256: Some("seed0".to_owned()),
         retired: Vec::new(),
         seed_problem: None,
+        kept: None,
     };
     let paths = Paths { seed: "seed.json".into(), persist: "state.json".into(), saves_to_state };
     Machine::new(Policy::default(), paths, Ok(loaded), clock.now()).with_jitter(|| 0.0)

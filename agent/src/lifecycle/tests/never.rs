@@ -22,6 +22,7 @@ fn long_lived_machine(clock: &Clock, left: Duration) -> Machine {
         seed_sha256: Some("seed0".to_owned()),
         retired: Vec::new(),
         seed_problem: None,
+        kept: None,
     };
     let paths = Paths { seed: "seed.json".into(), persist: "seed.json".into(), saves_to_state: false };
     Machine::new(Policy::default(), paths, Ok(loaded), clock.now()).with_jitter(|| 0.0)
