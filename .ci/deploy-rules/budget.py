@@ -13,6 +13,9 @@ AGENT_LEASE_DURATION = "15s"  # SIDECRED_LEASE_DURATION: with a lease, also boun
 # With a lease, the holder hands the lease on only once the shared Secret holds its last pair; the write
 # after a refresh is given this long (CONFIRM_WRITE in agent/src/cmd/run.rs) before it is served anyway.
 AGENT_SECRET_WRITE = 10
+# After that, a holder stopped with its pair still not in the Secret keeps the lease and retries the write
+# this long before it exits without releasing (the lease then expires on its own).
+AGENT_SHUTDOWN_WRITE_WAIT = "5s"  # SIDECRED_SHUTDOWN_WRITE_WAIT
 FORWARDER_SHUTDOWN_DELAY = "5s"  # SIDECRED_SHUTDOWN_DELAY: still accepting after SIGTERM, /readyz 503
 FORWARDER_DRAIN_TIMEOUT = "30s"  # SIDECRED_DRAIN_TIMEOUT: open streams finishing after the delay
 # The platforms' defaults when nothing is set.

@@ -7,8 +7,8 @@ import sys
 
 import yaml
 
-from budget import (AGENT_LEASE_DURATION, AGENT_REQUEST_TIMEOUT, AGENT_SECRET_WRITE, FORWARDER_DRAIN_TIMEOUT,
-                    FORWARDER_SHUTDOWN_DELAY, K8S_TERMINATION_GRACE, seconds, shortfall)
+from budget import (AGENT_LEASE_DURATION, AGENT_REQUEST_TIMEOUT, AGENT_SECRET_WRITE, AGENT_SHUTDOWN_WRITE_WAIT,
+                    FORWARDER_DRAIN_TIMEOUT, FORWARDER_SHUTDOWN_DELAY, K8S_TERMINATION_GRACE, seconds, shortfall)
 from logins import check_logins, login_of
 from monitoring import check_monitoring
 from sidecar import SIDECAR_LABEL, check_sidecar_pod, is_sidecar
@@ -106,8 +106,10 @@ def check_security(where, pod, containers, sidecar):
 def check_shutdown_budget(where, pod, agent, forwarder):
     """The forwarder keeps accepting for its shutdown delay and drains, then the agent (stopped after it)
     finishes a refresh in flight; with a lease it then waits for the shared Secret to hold that refresh's pair
-    before it releases the lease. The grace period covers all of it with a margin (budget.py)."""
+    (the refresh's own wait, then --shutdown-write-wait) before it releases the lease. The grace period covers
+    all of it with a margin (budget.py)."""
     leased = setting(agent, "--lease", "SIDECRED_LEASE", None) is not None
+    write = 0
     try:
         delay = seconds(setting(forwarder, "--shutdown-delay", "SIDECRED_SHUTDOWN_DELAY", FORWARDER_SHUTDOWN_DELAY))
         drain = seconds(setting(forwarder, "--drain-timeout", "SIDECRED_DRAIN_TIMEOUT", FORWARDER_DRAIN_TIMEOUT))
@@ -116,10 +118,11 @@ def check_shutdown_budget(where, pod, agent, forwarder):
             # Under a lease a refresh ends by the fence, at most a lease duration after the last renewal.
             duration = seconds(setting(agent, "--lease-duration", "SIDECRED_LEASE_DURATION", AGENT_LEASE_DURATION))
             refresh = min(refresh, duration)
+            write = AGENT_SECRET_WRITE + seconds(setting(agent, "--shutdown-write-wait", "SIDECRED_SHUTDOWN_WRITE_WAIT",
+                                                         AGENT_SHUTDOWN_WRITE_WAIT))
     except ValueError as e:
         fail(where, str(e))
         return
-    write = AGENT_SECRET_WRITE if leased else 0
     grace = pod.get("terminationGracePeriodSeconds", K8S_TERMINATION_GRACE)
     lacking = shortfall(grace, delay, drain, refresh, write)
     if lacking:

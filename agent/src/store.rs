@@ -90,6 +90,30 @@ struct StateDoc {
     #[serde(default)]
     retired_refresh_tokens: Vec<String>,
     credentials: serde_json::Value,
+    /// A pair kept until the one that replaced it proves itself (absent in files older than it, and
+    /// when nothing is kept; an agent that does not know the field ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<KeptDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeptDoc {
+    replaced_by: String,
+    from_secret: bool,
+    credentials: serde_json::Value,
+}
+
+/// A valid pair that an adopted pair replaced, kept until the adopted one has proved itself (a
+/// successful refresh), to go back to if the adopted one's refresh token turns out dead
+/// (`lifecycle/machine/kept.rs`). Saved with the live pair in a state directory.
+#[derive(Debug, Clone)]
+pub struct KeptPair {
+    pub credentials: Credentials,
+    /// The fingerprint of the adopted pair's refresh token.
+    pub replaced_by: String,
+    /// Adopted from the shared Secret, not the seed file.
+    pub from_secret: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +121,7 @@ pub struct StateRead {
     pub seed_sha256: Option<String>,
     pub retired: Vec<String>,
     pub credentials: Credentials,
+    pub kept: Option<KeptPair>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +140,8 @@ pub struct Loaded {
     pub retired: Vec<String>,
     /// Why the seed was passed over, when it was unusable.
     pub seed_problem: Option<String>,
+    /// The pair kept beside the state's (only when starting from the state).
+    pub kept: Option<KeptPair>,
 }
 
 impl Store {
@@ -184,7 +211,17 @@ impl Store {
             return Err(StoreError::StateVersion { path: path.clone(), version: doc.version });
         }
         let credentials = Credentials::from_value(doc.credentials, path)?;
-        Ok(Some(StateRead { seed_sha256: doc.seed_sha256, retired: doc.retired_refresh_tokens, credentials }))
+        // A kept pair that cannot be read is no reason not to start: it is only a fallback.
+        let kept = doc.kept.and_then(|k| {
+            let credentials = Credentials::from_value(k.credentials, path).ok()?;
+            Some(KeptPair { credentials, replaced_by: k.replaced_by, from_secret: k.from_secret })
+        });
+        Ok(Some(StateRead {
+            seed_sha256: doc.seed_sha256,
+            retired: doc.retired_refresh_tokens,
+            credentials,
+            kept,
+        }))
     }
 
     /// The credentials to start from, by the precedence rules at the top of this module.
@@ -199,9 +236,9 @@ impl Store {
         let retired = state.as_ref().map(|s| s.retired.clone()).unwrap_or_default();
         let origin =
             choose(seed_creds.as_ref().map(|c| (seed_sha256.as_deref().unwrap_or(""), c)), state.as_ref());
-        let credentials = match (origin, seed_creds, state) {
-            (Some(Origin::Seed), Some(c), _) => c,
-            (Some(Origin::State), _, Some(s)) => s.credentials,
+        let (credentials, kept) = match (origin, seed_creds, state) {
+            (Some(Origin::Seed), Some(c), _) => (c, None),
+            (Some(Origin::State), _, Some(s)) => (s.credentials, s.kept),
             _ => {
                 return Err(StoreError::NoCredentials {
                     seed: self.seed.clone(),
@@ -209,15 +246,24 @@ impl Store {
                 })
             }
         };
-        Ok(Loaded { credentials, origin: origin.unwrap_or(Origin::Seed), seed_sha256, retired, seed_problem })
+        Ok(Loaded {
+            credentials,
+            origin: origin.unwrap_or(Origin::Seed),
+            seed_sha256,
+            retired,
+            seed_problem,
+            kept,
+        })
     }
 
-    /// Writes `creds` where rotated credentials belong, atomically.
+    /// Writes `creds` where rotated credentials belong, atomically; in a state file, with the pair
+    /// `kept` beside it (without one, a kept pair lives only in memory).
     pub fn persist(
         &self,
         creds: &Credentials,
         seed_sha256: Option<&str>,
         retired: &[String],
+        kept: Option<&KeptPair>,
     ) -> Result<(), WriteError> {
         match &self.target {
             Target::InPlace => write_atomic(&resolve_symlinks(&self.seed), &creds.to_bytes()),
@@ -227,6 +273,11 @@ impl Store {
                     seed_sha256: seed_sha256.map(str::to_owned),
                     retired_refresh_tokens: retired.to_vec(),
                     credentials: creds.to_json(),
+                    kept: kept.map(|k| KeptDoc {
+                        replaced_by: k.replaced_by.clone(),
+                        from_secret: k.from_secret,
+                        credentials: k.credentials.to_json(),
+                    }),
                 };
                 let value = serde_json::to_value(&doc).unwrap_or_default();
                 write_atomic(path, &to_pretty_bytes(&value))
@@ -307,6 +358,7 @@ mod tests {
             seed_sha256: Some(seed_sha.into()),
             retired: retired.iter().map(|r| Secret::new(*r).fingerprint()).collect(),
             credentials: creds(refresh),
+            kept: None,
         }
     }
 
@@ -337,6 +389,7 @@ mod tests {
             seed_sha256: Some("s1".into()),
             retired: Vec::new(),
             credentials: c,
+            kept: None,
         };
         assert_eq!(
             choose(Some(("s2", &long_lived("L2"))), Some(&state_of(long_lived("L1")))),
@@ -385,16 +438,25 @@ mod tests {
         });
         let mut retired = Vec::new();
         retire(&mut retired, Secret::new("R0").fingerprint());
-        store.persist(&next, loaded.seed_sha256.as_deref(), &retired).expect("persist");
+        store.persist(&next, loaded.seed_sha256.as_deref(), &retired, None).expect("persist");
         let again = store.load().expect("load");
         assert_eq!(again.origin, Origin::State);
         assert_eq!(again.credentials.refresh_token, Some(Secret::new("R1")));
+        assert!(again.kept.is_none());
+
+        // A pair kept beside the live one comes back with it.
+        let kept = KeptPair { credentials: creds("K0"), replaced_by: "fp:R1".into(), from_secret: true };
+        store.persist(&next, loaded.seed_sha256.as_deref(), &retired, Some(&kept)).expect("persist");
+        let with_kept = store.load().expect("load").kept.expect("the kept pair");
+        assert_eq!(with_kept.credentials.refresh_token, Some(Secret::new("K0")));
+        assert_eq!((with_kept.replaced_by.as_str(), with_kept.from_secret), ("fp:R1", true));
 
         // A new login in the seed wins.
         std::fs::write(&seed_path, creds("N0").to_bytes()).expect("seed");
         let after_login = store.load().expect("load");
         assert_eq!(after_login.origin, Origin::Seed);
         assert_eq!(after_login.credentials.refresh_token, Some(Secret::new("N0")));
+        assert!(after_login.kept.is_none(), "a kept pair goes with the state it was kept beside");
     }
 
     #[test]

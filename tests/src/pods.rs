@@ -6,8 +6,9 @@ use crate::fakes::claude_oauth::FakeOAuth;
 use crate::fakes::kube::{FakeKube, LeaseSpec};
 use crate::fakes::upstream::FakeUpstream;
 use crate::forwarder_harness::{forwarder_cmd, http_client, start_forwarder, Forwarder};
-use crate::harness::{now_ms, refresh_token_of, Proc, Sandbox};
+use crate::harness::{access_token_of, now_ms, refresh_token_of, wait_until, Proc, Sandbox};
 use serde_json::json;
+use sidecred_proto::Role;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -97,6 +98,8 @@ pub struct Pod {
     pub agent: Option<Proc>,
     pub forwarder: Forwarder,
     restarts: u32,
+    /// Environment the agent gets beyond what the manifests set ([`Pod::start_with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Pod {
@@ -108,16 +111,36 @@ impl Pod {
     /// A pod with this name and UID: two pods may share a name (a StatefulSet's replacement `db-0` while
     /// the old one still runs), never a UID.
     pub async fn start_with_uid(cluster: &Cluster, name: &str, uid: &str) -> Pod {
+        Pod::start_full(cluster, name, uid, Vec::new()).await
+    }
+
+    /// A pod whose agent also gets `env` (a setting a test changes, such as
+    /// `SIDECRED_SHUTDOWN_WRITE_WAIT`).
+    pub async fn start_with_env(cluster: &Cluster, name: &str, env: &[(&str, &str)]) -> Pod {
+        let uid = format!("{:032x}", rand::random::<u128>());
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Pod::start_full(cluster, name, &uid, env).await
+    }
+
+    async fn start_full(cluster: &Cluster, name: &str, uid: &str, env: Vec<(String, String)>) -> Pod {
         let sb = Sandbox::new();
         cluster.kube.write_pod_kubeconfig(&sb.path().join("kubeconfig"), &format!("{name}.{uid}"));
         // The kubelet's copy of the Secret, as it was when the pod started (it lags; the agent reads the
         // API anyway).
         std::fs::write(sb.seed(), cluster.kube.value(KEY).unwrap_or_default()).expect("seed");
-        let agent = sb.start_agent(&format!("{name}-agent"), agent_cmd(&sb, cluster, name, uid)).await;
+        let agent = sb.start_agent(&format!("{name}-agent"), agent_cmd(&sb, cluster, name, uid, &env)).await;
         let forwarder =
             start_forwarder(&sb, &format!("{name}-forwarder"), forwarder_cmd(&sb, &cluster.upstream.url()))
                 .await;
-        Pod { name: name.to_owned(), uid: uid.to_owned(), sb, agent: Some(agent), forwarder, restarts: 0 }
+        Pod {
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            sb,
+            agent: Some(agent),
+            forwarder,
+            restarts: 0,
+            env,
+        }
     }
 
     pub fn agent_pid(&self) -> i32 {
@@ -134,7 +157,7 @@ impl Pod {
     pub async fn restart_agent(&mut self, cluster: &Cluster) {
         self.restarts += 1;
         let log = format!("{}-agent-{}", self.name, self.restarts);
-        let cmd = agent_cmd(&self.sb, cluster, &self.name, &self.uid);
+        let cmd = agent_cmd(&self.sb, cluster, &self.name, &self.uid, &self.env);
         self.agent = Some(self.sb.start_agent(&log, cmd).await);
     }
 
@@ -154,7 +177,13 @@ impl Pod {
 }
 
 /// The agent as the manifests run it: its pod's name and UID from the downward API.
-fn agent_cmd(sb: &Sandbox, cluster: &Cluster, name: &str, uid: &str) -> std::process::Command {
+fn agent_cmd(
+    sb: &Sandbox,
+    cluster: &Cluster,
+    name: &str,
+    uid: &str,
+    env: &[(String, String)],
+) -> std::process::Command {
     let mut cmd = sb.agent_cmd(&cluster.fake.token_url());
     cmd.arg("--state-dir")
         .arg(sb.state_dir())
@@ -166,8 +195,73 @@ fn agent_cmd(sb: &Sandbox, cluster: &Cluster, name: &str, uid: &str) -> std::pro
         .env("KUBECONFIG", sb.path().join("kubeconfig"))
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("POD_NAME", name)
-        .env("POD_UID", uid);
+        .env("POD_UID", uid)
+        // A stopped holder waits this long for its last pair to reach the Secret: longer than the
+        // tests that refuse Secret writes take to let them through again.
+        .env("SIDECRED_SHUTDOWN_WRITE_WAIT", "60s")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     cmd
+}
+
+/// The pod's role in the election, by its status.
+pub async fn role_of(pod: &Pod) -> Option<Role> {
+    pod.status().await.and_then(|s| s.role)
+}
+
+pub async fn wait_role(pod: &Pod, role: Role, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while role_of(pod).await != Some(role) {
+        assert!(std::time::Instant::now() < deadline, "{} is not {role:?} within {within:?}", pod.name);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// pod-a holding the lease and pod-b following, after pod-a's first refresh has reached the Secret.
+pub async fn holder_and_follower(cluster: &Cluster) -> (Pod, Pod) {
+    let a = Pod::start(cluster, "pod-a").await;
+    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
+        cluster.holder().as_deref() == Some("pod-a")
+    })
+    .await;
+    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
+    let b = Pod::start(cluster, "pod-b").await;
+    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
+    // The first holder refreshes at once (a pair from a file has an unknown lifetime).
+    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
+    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
+    (a, b)
+}
+
+/// Waits until every pod serves the access token the Secret holds.
+pub async fn converged(cluster: &Cluster, pods: &[&Pod], what: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let secret =
+            cluster.secret_doc().as_ref().and_then(access_token_of).map(|t| sidecred_proto::fingerprint(&t));
+        let mut all = secret.is_some();
+        for pod in pods {
+            all &= pod.status().await.and_then(|s| s.token_fingerprint) == secret;
+        }
+        if all {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: the pods do not all serve the Secret's token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request through the pod's forwarder: the status the upstream's answer came with.
+pub async fn request_through(pod: &Pod) -> u16 {
+    let body =
+        json!({"model": "claude-fake-1", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    http_client()
+        .post(format!("http://{}/v1/messages", pod.url()))
+        .header("x-api-key", "client-key-ignored")
+        .json(&body)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
 }
 
 /// Counts of client requests through the forwarders.

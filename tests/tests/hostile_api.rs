@@ -92,6 +92,8 @@ async fn a_hung_secret_get_then_a_holder_kill_loses_nothing() {
     holder.kill9();
     wait_until("a new holder", Duration::from_secs(15), || cluster.holder().is_some_and(|h| h != killed))
         .await;
+    // The new holder reads the Secret before it knows itself the holder: ask it only then.
+    wait_role(&follower, sidecred_proto::Role::Holder, Duration::from_secs(10)).await;
     let before = cluster.fake.rotations();
     follower.sb.client().await.refresh().await.expect("a refresh by the new holder");
     assert!(cluster.fake.rotations() > before, "the new holder did not rotate");
@@ -236,6 +238,52 @@ async fn an_expired_pair_restored_into_the_secret_is_not_adopted() {
     eprintln!(
         "expired restore: both pods kept {live:?}, 0 invalid_grant, {} rotations",
         cluster.fake.rotations()
+    );
+}
+
+/// Someone restores into the Secret a pair that has not expired but whose refresh token is spent (a
+/// backup of the login, which another client has refreshed since): both agents adopt it, since nothing
+/// shows it is dead until it is refreshed. The holder's refresh of it is refused; the holder goes back to
+/// the live pair it replaced (kept until the adopted one proved itself) instead of losing the login, and
+/// writes that pair's successor into the Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spent_pair_restored_into_the_secret_falls_back_to_the_live_pair() {
+    let cluster = Cluster::start(3600).await;
+    let (a, b) = two_pods(&cluster).await;
+    let (holder, follower) = roles(&cluster, a, b);
+    let restored = cluster.fake.issue_pair();
+    cluster.fake.refresh_from_outside(&restored.refresh_token).expect("the other client's refresh");
+    cluster.kube.set_value(KEY, &restored.credentials_file(now_ms() + 1_800_000));
+    wait_until("the holder's refresh of the restored pair to be refused", Duration::from_secs(20), || {
+        cluster.invalid_grants() >= 1
+    })
+    .await;
+    let secret_is_live = || {
+        cluster
+            .secret_doc()
+            .as_ref()
+            .and_then(refresh_token_of)
+            .is_some_and(|rt| rt != restored.refresh_token && cluster.fake.is_live_refresh_token(&rt))
+    };
+    wait_until("the Secret to hold a live pair of ours again", Duration::from_secs(20), secret_is_live).await;
+    converged(&cluster, &[&holder, &follower], "after the fall back").await;
+    for pod in [&holder, &follower] {
+        assert_eq!(request_through(pod).await, 200, "a request through {}", pod.name);
+        assert_eq!(pod.status().await.unwrap().state, Some(TokenState::Valid), "{}", pod.name);
+    }
+    assert_eq!(
+        cluster.invalid_grants(),
+        1,
+        "one refusal, of the restored pair: {:?}",
+        cluster.fake.rejections()
+    );
+    assert!(!log_of(&holder).contains("a new login is needed"), "the holder declared the login lost");
+    assert!(log_of(&holder).contains("going back to the pair it replaced"), "the holder says what it did");
+    eprintln!(
+        "spent pair restored: {} refreshes by the agents, 1 invalid_grant, the holder fell back to the pair it \
+         replaced; refreshes by pod {:?}",
+        cluster.fake.refresh_requests(),
+        cluster.refreshes_by_pod()
     );
 }
 

@@ -10,19 +10,7 @@
 use sidecred_proto::Role;
 use sidecred_tests::harness::{refresh_token_of, wait_until};
 use sidecred_tests::pods::*;
-use std::time::{Duration, Instant};
-
-async fn role_of(pod: &Pod) -> Option<Role> {
-    pod.status().await.and_then(|s| s.role)
-}
-
-async fn wait_role(pod: &Pod, role: Role, within: Duration) {
-    let deadline = Instant::now() + within;
-    while role_of(pod).await != Some(role) {
-        assert!(Instant::now() < deadline, "{} is not {role:?} within {within:?}", pod.name);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use std::time::Duration;
 
 /// No refresh token was presented twice and none was refused.
 fn one_refresh_per_token(cluster: &Cluster, what: &str) {
@@ -30,22 +18,6 @@ fn one_refresh_per_token(cluster: &Cluster, what: &str) {
     assert_eq!(fake.overlapping_refreshes(), 0, "{what}: two refreshes raced with one refresh token");
     assert_eq!(cluster.invalid_grants(), 0, "{what}: invalid_grant: {:?}", fake.rejections());
     assert_eq!(fake.refresh_requests(), fake.rotations(), "{what}: a refresh that did not rotate");
-}
-
-/// pod-a holding the lease and pod-b following, after pod-a's first refresh has reached the Secret.
-async fn holder_and_follower(cluster: &Cluster) -> (Pod, Pod) {
-    let a = Pod::start(cluster, "pod-a").await;
-    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
-        cluster.holder().as_deref() == Some("pod-a")
-    })
-    .await;
-    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
-    let b = Pod::start(cluster, "pod-b").await;
-    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
-    // The first holder refreshes at once (a pair from a file has an unknown lifetime).
-    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
-    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
-    (a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -152,6 +124,53 @@ async fn a_holder_stopped_while_the_secret_refuses_its_pair_keeps_the_lease_unti
     );
 }
 
+/// The wait of a stopped holder for its pair to reach the Secret has a deadline of its own
+/// (`--shutdown-write-wait`): past it the agent exits without releasing the lease, before the grace
+/// period's SIGKILL, and says what it leaves behind; the lease then expires on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_holder_waits_for_the_secret_only_until_its_shutdown_write_wait() {
+    const WAIT: Duration = Duration::from_secs(2);
+    let cluster = Cluster::start(3600).await;
+    let mut a = Pod::start_with_env(&cluster, "pod-a", &[("SIDECRED_SHUTDOWN_WRITE_WAIT", "2s")]).await;
+    wait_until("pod-a to hold the lease", Duration::from_secs(10), || {
+        cluster.holder().as_deref() == Some("pod-a")
+    })
+    .await;
+    wait_role(&a, Role::Holder, Duration::from_secs(10)).await;
+    let b = Pod::start(&cluster, "pod-b").await;
+    wait_role(&b, Role::Follower, Duration::from_secs(10)).await;
+    wait_until("the first rotation", Duration::from_secs(10), || cluster.fake.rotations() >= 1).await;
+    wait_until("the Secret to hold the live pair", Duration::from_secs(10), || cluster.settled()).await;
+
+    // The Secret takes no writes; pod-a refreshes, and its answer comes once the refresh's own wait for
+    // the Secret (10 s) is over.
+    cluster.kube.refuse_secret_writes(true);
+    let rotations = cluster.fake.rotations();
+    a.sb.client()
+        .await
+        .refresh()
+        .await
+        .expect("pod-a's refresh, served once its wait for the Secret ran out");
+    assert!(cluster.fake.rotations() > rotations && !cluster.settled(), "pod-a's pair is not in the Secret");
+    let identity = cluster.holder_identity();
+    let agent = a.agent.as_mut().unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped = std::time::Instant::now();
+    let status = agent.wait_exit(Duration::from_secs(30));
+    let took = stopped.elapsed();
+    assert!(!status.success(), "pod-a left its pair out of the Secret: it exits with a failure");
+    assert!(took >= WAIT, "pod-a exited after {took:?}, before its wait");
+    assert!(took < WAIT + LEASE_DURATION * 2, "pod-a exited {took:?} after SIGTERM");
+    assert_eq!(cluster.holder_identity(), identity, "pod-a released a lease whose pair is not in the Secret");
+    assert!(agent.log().contains("after --shutdown-write-wait"), "pod-a says why it exited");
+    // Nobody released it: the lease passes to pod-b when it expires.
+    wait_until("pod-b to take the expired lease", LEASE_DURATION * 3, || {
+        cluster.holder().as_deref() == Some("pod-b")
+    })
+    .await;
+    eprintln!("shutdown write wait {WAIT:?}: pod-a exited {took:?} after SIGTERM without releasing; pod-b took the expired lease");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_cut_off_from_the_api_server_abandons_its_slow_refresh_before_anyone_takes_over() {
     let cluster = Cluster::start(3600).await;
@@ -182,7 +201,8 @@ async fn a_holder_cut_off_from_the_api_server_abandons_its_slow_refresh_before_a
     assert!(cut_off_refresh.await.unwrap().is_err(), "pod-a's refresh cannot have succeeded");
     assert_eq!(cluster.fake.abandoned_refreshes(), 1, "pod-a gave its request up at the fence");
     assert_eq!(by_a(&cluster), a_before, "the token endpoint never took a refresh of pod-a's on");
-    // pod-b refreshes at once on taking over (the pair is due) and once more when asked.
+    // pod-b refreshed when asked (the due refresh of the pair it inherited waits for a late write
+    // from pod-a, which never comes: pod-a's refresh was abandoned).
     assert!(cluster.fake.rotations() > rotations, "pod-b's refreshes rotated the pair");
     assert!(cluster.settled(), "the Secret holds pod-b's live pair");
     one_refresh_per_token(&cluster, "a cut-off holder with a slow refresh");

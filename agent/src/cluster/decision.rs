@@ -90,6 +90,13 @@ impl Timing {
         (self.duration * 2).max(Duration::from_secs(60))
     }
 
+    /// After taking over a lease its holder did not release, how long a refresh that falls due for the
+    /// pair held at the takeover waits for that holder's late write before spending the pair: the first
+    /// half of [`Timing::race_wait`], so a refusal after it still leaves the other half to wait in.
+    pub fn late_write_wait(&self) -> Duration {
+        self.race_wait() / 2
+    }
+
     /// Whether any refresh can fit between a renewal and the fence; if not, which flags to change.
     pub fn check(&self) -> Result<(), String> {
         if self.least_window() < LEAST_REFRESH {
@@ -344,5 +351,7 @@ mod timing_tests {
         }
         assert_eq!(timing(15, 30).race_wait(), secs(60));
         assert_eq!(timing(60, 30).race_wait(), secs(120));
+        assert_eq!(timing(15, 30).late_write_wait(), secs(30));
+        assert_eq!(timing(3, 30).late_write_wait(), secs(30));
     }
 }

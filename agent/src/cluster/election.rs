@@ -9,7 +9,8 @@
 //! duration (the fence). The lifecycle starts a refresh only with time to spare before the fence and
 //! ends its request by the fence, so by the time another agent may hold the lease, this one has no
 //! request at the token endpoint. A holder that was paused or cut off wakes up past its fence and does
-//! nothing until it has renewed again.
+//! nothing until it has renewed again. The fence is kept by the boot clock too (`CLOCK_BOOTTIME`, which
+//! counts a suspend of the machine; the monotonic clock does not): see `lifecycle/fence.rs`.
 //!
 //! When the holder becomes the holder, it reads the shared Secret before it reports holding the lease,
 //! so it never refreshes with a pair older than the Secret's.
@@ -18,7 +19,7 @@ use crate::cluster::client::{clip, ApiClient, CallError, Objects};
 use crate::cluster::decision::{decide, Decision, Observed, Record, Timing};
 use crate::cluster::secret_watch::SharedSecret;
 use crate::cluster::writeback::SecretRef;
-use crate::lifecycle::{Input, LeaseView};
+use crate::lifecycle::{since_boot, Fence, Input, LeaseView};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -48,14 +49,16 @@ pub struct Election {
     api: Objects<Lease>,
     secret: SharedSecret,
     observed: Option<Observed>,
-    /// The fence of this agent's last renewal that landed.
-    fence: Option<Instant>,
+    /// The fence of this agent's last renewal that landed, by the monotonic and the boot clock.
+    fence: Option<Fence>,
     /// Whether this process holds the lease and has read the Secret since it took it: only then may the
     /// lifecycle refresh.
     holding: bool,
     holder: Option<String>,
-    /// Set after taking over a lease its holder did not release (see [`LeaseView::raced_until`]).
+    /// Set after taking over a lease its holder did not release (see [`LeaseView::raced_until`] and
+    /// [`LeaseView::late_write_by`]).
     raced_until: Option<Instant>,
+    late_write_by: Option<Instant>,
     /// The lifecycle has stopped (the agent is shutting down): renew what is held, take nothing.
     closing: bool,
 }
@@ -80,6 +83,7 @@ impl Election {
             holding: false,
             holder: None,
             raced_until: None,
+            late_write_by: None,
             closing: false,
         }
     }
@@ -104,14 +108,16 @@ impl Election {
     }
 
     async fn round(&mut self, inputs: &mpsc::Sender<Input>) -> LeaseView {
-        let sent = Instant::now();
+        let (sent, sent_boot) = (Instant::now(), since_boot());
         let limit = self.config.round_limit();
-        let problem = match tokio::time::timeout(limit, self.try_acquire_or_renew(sent)).await {
+        let problem = match tokio::time::timeout(limit, self.try_acquire_or_renew(sent, sent_boot)).await {
             Ok(Ok(Written::Held { taken, released })) => {
                 if taken && !released {
                     // Its holder stopped renewing without handing the lease on: it may have a refresh
                     // whose pair has not reached the Secret yet.
-                    self.raced_until = Instant::now().checked_add(self.config.timing.race_wait());
+                    let now = Instant::now();
+                    self.raced_until = now.checked_add(self.config.timing.race_wait());
+                    self.late_write_by = now.checked_add(self.config.timing.late_write_wait());
                 }
                 self.holder = Some(self.config.identity.clone());
                 if (taken || !self.holding) && !self.closing {
@@ -138,6 +144,7 @@ impl Election {
                 self.holding = false;
                 self.fence = None;
                 self.raced_until = None;
+                self.late_write_by = None;
                 None
             }
             Ok(Err(e)) => Some(e),
@@ -145,10 +152,20 @@ impl Election {
         };
         if let Some(problem) = &problem {
             warn!(lease = %self.config.lease, error = %problem, "cannot renew or read the lease");
+            // What could not be seen is not known to be unchanged: the holder may have renewed while
+            // we were blind (or been as blind as we were, in an outage of the API server). client-go
+            // keeps its observedTime across failed reads, so after an outage longer than the lease a
+            // follower takes over the moment the API answers, racing a holder that is alive and whose
+            // last pair may not have reached the Secret. Here the count starts again at the next read:
+            // a live holder renews first, and a dead one is taken over a lease duration later.
+            self.observed = None;
+            let last = self.fence.map(|f| f.at);
             if let Decision::StopRefreshing { fence } =
-                decide(None, &self.config.identity, sent, Instant::now(), self.fence, self.config.timing)
+                decide(None, &self.config.identity, sent, Instant::now(), last, self.config.timing)
             {
-                self.fence = fence;
+                // Kept only while it lies ahead by the boot clock too (a suspend uses it up).
+                let boot_now = since_boot();
+                self.fence = self.fence.filter(|f| fence == Some(f.at) && boot_now < f.boot);
             }
             if self.fence.is_none() {
                 // Past the fence: whoever renews next reads the Secret again first.
@@ -165,12 +182,13 @@ impl Election {
             fence: self.fence.filter(|_| self.holding),
             least_window: self.config.timing.least_window(),
             raced_until: self.raced_until,
+            late_write_by: self.late_write_by,
             problem,
         }
     }
 
     /// One round: read the record, decide, write what the decision says.
-    async fn try_acquire_or_renew(&mut self, sent: Instant) -> Result<Written, String> {
+    async fn try_acquire_or_renew(&mut self, sent: Instant, sent_boot: Duration) -> Result<Written, String> {
         let name = &self.config.lease.name;
         let lease = self.api.get(name).await.map_err(|e| self.describe("get", e))?;
         let now = Instant::now();
@@ -182,8 +200,8 @@ impl Election {
             version: lease.metadata.resource_version.clone(),
         };
         let observed = Observed::update(self.observed.take(), record, now);
-        let decision =
-            decide(Some(&observed), &self.config.identity, sent, now, self.fence, self.config.timing);
+        let last = self.fence.map(|f| f.at);
+        let decision = decide(Some(&observed), &self.config.identity, sent, now, last, self.config.timing);
         self.observed = Some(observed);
         let (fence, taken, released) = match decision {
             Decision::Follow { holder, .. } => {
@@ -210,7 +228,8 @@ impl Election {
         update.spec = Some(next);
         match self.api.replace(name, &PostParams::default(), &update).await {
             Ok(_) => {
-                self.fence = Some(fence);
+                // The same moment by the boot clock: as far from the round's start as by the monotonic one.
+                self.fence = Fence::after(sent, sent_boot, fence.saturating_duration_since(sent));
                 Ok(Written::Held { taken, released })
             }
             Err(e) if e.code() == Some(409) => {

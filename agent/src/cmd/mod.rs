@@ -139,6 +139,7 @@ mod tests {
             ("run", "lease", Some("SIDECRED_LEASE"), None),
             ("run", "lease-holder", Some("SIDECRED_LEASE_HOLDER"), None),
             ("run", "lease-duration", Some("SIDECRED_LEASE_DURATION"), Some("15s")),
+            ("run", "shutdown-write-wait", Some("SIDECRED_SHUTDOWN_WRITE_WAIT"), Some("5s")),
             ("run", "metrics-listen", Some("SIDECRED_METRICS_LISTEN"), None),
             ("run", "login-max-age", Some("SIDECRED_LOGIN_MAX_AGE"), Some("50days")),
             ("status", "usage", None, None),

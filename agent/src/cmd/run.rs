@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// How long a holder that stops renewing keeps the lease before another agent takes it over.
     #[arg(long, env = "SIDECRED_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
+    /// With --lease: after SIGTERM, how long the holder keeps its lease and retries writing its last
+    /// pair to the shared Secret, if that write has not landed, before it exits without releasing the
+    /// lease (which then expires on its own). Counted in the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "SIDECRED_SHUTDOWN_WRITE_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_write_wait: Duration,
     /// Serve the token in this environment variable (CLAUDE_CODE_OAUTH_TOKEN when the flag is given
     /// without a name) instead of a credentials file: it is never refreshed or saved, and its expiry is
     /// unknown. Only this flag turns it on: a variable set for Claude Code alone changes nothing.
@@ -312,12 +317,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(write_back) = shared_write_back.as_ref().filter(|_| held_lease) {
         if !write_back.is_settled() {
-            warn!("the shared Secret does not hold the live pair yet: keeping the lease and retrying the write; it is released once the write lands (a second signal, or the end of the grace period, stops the agent and the lease then expires)");
+            let wait = args.shutdown_write_wait;
+            warn!(wait = ?wait, "the shared Secret does not hold the live pair yet: keeping the lease and retrying the write; it is released once the write lands (after --shutdown-write-wait, or a second signal, the agent exits and the lease expires on its own)");
+            // Bounded by a wait of its own, so the agent ends before the grace period's SIGKILL and says
+            // what it leaves behind; the pair would be left behind the same way by the SIGKILL.
             tokio::select! {
                 () = write_back.settled() => info!("the shared Secret holds the live pair"),
                 () = second_signal(&mut sigterm, &mut sigint) => {
                     warn!("second signal: exiting with the live pair not in the Secret; the lease expires on its own");
                     return Ok(ExitCode::SUCCESS);
+                }
+                () = tokio::time::sleep(wait) => {
+                    error!(wait = ?wait, "the shared Secret still does not hold the live pair after --shutdown-write-wait: exiting without releasing the lease, which expires on its own; the live pair is only in this agent's state directory, and the next holder's refresh of the Secret's pair will be refused unless the Secret is fixed first");
+                    return Ok(ExitCode::FAILURE);
                 }
             }
         }

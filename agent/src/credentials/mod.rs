@@ -9,6 +9,9 @@ mod shapes;
 
 pub use login_clock::{ClockStart, LoginClock};
 
+/// The key, in sidecred's record beside the login, of the fingerprint a pair was refreshed from.
+const REFRESHED_FROM: &str = "refreshedFrom";
+
 use serde_json::{Map, Value};
 use shapes::{has_flat_login, login_shape};
 use sidecred_proto::Secret;
@@ -215,6 +218,26 @@ impl Credentials {
     pub fn with_login_clock(&self, clock: LoginClock) -> Self {
         let mut next = self.clone();
         clock.write(&mut next.doc);
+        next
+    }
+
+    /// The fingerprint of the refresh token this pair was refreshed from, when an agent made it: a pair
+    /// adopted from the Secret that grew from the live one means the live one is spent; one that did not
+    /// (a backup restored, a login from elsewhere) leaves the live one unspent, worth keeping.
+    pub fn refreshed_from(&self) -> Option<&str> {
+        self.doc.get(login_clock::RECORD_KEY)?.as_object()?.get(REFRESHED_FROM)?.as_str()
+    }
+
+    /// The same document noting that it was refreshed from the refresh token of fingerprint `fp`.
+    pub fn with_refreshed_from(&self, fp: &str) -> Self {
+        let mut next = self.clone();
+        let record = next.doc.entry(login_clock::RECORD_KEY).or_insert_with(|| Value::Object(Map::new()));
+        if !record.is_object() {
+            *record = Value::Object(Map::new());
+        }
+        if let Value::Object(record) = record {
+            record.insert(REFRESHED_FROM.into(), fp.into());
+        }
         next
     }
 

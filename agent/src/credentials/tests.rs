@@ -300,3 +300,17 @@ fn the_login_clock_survives_a_refresh_and_a_login_starts_a_new_one() {
     });
     assert_eq!(first.login_clock().map(|c| c.start), Some(ClockStart::Login));
 }
+
+#[test]
+fn a_refreshed_pair_notes_what_it_grew_from_and_keeps_the_login_clock() {
+    let c = Credentials::parse(
+        br#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":1},"sidecred":7}"#,
+        Path::new("c.json"),
+    )
+    .unwrap();
+    assert_eq!(c.refreshed_from(), None, "a login from elsewhere says nothing");
+    let seen = c.with_login_clock(LoginClock::first_seen(1_000)).with_refreshed_from("fp:12345678");
+    let back = Credentials::parse(&seen.to_bytes(), Path::new("c.json")).unwrap();
+    assert_eq!(back.refreshed_from(), Some("fp:12345678"));
+    assert_eq!(back.login_clock(), Some(LoginClock::first_seen(1_000)), "the record keeps both notes");
+}

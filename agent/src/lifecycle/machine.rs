@@ -2,9 +2,10 @@
 //! changes the state, and returns the [`Effect`]s for the task in `task.rs` to perform. Nothing here
 //! sleeps, reads a clock or touches the network, so every transition is unit-tested with chosen times.
 //! Taking a pair from outside is `machine/adopt.rs`; what a refresh or a save brought back is
-//! `machine/outcome.rs`.
+//! `machine/outcome.rs`; the pair an adopted one replaced, kept until it proves itself, `machine/kept.rs`.
 
 mod adopt;
+mod kept;
 mod outcome;
 
 use super::authority::{Authority, LeaseView};
@@ -19,17 +20,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-/// A moment by both clocks: the monotonic one times refreshes, the wall clock stamps what is written
-/// and shown.
+/// A moment by three clocks: the monotonic one times refreshes, the wall clock stamps what is written
+/// and shown, the boot clock (which counts a suspend) measures what is left of the lease's fence.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub at: Instant,
     pub wall_ms: u64,
+    pub boot: Duration,
 }
 
 impl Now {
     pub fn read() -> Now {
-        Now { at: Instant::now(), wall_ms: now_ms() }
+        Now { at: Instant::now(), wall_ms: now_ms(), boot: super::fence::since_boot() }
     }
 }
 
@@ -53,6 +55,8 @@ pub struct SaveJob {
     pub credentials: Credentials,
     pub seed_sha256: Option<String>,
     pub retired: Vec<String>,
+    /// Boxed: a second document, rarely there.
+    pub kept: Option<Box<crate::store::KeptPair>>,
 }
 
 /// The answer to a request from a client of the socket.
@@ -87,6 +91,11 @@ pub struct Machine {
     secret_rv: Option<String>,
     /// What decides who spent a refused refresh token ([`super::refusal`]).
     refusals: Witness,
+    /// The fingerprint of the refresh token held when this agent took over a lease its holder had not
+    /// released: that holder may have spent it ([`super::hold`]).
+    inherited: Option<String>,
+    /// A valid pair an adopted one replaced, until the adopted one proves itself ([`kept`]).
+    kept: Option<crate::store::KeptPair>,
 }
 
 /// Where the store reads and writes, for logs and the status report.
@@ -117,11 +126,14 @@ impl Machine {
             authority: Authority::Single,
             secret_rv: None,
             refusals: Witness::default(),
+            inherited: None,
+            kept: None,
         };
         match start {
             Ok(loaded) => {
                 machine.seed_sha256 = loaded.seed_sha256;
                 machine.retired = loaded.retired;
+                machine.kept = loaded.kept;
                 machine.adopt(loaded.credentials, now);
             }
             Err(reason) => machine.phase = Phase::NoLogin { reason },
@@ -166,14 +178,17 @@ impl Machine {
 
     /// When [`Machine::tick`] has something to do next: a refresh or save falls due, or the token crosses
     /// into "expired" (so readers and status see it).
-    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+    pub fn next_wake(&self, now: Now) -> Option<Instant> {
         let Phase::Serving { live, refresh, save } = &self.phase else { return None };
+        let (clocks, now) = (now, now.at);
         let expiry = live.deadline.checked_sub(super::EXPIRY_GUARD).unwrap_or(live.deadline);
         [
             match refresh {
                 // Without the lease a due refresh waits for it: the lease's news wakes the task, not a
                 // timer that would fire again and again.
-                Refresh::Scheduled { at, .. } if self.authority.may_refresh(now).is_ok() => Some(*at),
+                Refresh::Scheduled { at, .. } if self.authority.may_refresh(clocks).is_ok() => {
+                    Some(self.due_refresh_waits(now).map_or(*at, |until| until.max(*at)))
+                }
                 Refresh::Raced { until, .. } => Some(*until),
                 _ => None,
             },
@@ -197,8 +212,8 @@ impl Machine {
             }
         }
         if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, .. } = &self.phase {
-            if *at <= now.at {
-                effects.extend(self.start_refresh("the token is due for refresh", now.at));
+            if *at <= now.at && self.due_refresh_waits(now.at).is_none() {
+                effects.extend(self.start_refresh("the token is due for refresh", now));
             }
         }
         if let Phase::Serving { refresh, .. } = &mut self.phase {
@@ -255,20 +270,28 @@ impl Machine {
                 (Answer::Now(Err(err)), Vec::new())
             }
             Phase::Serving { .. } => {
-                if let Err(why) = self.authority.may_refresh(now.at) {
+                if let Err(why) = self.authority.may_refresh(now) {
                     return (Answer::Now(Err(unavailable(&why))), Vec::new());
                 }
-                (Answer::AfterRefresh, self.start_refresh("a refresh was requested", now.at))
+                (Answer::AfterRefresh, self.start_refresh("a refresh was requested", now))
             }
         }
     }
 
     /// The lease task learned who holds the lease. Becoming the holder starts a refresh that fell due
-    /// meanwhile.
+    /// meanwhile, unless it waits ([`super::hold`]).
     pub fn lease_changed(&mut self, view: LeaseView, now: Now) -> Vec<Effect> {
         let before = self.authority.role(now.at);
         if let Authority::Lease(current) = &mut self.authority {
+            let taken_over = view.late_write_by.is_some() && view.late_write_by != current.late_write_by;
             *current = view;
+            if taken_over {
+                // The election read the Secret before reporting the takeover: the live pair is the one
+                // the old holder left there.
+                self.inherited =
+                    self.live_pair().and_then(|(c, _)| c.refresh_token.as_ref()).map(|r| r.fingerprint());
+                info!(wait = ?self.authority.late_write_by(now.at).map(|t| t.saturating_duration_since(now.at)), "took over a lease its holder did not release: a due refresh of the pair it left waits for its late write first");
+            }
         }
         let after = self.authority.role(now.at);
         if before != after {
@@ -318,7 +341,7 @@ impl Machine {
             }
             _ => {}
         }
-        if let Err(why) = self.authority.may_refresh(now.at) {
+        if let Err(why) = self.authority.may_refresh(now) {
             // The holder refreshes; its new pair reaches this agent through the Secret.
             warn!(token = %token, "the upstream rejected the current token; {why}");
             return (
@@ -326,10 +349,24 @@ impl Machine {
                 Vec::new(),
             );
         }
-        (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token", now.at))
+        (Answer::AfterRefresh, self.start_refresh("the upstream rejected the current token", now))
     }
 
-    fn start_refresh(&mut self, why: &str, now: Instant) -> Vec<Effect> {
+    /// Until when a refresh that fell due waits although this agent may refresh ([`super::hold`]).
+    fn due_refresh_waits(&self, now: Instant) -> Option<Instant> {
+        let Phase::Serving { live, .. } = &self.phase else { return None };
+        let live_fp = live.credentials.refresh_token.as_ref().map(|r| r.fingerprint());
+        super::hold::hold(super::hold::Facts {
+            now,
+            deadline: live.deadline,
+            floor: self.policy.margin_min,
+            api_unreachable: self.authority.api_unreachable(),
+            late_write_by: self.authority.late_write_by(now),
+            inherited: live_fp.is_some() && live_fp == self.inherited,
+        })
+    }
+
+    fn start_refresh(&mut self, why: &str, now: Now) -> Vec<Effect> {
         let Ok(permit) = self.authority.may_refresh(now) else { return Vec::new() };
         let Phase::Serving { live, refresh, .. } = &mut self.phase else { return Vec::new() };
         let Refresh::Scheduled { at, failures } = *refresh else { return Vec::new() };

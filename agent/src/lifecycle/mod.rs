@@ -8,6 +8,9 @@
 //! - [`state`]: the phases as types, and what each shows to readers.
 //! - [`snapshot`]: what readers see: the token to hand out and the status report.
 //! - [`policy`]: refresh margins, backoff, the expiry guard.
+//! - [`fence`]: the lease's fence by a clock that counts a suspend (`CLOCK_BOOTTIME`).
+//! - [`hold`]: when a refresh that fell due waits although the lease holder may refresh (the API out of
+//!   reach, or a pair inherited from a holder that did not release the lease).
 //! - [`login_age`]: the login's clock (when it was made) as the lifecycle starts, carries and judges it.
 //! - [`refusal`]: who spent a refresh token the endpoint refused: something else (a foreign refresher),
 //!   one of ours, or the previous lease holder in a race.
@@ -18,6 +21,8 @@
 //! which is how a token request is answered from memory.
 
 mod authority;
+mod fence;
+mod hold;
 mod login_age;
 mod machine;
 mod policy;
@@ -30,6 +35,7 @@ mod task;
 mod tests;
 
 pub use authority::LeaseView;
+pub use fence::{since_boot, Fence};
 pub use policy::{Policy, EXPIRY_GUARD};
 pub use share::{SharedStore, Sharing};
 pub use snapshot::Snapshot;

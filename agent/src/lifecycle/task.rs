@@ -174,7 +174,7 @@ impl Lifecycle {
             // The clocks are compared at least this often, so a suspend is noticed soon after the wake-up.
             let wake = self
                 .machine
-                .next_wake(Instant::now())
+                .next_wake(Now::read())
                 .map_or(Instant::now() + CLOCK_CHECK, |w| w.min(Instant::now() + CLOCK_CHECK));
             let wake = self.awaiting_pair.iter().map(|a| a.until).fold(wake, Instant::min);
             tokio::select! {
@@ -383,7 +383,7 @@ impl Lifecycle {
 async fn save(store: Store, job: SaveJob) -> Result<(), String> {
     let started = Instant::now();
     let result = tokio::task::spawn_blocking(move || {
-        store.persist(&job.credentials, job.seed_sha256.as_deref(), &job.retired)
+        store.persist(&job.credentials, job.seed_sha256.as_deref(), &job.retired, job.kept.as_deref())
     })
     .await;
     match result {

@@ -111,3 +111,41 @@ async fn a_token_the_agent_spent_itself_is_not_reported_as_foreign() {
     assert_eq!(refused(&page, "ours_spent"), Some(1.0), "{page}");
     assert_eq!((fake.refresh_requests(), fake.invalid_grants(), fake.rotations()), (2, 1, 1));
 }
+
+/// A pair put in the seed file that has not expired but is dead (a copy of the login that another client
+/// has refreshed since) is adopted, since nothing shows it is dead until it is refreshed. The live pair
+/// it replaced is kept, saved beside it in the state directory, so even after a restart the agent goes
+/// back to it when the adopted pair's refresh is refused, instead of losing the login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_pair_in_the_seed_falls_back_to_the_pair_it_replaced_even_after_a_restart() {
+    let Seeded { fake, pair, sb } = Seeded::start(now_ms() + 8 * HOUR_MS).await;
+    let cmd = || {
+        let mut cmd = sb.agent_cmd(&fake.token_url());
+        cmd.arg("--state-dir").arg(sb.state_dir());
+        cmd
+    };
+    let mut agent = sb.start_agent("agent", cmd()).await;
+    let copy = fake.issue_pair();
+    fake.refresh_from_outside(&copy.refresh_token).expect("the other client's refresh");
+    sb.write_seed(&copy, now_ms() + 7 * HOUR_MS);
+    wait_for_token(&sb.socket(), "the copy adopted", Duration::from_secs(10), Some(&copy.access_token)).await;
+    wait_until("the kept pair saved beside the adopted one", Duration::from_secs(10), || {
+        std::fs::read_to_string(sb.state_file()).is_ok_and(|s| s.contains("\"kept\""))
+    })
+    .await;
+    agent.kill9();
+
+    let agent = sb.start_agent("agent-2", cmd()).await;
+    let grant = sb.client().await.refresh().await.expect("a refresh through the kept pair");
+    assert_ne!(grant.access_token.expose(), copy.access_token);
+    assert_ne!(grant.access_token.expose(), pair.access_token, "a new access token, from the kept pair");
+    assert!(fake.is_valid_access_token(grant.access_token.expose()));
+    assert_eq!((fake.refresh_requests(), fake.invalid_grants()), (2, 1), "{:?}", fake.rejections());
+    assert_eq!(sb.client().await.status().await.unwrap().state, Some(TokenState::Valid));
+    assert!(agent.log().contains("going back to the pair it replaced"));
+    let saved = refresh_token_of(
+        &serde_json::from_str::<Value>(&std::fs::read_to_string(sb.state_file()).unwrap()).unwrap()
+            ["credentials"],
+    );
+    assert!(saved.is_some_and(|rt| fake.is_live_refresh_token(&rt)), "the state file holds the live pair");
+}

@@ -54,7 +54,11 @@ impl Machine {
                 return Vec::new();
             }
         }
-        if credentials.refresh_token.as_ref().is_some_and(|r| is_retired(&self.retired, &r.fingerprint())) {
+        let from_secret = seed.secret_rv.is_some();
+        if credentials.refresh_token.as_ref().is_some_and(|r| {
+            let fp = r.fingerprint();
+            is_retired(&self.retired, &fp) || (from_secret && self.is_kept_from_secret(&fp))
+        }) {
             warn!(
                 source = %seed.origin,
                 refresh_token = ?credentials.refresh_token,
@@ -74,9 +78,11 @@ impl Machine {
             "adopting new credentials from {}",
             if seed.secret_rv.is_some() { "the shared Secret" } else { "the seed file" }
         );
+        let kept = self.keep_replaced(&credentials, seed.secret_rv.is_some(), now.wall_ms);
         // The shared Secret only moves forward: the pair it replaces was spent by the lease holder, and
-        // must never be taken back (from a lagging volume, or a state file) and refreshed.
-        if seed.secret_rv.is_some() {
+        // must never be taken back (from a lagging volume, or a state file) and refreshed. A pair kept
+        // until the adopted one proves itself is retired then ([`super::kept`]).
+        if seed.secret_rv.is_some() && !kept {
             let replaced =
                 self.live_pair().and_then(|(c, _)| c.refresh_token.as_ref().map(|r| r.fingerprint()));
             if let Some(fp) = replaced
@@ -117,7 +123,7 @@ impl Machine {
         if let Some(fp) = incoming.refresh_token.as_ref().map(|r| r.fingerprint()) {
             retire(&mut self.retired, fp);
         }
-        if self.authority.may_refresh(now.at).is_err() {
+        if self.authority.may_refresh(now).is_err() {
             return Some(Vec::new());
         }
         let (credentials, retired) = self.live_pair()?;
@@ -130,6 +136,11 @@ impl Machine {
         let credentials = login_age::with_clock(credentials, now.wall_ms);
         self.refusals.moved_on();
         let remaining = Duration::from_millis(credentials.remaining_ms(now.wall_ms));
+        // A file or the Secret does not say when a pair was issued: it is timed as if it had lived the
+        // assumed lifetime, so one past the margin of that is due at once (it may be older than it looks).
+        // Under a lease that is safe for a holder that starts or takes a released lease (the Secret then
+        // holds the live pair); after a takeover of an unreleased lease, `hold.rs` makes that due refresh
+        // wait for the old holder's late write first.
         let lifetime = self.policy.assumed_lifetime.max(remaining);
         let deadline = now.at.checked_add(remaining).unwrap_or_else(far_future);
         self.account = credentials.account.clone().or(self.account.take());

@@ -48,6 +48,34 @@ impl Machine {
                 self.phase = Phase::Serving { live, refresh: Refresh::Raced { reason, until }, save };
                 effects.push(Effect::AnswerWaiters(Err(unavailable(RACED))));
             }
+            Err(TokenError::Rejected { reason })
+                if live
+                    .credentials
+                    .refresh_token
+                    .as_ref()
+                    .is_some_and(|r| self.has_kept_for(&r.fingerprint())) =>
+            {
+                let refused =
+                    live.credentials.refresh_token.as_ref().map(|r| r.fingerprint()).unwrap_or_default();
+                self.last_error = Some((reason, now.wall_ms));
+                self.phase =
+                    Phase::Serving { live, refresh: Refresh::Scheduled { at: now.at, failures: 0 }, save };
+                if let Some(kept) = self.fall_back(&refused) {
+                    self.adopt(kept, now);
+                }
+                // The kept pair proves itself at once, and its result goes to the file and the Secret.
+                if let Phase::Serving { refresh: Refresh::Scheduled { at, .. }, save, .. } = &mut self.phase {
+                    *at = now.at;
+                    *save = Save::Due(now.at);
+                }
+                let restarted = self.start_refresh("going back to the pair the refused one replaced", now);
+                if restarted.is_empty() {
+                    effects.push(Effect::AnswerWaiters(Err(unavailable(
+                        "the adopted pair was refused; serving the pair it replaced until it is refreshed",
+                    ))));
+                }
+                effects.extend(restarted);
+            }
             Err(TokenError::Rejected { reason }) => {
                 let refused = live.credentials.refresh_token.as_ref().map(|r| r.fingerprint());
                 // A refusal right after taking over an unreleased lease is "raced", and waits above.
@@ -74,8 +102,13 @@ impl Machine {
         if let Some(email) = response.account_email.clone() {
             self.account = Some(email);
         }
-        let credentials = live.credentials.with_update(response.into_update(now.wall_ms));
+        let mut credentials = live.credentials.with_update(response.into_update(now.wall_ms));
+        if let Some(old) = &old_refresh {
+            self.proved(&old.fingerprint());
+        }
         if let Some(old) = old_refresh.filter(|_| rotated) {
+            // Noted in the pair, so an agent adopting it knows the pair it holds is spent ([`super::kept`]).
+            credentials = credentials.with_refreshed_from(&old.fingerprint());
             retire(&mut self.retired, old.fingerprint());
         }
         let deadline = now.at.checked_add(lifetime).unwrap_or_else(far_future);
@@ -135,6 +168,7 @@ impl Machine {
             credentials: credentials.clone(),
             seed_sha256: self.seed_sha256.clone(),
             retired: retired.to_vec(),
+            kept: self.kept.clone().map(Box::new),
         })
     }
 }

@@ -14,10 +14,10 @@ fn follower_of(holder: &str) -> LeaseView {
 }
 
 /// Holding the lease: refreshes may start before `until`, and must end a second later (the fence).
-fn holding_until(until: Instant) -> LeaseView {
+fn holding_until(clock: &Clock, until: Instant) -> LeaseView {
     LeaseView {
         holder: Some("me".into()),
-        fence: Some(until + LEAST_WINDOW),
+        fence: Some(clock.fence(until + LEAST_WINDOW)),
         least_window: LEAST_WINDOW,
         ..LeaseView::unknown("apps/sidecred".into())
     }
@@ -40,7 +40,7 @@ async fn a_follower_never_refreshes_and_the_holder_does_only_while_its_renewal_i
     // Due for a refresh at once (a minute left).
     let mut m = leased(&clock, Duration::from_secs(60));
     assert!(m.tick(clock.now()).is_empty(), "no refresh before the lease is known");
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(55)), "no timer for a refresh it may not start");
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(55)), "no timer for a refresh it may not start");
     assert!(m.lease_changed(follower_of("pod-b"), clock.now()).is_empty());
     let snap = m.snapshot(Instant::now());
     assert_eq!(snap.role, Role::Follower);
@@ -56,7 +56,7 @@ async fn a_follower_never_refreshes_and_the_holder_does_only_while_its_renewal_i
     assert!(matches!(answer, Answer::Now(Err(_))), "{answer:?}");
 
     // Elected: the refresh that fell due starts at once.
-    let effects = m.lease_changed(holding_until(clock.at(10)), clock.now());
+    let effects = m.lease_changed(holding_until(&clock, clock.at(10)), clock.now());
     assert_eq!(refreshes(&effects), ["R0"]);
     assert_eq!(m.snapshot(Instant::now()).role, Role::Holder);
     land_refresh(&mut m, &clock);
@@ -65,7 +65,8 @@ async fn a_follower_never_refreshes_and_the_holder_does_only_while_its_renewal_i
     advance(Duration::from_secs(3600)).await;
     assert!(m.tick(clock.now()).is_empty(), "a refresh after the renew deadline");
     assert_eq!(m.snapshot(Instant::now()).role, Role::Follower);
-    let effects = m.lease_changed(holding_until(Instant::now() + Duration::from_secs(10)), clock.now());
+    let effects =
+        m.lease_changed(holding_until(&clock, Instant::now() + Duration::from_secs(10)), clock.now());
     assert_eq!(refreshes(&effects), ["R1"]);
 }
 
@@ -107,7 +108,7 @@ async fn a_refresh_under_the_lease_ends_by_the_fence_and_starts_only_with_time_t
     let fence = clock.at(3);
     let view = |fence| LeaseView {
         holder: Some("me".into()),
-        fence: Some(fence),
+        fence: Some(clock.fence(fence)),
         least_window: Duration::from_secs(1),
         ..LeaseView::unknown("apps/sidecred".into())
     };
@@ -141,8 +142,10 @@ async fn a_refresh_under_the_lease_ends_by_the_fence_and_starts_only_with_time_t
 async fn a_refusal_right_after_an_unreleased_takeover_waits_for_the_old_holders_pair() {
     let clock = Clock::new();
     let mut m = leased(&clock, Duration::from_secs(60));
-    let taken =
-        |raced_until| LeaseView { raced_until, ..holding_until(Instant::now() + Duration::from_secs(10)) };
+    let taken = |raced_until| LeaseView {
+        raced_until,
+        ..holding_until(&clock, Instant::now() + Duration::from_secs(10))
+    };
     let effects = m.lease_changed(taken(Some(clock.at(60))), clock.now());
     assert_eq!(refreshes(&effects), ["R0"]);
     // The old holder's refresh spent R0 first.
@@ -174,4 +177,85 @@ async fn a_refusal_right_after_an_unreleased_takeover_waits_for_the_old_holders_
     assert_eq!(refreshes(&effects), ["R0"]);
     m.refresh_done(Err(TokenError::Rejected { reason: "invalid_grant".into() }), clock.now());
     assert_eq!(state(&m), TokenState::ReauthRequired);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_unreleased_takeover_the_inherited_pair_waits_for_the_old_holders_late_write() {
+    let clock = Clock::new();
+    // 1000 s left: due at once by the margin (a pair of unknown lifetime), with life to spare.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let taken = |late_write_by| LeaseView {
+        raced_until: Some(clock.at(60)),
+        late_write_by,
+        ..holding_until(&clock, Instant::now() + Duration::from_secs(10))
+    };
+    let effects = m.lease_changed(taken(Some(clock.at(30))), clock.now());
+    assert!(refreshes(&effects).is_empty(), "the inherited pair is not spent at once");
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(30)), "it waits until the late-write wait ends");
+    // The old holder's late write arrives: that pair is refreshed as usual.
+    advance(Duration::from_secs(5)).await;
+    m.seed_changed(from_secret("31", creds("A1", "R1", WALL0 + 1_000_000)), clock.now());
+    let effects = m.tick(clock.now());
+    assert_eq!(refreshes(&effects), ["R1"]);
+
+    // No late write: the inherited pair is refreshed once the wait is over.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let until = Instant::now() + Duration::from_secs(30);
+    assert!(refreshes(&m.lease_changed(taken(Some(until)), clock.now())).is_empty());
+    advance(Duration::from_secs(30)).await;
+    let effects = m.lease_changed(taken(Some(until)), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+
+    // A token close to expiry is not held back.
+    let mut m = leased(&clock, Duration::from_secs(60));
+    let effects = m.lease_changed(taken(Some(Instant::now() + Duration::from_secs(30))), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+
+    // A released lease (no late-write wait) refreshes the due pair at once.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    assert_eq!(refreshes(&m.lease_changed(taken(None), clock.now())), ["R0"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_cannot_reach_the_api_does_not_spend_a_pair_it_could_not_share() {
+    let clock = Clock::new();
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let unreachable = LeaseView {
+        problem: Some("the API server is down".into()),
+        ..holding_until(&clock, Instant::now() + Duration::from_secs(10))
+    };
+    assert!(refreshes(&m.lease_changed(unreachable, clock.now())).is_empty());
+    // A client asking still gets its refresh: the token is wanted now.
+    let (_, effects) = m.refresh_requested(clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+    // The API answers again: the due refresh goes ahead.
+    let mut m = leased(&clock, Duration::from_secs(1000));
+    let effects =
+        m.lease_changed(holding_until(&clock, Instant::now() + Duration::from_secs(10)), clock.now());
+    assert_eq!(refreshes(&effects), ["R0"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_woken_from_a_suspend_does_not_refresh_on_a_fence_the_suspend_used_up() {
+    let clock = Clock::new();
+    let mut m = leased(&clock, Duration::from_secs(3600));
+    m.lease_changed(holding_until(&clock, Instant::now() + Duration::from_secs(10)), clock.now());
+    // Suspended for a minute: the monotonic clock stood still (11 s of fence left by it), the boot clock
+    // did not (the lease may have passed on meanwhile).
+    clock.suspend(Duration::from_secs(60));
+    let (answer, effects) = m.refresh_requested(clock.now());
+    assert!(effects.is_empty(), "a refresh on a fence the suspend used up");
+    assert!(
+        matches!(answer, Answer::Now(Err(ref e)) if e.message.contains("too little time is left")),
+        "{answer:?}"
+    );
+    assert!(m.next_wake(clock.now()).is_none_or(|w| w > Instant::now()), "no timer that fires at once");
+    // Renewed after the wake-up: refreshes go ahead again, and end by the new fence.
+    let renewed = Instant::now() + Duration::from_secs(11);
+    m.lease_changed(holding_until(&clock, renewed - LEAST_WINDOW), clock.now());
+    let (_, effects) = m.refresh_requested(clock.now());
+    assert!(
+        matches!(effects.as_slice(), [Effect::Refresh { deadline: Some(d), .. }] if *d == renewed),
+        "{effects:?}"
+    );
 }

@@ -11,10 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::time::{advance, Instant};
 
+mod kept;
 mod lease;
 mod never;
 
 const WALL0: u64 = 1_800_000_000_000;
+/// The boot clock when a test's [`Clock`] starts.
+const BOOT0: Duration = Duration::from_secs(86_400);
 
 /// Both clocks, moving together: the wall clock is [`WALL0`] plus the paused clock's elapsed time.
 struct Clock {
@@ -30,7 +33,18 @@ impl Clock {
 
     fn now(&self) -> Now {
         let elapsed = Instant::now().duration_since(self.start);
-        Now { at: Instant::now(), wall_ms: WALL0 + elapsed.as_millis() as u64 + self.slept_ms.get() }
+        let slept = Duration::from_millis(self.slept_ms.get());
+        Now {
+            at: Instant::now(),
+            wall_ms: WALL0 + elapsed.as_millis() as u64 + self.slept_ms.get(),
+            boot: BOOT0 + elapsed + slept,
+        }
+    }
+
+    /// The lease's fence at `at`, by both clocks as they read now.
+    fn fence(&self, at: Instant) -> super::Fence {
+        let now = self.now();
+        super::Fence { at, boot: now.boot + at.saturating_duration_since(now.at) }
     }
 
     fn suspend(&self, d: Duration) {
@@ -65,6 +79,7 @@ fn machine(clock: &Clock, left: Duration, saves_to_state: bool) -> Machine {
         seed_sha256: Some("seed0".to_owned()),
         retired: Vec::new(),
         seed_problem: None,
+        kept: None,
     };
     let paths = Paths { seed: "seed.json".into(), persist: "state.json".into(), saves_to_state };
     Machine::new(Policy::default(), paths, Ok(loaded), clock.now()).with_jitter(|| 0.0)
@@ -134,7 +149,7 @@ async fn a_token_is_refreshed_at_the_margin_before_it_expires_and_only_once() {
     // One hour left; a file token is assumed to live 8 h, so the margin is 10 % of that: 2880 s.
     let mut m = machine(&clock, Duration::from_secs(3600), false);
     assert_eq!(state(&m), TokenState::Valid);
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(720)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(720)));
 
     advance(Duration::from_secs(719)).await;
     assert!(m.tick(clock.now()).is_empty(), "nothing is due before the margin");
@@ -163,7 +178,7 @@ async fn a_token_is_refreshed_at_the_margin_before_it_expires_and_only_once() {
     assert_eq!(state(&m), TokenState::Valid);
     assert_eq!(served_token(&m).as_deref(), Some("A1"));
     // A one-hour token is refreshed 360 s (10 %) before it expires.
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(720 + 3600 - 360)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(720 + 3600 - 360)));
     assert_eq!(m.snapshot(Instant::now()).refresh_count, 1);
 }
 
@@ -183,17 +198,17 @@ async fn failed_refreshes_back_off_doubling_and_honour_retry_after() {
     }
     assert_eq!(state(&m), TokenState::Degraded);
     assert_eq!(served_token(&m).as_deref(), Some("A0"), "the valid token is still served");
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(1)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(1)));
 
     advance(Duration::from_secs(1)).await;
     start_due_refresh_again(&mut m, &clock);
     m.refresh_done(Err(transient(None)), clock.now());
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(1 + 2)), "the second wait doubles");
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(1 + 2)), "the second wait doubles");
 
     advance(Duration::from_secs(2)).await;
     start_due_refresh_again(&mut m, &clock);
     m.refresh_done(Err(transient(Some(Duration::from_secs(30)))), clock.now());
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(3 + 30)), "Retry-After is a floor");
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(3 + 30)), "Retry-After is a floor");
     let snap = m.snapshot(Instant::now());
     assert_eq!(snap.state, TokenState::Degraded);
     assert!(snap.message.as_deref().is_some_and(|msg| msg.starts_with("3 refresh attempt(s) failed")));
@@ -288,12 +303,12 @@ async fn a_failed_save_is_shown_and_retried() {
     let effects = m.refresh_done(Ok(response("A1", Some("R1"), 3600)), clock.now());
     let job = saves(&effects).remove(0);
     m.saved(&job, Err("no space left on device".into()), clock.now());
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(1)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(1)));
     advance(Duration::from_secs(1)).await;
     let job = saves(&m.tick(clock.now())).remove(0);
     m.saved(&job, Err("no space left on device".into()), clock.now());
     // A full disk does not mend in a second: the retries back off like refreshes.
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(1 + 2)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(1 + 2)));
     advance(Duration::from_secs(1)).await;
     assert!(saves(&m.tick(clock.now())).is_empty());
     advance(Duration::from_secs(1)).await;
@@ -304,7 +319,7 @@ async fn a_failed_save_is_shown_and_retried() {
     assert_eq!(snap.state, TokenState::Degraded);
     assert_eq!(snap.last_error.as_deref(), Some("saving credentials failed: no space left on device"));
     assert_eq!(served_token(&m).as_deref(), Some("A1"), "the live pair is still served");
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(3 + 4)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(3 + 4)));
 
     advance(Duration::from_secs(4)).await;
     let effects = m.tick(clock.now());
@@ -355,7 +370,7 @@ async fn a_token_that_expires_while_the_endpoint_is_down_is_no_longer_served() {
     start_due_refresh(&mut m, &clock);
     m.refresh_done(Err(transient(Some(Duration::from_secs(120)))), clock.now());
     // The machine wakes when the token crosses into "expired" (60 s less the 5 s guard).
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(55)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(55)));
 
     advance(Duration::from_secs(54)).await;
     assert_eq!(served_token(&m).as_deref(), Some("A0"));
@@ -364,7 +379,7 @@ async fn a_token_that_expires_while_the_endpoint_is_down_is_no_longer_served() {
     assert_eq!(snap.state, TokenState::Expired);
     assert!(snap.servable(Instant::now()).is_none());
     assert!(snap.terminal_error().is_none(), "clients wait for a refresh rather than fail at once");
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(120)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(120)));
 
     advance(Duration::from_secs(65)).await;
     start_due_refresh_again(&mut m, &clock);
@@ -382,7 +397,7 @@ async fn without_a_login_nothing_is_refreshed_and_a_seed_brings_one() {
     assert_eq!(snap.state, TokenState::NoCredentials);
     assert_eq!(snap.message.as_deref(), Some("no such file"));
     assert!(snap.terminal_error().is_some_and(|e| e.code == ErrorCode::Unavailable));
-    assert_eq!(m.next_wake(Instant::now()), None);
+    assert_eq!(m.next_wake(clock.now()), None);
     let (answer, effects) = m.refresh_requested(clock.now());
     assert!(effects.is_empty());
     assert!(matches!(answer, Answer::Now(Err(_))));
@@ -400,7 +415,7 @@ async fn after_a_suspend_the_token_is_refreshed_by_the_wall_clock() {
     let clock = Clock::new();
     // Two hours left: the refresh is due in 2 h - 2880 s = 4320 s by the monotonic clock.
     let mut m = machine(&clock, Duration::from_secs(2 * 3600), false);
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(4320)));
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(4320)));
     advance(Duration::from_secs(60)).await;
     assert!(m.tick(clock.now()).is_empty());
 
@@ -422,7 +437,7 @@ async fn clocks_that_agree_leave_the_schedule_alone() {
     let mut m = machine(&clock, Duration::from_secs(2 * 3600), false);
     clock.suspend(Duration::from_secs(1));
     assert!(m.tick(clock.now()).is_empty());
-    assert_eq!(m.next_wake(Instant::now()), Some(clock.at(4320)), "a second of drift is not a suspend");
+    assert_eq!(m.next_wake(clock.now()), Some(clock.at(4320)), "a second of drift is not a suspend");
 }
 
 fn secret(rv: &str, c: Credentials) -> SeedRead {
