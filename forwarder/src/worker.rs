@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 /// A client that has not sent its request headers by then is dropped (slowloris); streams, once
 /// started, have no time limit.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const _: () = assert!(conn::ANCHOR_EVERY.as_secs() < HEADER_READ_TIMEOUT.as_secs());
 
 /// An accepted connection on its way to a worker, with its slot under `--max-connections`.
 pub type Accepted = (std::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit);
@@ -68,6 +69,7 @@ pub fn run(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> any
         .build()
         .context("cannot start a worker's async runtime")?;
     runtime.block_on(async move {
+        tokio::spawn(conn::anchor_timers());
         let mut server = auto::Builder::new(TokioExecutor::new());
         server.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
         server
