@@ -235,8 +235,12 @@ fn reason(state: State, allowed: bool) -> &'static str {
 /// small enough by its declared length, and in a coding `decode.rs` can undo (the client still gets
 /// the bytes as sent).
 fn readable_error(headers: &HeaderMap, status: http::StatusCode) -> bool {
+    // Asked of every answer; the status alone settles it for nearly all of them.
+    if !needs_body(status) {
+        return false;
+    }
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    needs_body(status) && declared.is_some_and(|n| n <= MAX_ERROR_BODY) && decode::coding(headers).is_some()
+    declared.is_some_and(|n| n <= MAX_ERROR_BODY) && decode::coding(headers).is_some()
 }
 
 async fn read_error(body: Incoming) -> Result<Bytes, ErrorReply> {

@@ -9,6 +9,7 @@ use sidecred_proto::anthropic::{
     unified, LONG_CONTEXT_EXTRA_USAGE, LONG_CONTEXT_UNAVAILABLE, RATELIMIT_UNIFIED_PREFIX,
     THIRD_PARTY_REFUSAL,
 };
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 /// The outcomes, a fixed set (they are metric labels).
@@ -172,8 +173,10 @@ impl Unified<'_> {
     /// Whether the answer was billed to extra usage. Absent, `false` or `0`: the plan. Any other value,
     /// unreadable ones included, counts as billed: the operator's money is the side to err on.
     fn billed(&self) -> bool {
-        let name = format!("{RATELIMIT_UNIFIED_PREFIX}{}", unified::OVERAGE_IN_USE);
-        match self.headers.get(name.as_str()) {
+        // Asked of every answer: the name is put together once, not formatted (allocated) each time.
+        static NAME: LazyLock<String> =
+            LazyLock::new(|| format!("{RATELIMIT_UNIFIED_PREFIX}{}", unified::OVERAGE_IN_USE));
+        match self.headers.get(NAME.as_str()) {
             None => false,
             Some(v) => match v.to_str().map(str::trim) {
                 Ok(v) => !(v.eq_ignore_ascii_case("false") || v == "0" || v.is_empty()),
