@@ -172,9 +172,39 @@ impl Body for Tracked {
     }
 }
 
+/// The two ways a worker serves a connection.
+pub struct Servers {
+    /// HTTP/1.1 and cleartext HTTP/2, told apart by hyper-util, which reads the first bytes itself.
+    pub any: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 alone, for a connection whose first bytes already showed it (see [`speaks_http1`]).
+    pub http1: auto::Builder<TokioExecutor>,
+}
+
+/// How long a new connection's first bytes are waited for before hyper-util is left to tell the
+/// protocol (see [`speaks_http1`]).
+const SNIFF_WAIT: Duration = Duration::from_millis(100);
+
+/// What a cleartext HTTP/2 client sends first.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the connection's first bytes, looked at without taking them, already show HTTP/1.
+///
+/// hyper-util tells the protocols apart by reading up to 24 bytes and handing them back to hyper's
+/// HTTP/1 reader, whose buffer then grows from 8 to 16 KiB to make room for its first read beside
+/// them, and stays so for the connection's life. A connection known to speak HTTP/1 is served
+/// without that step. Nearly every client sends its request as it connects; one that has sent nothing
+/// yet, or only bytes that may begin the HTTP/2 preface, is left to hyper-util as before.
+async fn speaks_http1(stream: &TcpStream) -> bool {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    match tokio::time::timeout(SNIFF_WAIT, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => first.get(..n) != HTTP2_PREFACE.get(..n),
+        _ => false,
+    }
+}
+
 /// What a worker serves its connections with.
 pub struct Worker {
-    pub server: auto::Builder<TokioExecutor>,
+    pub servers: Arc<Servers>,
     pub proxy: Arc<Proxy>,
     pub drain: Drain,
     /// Set by the acceptor while connections wait for a slot under `--max-connections`.
@@ -210,7 +240,6 @@ impl Worker {
                 Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _in_flight: in_flight }))
             }
         });
-        let conn = self.server.serve_connection(TokioIo::new(stream), service).into_owned();
         let watcher = Watcher {
             activity,
             drain: self.drain.tx.subscribe(),
@@ -219,7 +248,12 @@ impl Worker {
             peer,
             _slot: slot,
         };
-        tokio::spawn(watcher.watch(conn));
+        let servers = self.servers.clone();
+        tokio::spawn(async move {
+            let server = if speaks_http1(&stream).await { &servers.http1 } else { &servers.any };
+            let conn = server.serve_connection(TokioIo::new(stream), service).into_owned();
+            watcher.watch(conn).await;
+        });
     }
 }
 
@@ -317,5 +351,40 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// What `speaks_http1` makes of a connection whose client has sent `first`.
+    async fn sniffed(first: &[u8]) -> bool {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        client.write_all(first).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let http1 = speaks_http1(&server).await;
+        // Looked at, not taken: the server still reads everything the client sent.
+        let mut all = vec![0; first.len()];
+        if !first.is_empty() {
+            tokio::io::AsyncReadExt::read_exact(&mut server, &mut all).await.unwrap();
+        }
+        assert_eq!(all, first);
+        http1
+    }
+
+    #[tokio::test]
+    async fn only_bytes_that_cannot_begin_the_http2_preface_count_as_http1() {
+        assert!(sniffed(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n").await);
+        assert!(sniffed(b"GET").await);
+        // Left to hyper-util: the preface, a part of it (even one that HTTP/1's PUT would share), nothing.
+        assert!(!sniffed(HTTP2_PREFACE).await);
+        assert!(!sniffed(&HTTP2_PREFACE[..3]).await);
+        assert!(!sniffed(b"P").await);
+        assert!(!sniffed(b"").await);
     }
 }

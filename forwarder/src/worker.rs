@@ -77,8 +77,9 @@ pub fn run(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> any
             .timer(TokioTimer::new())
             .keep_alive_interval(shared.http2_keepalive_interval)
             .keep_alive_timeout(shared.http2_keepalive_timeout);
+        let servers = Arc::new(conn::Servers { http1: server.clone().http1_only(), any: server });
         let worker = conn::Worker {
-            server,
+            servers,
             proxy: Arc::new(shared.proxy()?),
             drain: conn::Drain::new(),
             crowded: shared.crowded.clone(),
