@@ -24,9 +24,11 @@ die() { printf '%s: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 apt_get() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 "$@"; }
 
 # Debian's podman and buildah with runc (crun fails on hybrid cgroups), netavark and aardvark-dns (so
-# Compose services find each other by name), catatonit (a pod's infra container), and curl.
+# Compose services find each other by name) with iptables (netavark's firewall driver: without it every
+# container with a network fails to start, "netavark: No such file or directory"), catatonit (a pod's
+# infra container), and curl.
 install_engine() {
-    local want=(podman buildah runc netavark aardvark-dns catatonit curl) missing=() pkg
+    local want=(podman buildah runc netavark aardvark-dns iptables catatonit curl) missing=() pkg
     for pkg in "${want[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
     ((${#missing[@]})) || return 0
     say "installing ${missing[*]}"
