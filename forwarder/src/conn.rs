@@ -249,10 +249,13 @@ impl Worker {
             _slot: slot,
         };
         let servers = self.servers.clone();
+        let open = crate::memory::Open::count();
         tokio::spawn(async move {
             let server = if speaks_http1(&stream).await { &servers.http1 } else { &servers.any };
             let conn = server.serve_connection(TokioIo::new(stream), service).into_owned();
             watcher.watch(conn).await;
+            // Counted until the connection and everything it held are gone.
+            drop(open);
         });
     }
 }

@@ -21,6 +21,8 @@
 //!   - `descriptors.rs`: the file-descriptor budget the connection cap is set below.
 //!   - `conn.rs`: one client connection: serving it, how soon it must ask and how long it may idle
 //!     (`conn/deadline.rs`, pure), and how it ends when the worker drains.
+//!   - `memory.rs`: once the last client connection has ended, what glibc kept of the freed memory
+//!     goes back to the system.
 //! - The request path:
 //!   - `proxy.rs`: route, check the client's key, admit, take the token, rewrite the headers, send
 //!     upstream, send once more after a 401, stream the answer back.
@@ -55,6 +57,7 @@ mod descriptors;
 mod errors;
 mod health;
 mod keys;
+mod memory;
 mod observe;
 mod path;
 mod probe;
