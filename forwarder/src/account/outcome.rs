@@ -4,12 +4,11 @@
 //! it errs: toward "billed" where money is at stake, toward "no pause" where a pause would stop traffic.
 
 use super::reset;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use sidecred_proto::anthropic::{
     unified, LONG_CONTEXT_EXTRA_USAGE, LONG_CONTEXT_UNAVAILABLE, RATELIMIT_UNIFIED_PREFIX,
     THIRD_PARTY_REFUSAL,
 };
-use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 /// The outcomes, a fixed set (they are metric labels).
@@ -125,9 +124,16 @@ struct Unified<'a> {
 }
 
 impl Unified<'_> {
+    /// The first value of `anthropic-ratelimit-unified-<suffix>`, as `HeaderMap::get` would give it.
+    /// Asked of every answer ([`Self::billed`]): a look along the names, without putting one together.
+    fn value(&self, suffix: &str) -> Option<&HeaderValue> {
+        self.headers.iter().find_map(|(name, value)| {
+            (name.as_str().strip_prefix(RATELIMIT_UNIFIED_PREFIX)? == suffix).then_some(value)
+        })
+    }
+
     fn get(&self, suffix: &str) -> Option<&str> {
-        let name = format!("{RATELIMIT_UNIFIED_PREFIX}{suffix}");
-        self.headers.get(name.as_str())?.to_str().ok().map(str::trim)
+        self.value(suffix)?.to_str().ok().map(str::trim)
     }
 
     fn rejected(&self, suffix: &str) -> bool {
@@ -173,10 +179,7 @@ impl Unified<'_> {
     /// Whether the answer was billed to extra usage. Absent, `false` or `0`: the plan. Any other value,
     /// unreadable ones included, counts as billed: the operator's money is the side to err on.
     fn billed(&self) -> bool {
-        // Asked of every answer: the name is put together once, not formatted (allocated) each time.
-        static NAME: LazyLock<String> =
-            LazyLock::new(|| format!("{RATELIMIT_UNIFIED_PREFIX}{}", unified::OVERAGE_IN_USE));
-        match self.headers.get(NAME.as_str()) {
+        match self.value(unified::OVERAGE_IN_USE) {
             None => false,
             Some(v) => match v.to_str().map(str::trim) {
                 Ok(v) => !(v.eq_ignore_ascii_case("false") || v == "0" || v.is_empty()),
