@@ -25,7 +25,6 @@ pub struct Open(());
 
 impl Open {
     pub fn count() -> Self {
-        EPOCH.get_or_init(Instant::now);
         OPEN.fetch_add(1, Ordering::Relaxed);
         Open(())
     }
