@@ -23,6 +23,7 @@ use crate::body::ResponseBody;
 use crate::proxy::Proxy;
 use bytes::Bytes;
 use deadline::{judge, Verdict};
+use futures_util::task::AtomicWaker;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -39,8 +40,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How often a worker's [`anchor_timers`] falls due: well within hyper's header-read timeout.
 pub const ANCHOR_EVERY: Duration = Duration::from_secs(10);
@@ -246,18 +248,62 @@ impl Worker {
             crowded: self.crowded.clone(),
             timeouts: self.timeouts,
             peer,
-            _slot: slot,
         };
         let servers = self.servers.clone();
         let open = crate::memory::Open::count();
-        tokio::spawn(async move {
+        let orders = Arc::new(Orders::default());
+        let told = orders.clone();
+        let conn = tokio::spawn(async move {
             let server = if speaks_http1(&stream).await { &servers.http1 } else { &servers.any };
             let conn = server.serve_connection(TokioIo::new(stream), service).into_owned();
-            watcher.watch(conn).await;
-            // Counted until the connection and everything it held are gone.
-            drop(open);
+            obey(conn, &told).await
+        });
+        tokio::spawn(async move {
+            watcher.watch(conn, &orders).await;
+            // Counted, and holding its place under the cap, until the connection and everything it
+            // held are gone.
+            drop((slot, open));
         });
     }
+}
+
+/// What a watcher tells its connection, read each time the connection's task runs.
+///
+/// The connection and its watcher are two tasks so that the connection's many wake-ups (every read,
+/// write and response frame) poll the connection alone: polled in one `select!`, the watcher's
+/// channels and timer were polled on each of them too, a lock taken per channel and wake-up.
+#[derive(Default)]
+struct Orders {
+    shut_down: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Orders {
+    fn shut_down(&self) {
+        self.shut_down.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// Serves the connection to its end, starting a graceful shutdown when the watcher says so; answers
+/// how it ended.
+async fn obey<C>(conn: C, orders: &Orders) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    let mut shutting = false;
+    std::future::poll_fn(|cx| {
+        if !shutting {
+            orders.waker.register(cx.waker());
+            if orders.shut_down.load(Ordering::Acquire) {
+                shutting = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await
 }
 
 enum Phase {
@@ -275,16 +321,15 @@ struct Watcher {
     crowded: watch::Receiver<bool>,
     timeouts: Timeouts,
     peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
 }
 
 impl Watcher {
-    async fn watch<C>(mut self, conn: C)
+    /// Keeps the deadlines of the connection served by `conn` until it ends, telling it through
+    /// `orders` when to shut down, and dropping it when it does not finish in time.
+    async fn watch<E>(mut self, mut conn: JoinHandle<Result<(), E>>, orders: &Orders)
     where
-        C: GracefulConnection,
-        C::Error: std::fmt::Display,
+        E: std::fmt::Display,
     {
-        tokio::pin!(conn);
         let peer = self.peer;
         let mut phase = Phase::Serving;
         // The first check computes the real deadline.
@@ -298,15 +343,17 @@ impl Watcher {
                 Phase::Serving | Phase::Lingering => Some(check),
             };
             tokio::select! {
-                ended = conn.as_mut() => {
-                    if let Err(e) = ended {
-                        debug!(peer = %peer, error = %e, "client connection ended with an error");
+                ended = &mut conn => {
+                    match ended {
+                        Ok(Err(e)) => debug!(peer = %peer, error = %e, "client connection ended with an error"),
+                        Err(e) if e.is_panic() => warn!(peer = %peer, "a client connection's task panicked"),
+                        Ok(Ok(())) | Err(_) => {}
                     }
                     return;
                 }
                 _ = self.drain.changed(), if matches!(phase, Phase::Serving) => {
                     if self.activity.http2.load(Ordering::Relaxed) {
-                        conn.as_mut().graceful_shutdown();
+                        orders.shut_down();
                         phase = Phase::Closing(None);
                     } else {
                         check = Instant::now() + self.timeouts.drain_linger;
@@ -326,10 +373,13 @@ impl Watcher {
                     match phase {
                         Phase::Closing(_) => {
                             debug!(peer = %peer, "closed: it did not finish shutting down");
+                            conn.abort();
+                            // Returns once the connection is dropped.
+                            let _ = conn.await;
                             return;
                         }
                         Phase::Lingering => {
-                            conn.as_mut().graceful_shutdown();
+                            orders.shut_down();
                             phase = Phase::Closing(None);
                         }
                         Phase::Serving => {
@@ -338,7 +388,7 @@ impl Watcher {
                                 Verdict::Wait(at) => check = at,
                                 Verdict::Close(reason) => {
                                     debug!(peer = %peer, reason = reason.describe(), "closing a client connection");
-                                    conn.as_mut().graceful_shutdown();
+                                    orders.shut_down();
                                     phase = Phase::Closing(reason.never_asked().then_some(now + CLOSE_GRACE));
                                 }
                             }
