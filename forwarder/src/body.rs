@@ -29,13 +29,28 @@ pub enum BodyError {
 /// What the request body told us by the time the upstream answered.
 #[derive(Default)]
 struct Kept {
-    chunks: Vec<Bytes>,
+    /// The chunks passed so far, the first apart: most bodies come in one, which then costs no `Vec`.
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
     len: u64,
     /// More than the retry limit passed: the chunks were dropped and the body cannot be replayed.
     overflowed: bool,
     /// The whole body passed (end of stream seen).
     complete: bool,
     too_large: bool,
+}
+
+impl Kept {
+    fn keep(&mut self, chunk: &Bytes) {
+        match self.first {
+            None => self.first = Some(chunk.clone()),
+            Some(_) => self.more.push(chunk.clone()),
+        }
+    }
+
+    fn forget(&mut self) {
+        (self.first, self.more) = (None, Vec::new());
+    }
 }
 
 /// The handler's view of a streaming request body after it was handed to the upstream client.
@@ -53,7 +68,8 @@ impl Tee {
     pub fn replay(&self) -> Option<UpstreamBody> {
         let kept = self.lock();
         if kept.complete && !kept.overflowed {
-            Some(UpstreamBody::Replay { chunks: kept.chunks.clone(), next: 0, left: kept.len })
+            let chunks = kept.first.iter().chain(&kept.more).cloned().collect();
+            Some(UpstreamBody::Replay { chunks, next: 0, left: kept.len })
         } else {
             None
         }
@@ -112,7 +128,7 @@ impl Body for UpstreamBody {
                         kept.len = *seen;
                         if *seen > *max {
                             kept.too_large = true;
-                            kept.chunks = Vec::new();
+                            kept.forget();
                             let max = *max;
                             drop(kept);
                             // The rest of the body is read away elsewhere while the 413 goes out.
@@ -125,10 +141,10 @@ impl Body for UpstreamBody {
                         }
                         if !kept.overflowed {
                             if *seen <= *keep_limit {
-                                kept.chunks.push(data.clone());
+                                kept.keep(data);
                             } else {
                                 kept.overflowed = true;
-                                kept.chunks = Vec::new();
+                                kept.forget();
                             }
                         }
                     }
@@ -221,7 +237,7 @@ pub enum AnswerBody {
 /// The body sent to the client. Counts what it passes and finishes the request's access-log line.
 pub struct ResponseBody {
     source: Source,
-    log: Option<AccessLog>,
+    log: Option<Box<AccessLog>>,
 }
 
 impl ResponseBody {
@@ -246,7 +262,7 @@ impl ResponseBody {
     }
 
     /// Attaches the access-log line, written when the body ends or is dropped.
-    pub fn with_log(mut self, log: AccessLog) -> Self {
+    pub fn with_log(mut self, log: Box<AccessLog>) -> Self {
         self.log = Some(log);
         if self.is_end_stream() {
             self.finish(BodyEnd::Complete);

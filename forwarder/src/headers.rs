@@ -237,8 +237,11 @@ fn new_request_id() -> HeaderValue {
     for (i, slot) in buf[3..].iter_mut().enumerate() {
         *slot = HEX[((n >> (i * 4)) & 0xf) as usize];
     }
+    // Owned as one shared block from the start: the id goes into the request, the response and the
+    // retry's copy of the headers, and a `Bytes` made from a `Vec` allocates again at its first clone.
     // Hex digits and a prefix are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("sc-unknown"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("sc-unknown"))
 }
 
 #[cfg(test)]

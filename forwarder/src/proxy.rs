@@ -93,7 +93,7 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: Incoming,
-        log: &mut Option<AccessLog>,
+        log: &mut Option<Box<AccessLog>>,
         route: Route,
     ) -> Result<(http::response::Parts, AnswerBody, Option<Slot>), ErrorReply> {
         let (path, declared, token, slot, admitted) = match self.admit(&mut parts).await {
@@ -298,7 +298,7 @@ struct Unauthorized<'a> {
     headers: Option<HeaderMap>,
     /// The first attempt's body, which can replay what it kept; `None` for a request without a body.
     tee: Option<&'a Tee>,
-    log: &'a mut Option<AccessLog>,
+    log: &'a mut Option<Box<AccessLog>>,
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -47,9 +47,13 @@ pub struct AccessLog {
 impl AccessLog {
     /// The line for a request that started now, or `None` when the access log is filtered out: then
     /// nothing is gathered for it on the way (no clock reads, no copies of the method and path).
-    pub fn start(method: &Method, uri: &Uri, request_id: &HeaderValue) -> Option<Self> {
-        tracing::enabled!(target: TARGET, tracing::Level::INFO)
-            .then(|| AccessLog::new(method.clone(), uri.clone(), request_id.clone(), Instant::now()))
+    ///
+    /// Boxed: the line travels with the request's future and then its response body, which hyper
+    /// moves several times per request; a pointer is all those moves copy.
+    pub fn start(method: &Method, uri: &Uri, request_id: &HeaderValue) -> Option<Box<Self>> {
+        tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| {
+            Box::new(AccessLog::new(method.clone(), uri.clone(), request_id.clone(), Instant::now()))
+        })
     }
 
     fn new(method: Method, uri: Uri, request_id: HeaderValue, started: Instant) -> Self {
