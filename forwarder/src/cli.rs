@@ -75,12 +75,12 @@ pub struct Cli {
     #[arg(long, env = "SIDECRED_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
     /// A connection must deliver its first request (HTTP/1 head or HTTP/2 stream) this soon after it
-    /// is accepted, or it is closed: covers the protocol sniff and the HTTP/2 preface, which the
-    /// 30 s HTTP/1 header timeout does not.
+    /// is accepted, or it is closed: silent, stuck in the protocol sniff or the HTTP/2 preface, or
+    /// sending its first head byte by byte.
     #[arg(long, env = "SIDECRED_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub first_request_timeout: Duration,
-    /// A connection without a request in flight for this long is closed (HTTP/2: GOAWAY). HTTP/1
-    /// keep-alive connections are also closed after 30 s without a new request head.
+    /// A connection without a request in flight for this long is closed (HTTP/2: GOAWAY); on HTTP/1
+    /// also when its next request head has begun to arrive but not ended.
     #[arg(long, env = "SIDECRED_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub idle_timeout: Duration,
     /// How often an HTTP/2 client is pinged when it has sent nothing.

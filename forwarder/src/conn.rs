@@ -1,12 +1,14 @@
 //! Client connections: how soon one must ask, how long it may sit idle, and how it ends when the
-//! forwarder drains. hyper serves the protocols; a watcher per connection adds the deadlines hyper has
-//! not got.
+//! forwarder drains. hyper serves the protocols; a watcher per connection keeps the deadlines, hyper's
+//! own HTTP/1 header timer included (it cost a timer and an allocation per request).
 //!
 //! - **First request.** A connection that has not delivered a request within `--first-request-timeout`
-//!   is closed. hyper's HTTP/1 header timeout starts only once hyper-util has sniffed the protocol, so
-//!   without this a silent connection, or one that sent half the HTTP/2 preface, is held forever.
-//! - **Idle.** No request in flight for `--idle-timeout`: graceful shutdown (GOAWAY on HTTP/2). hyper
-//!   closes an HTTP/1 keep-alive connection itself when no new head arrives within its header timeout.
+//!   is closed, and dropped a second later if it has not finished: a silent connection, one that sent
+//!   half the HTTP/2 preface, or one whose first request head never ends.
+//! - **Idle.** No request in flight for `--idle-timeout`: graceful shutdown (GOAWAY on HTTP/2). On
+//!   HTTP/1 that closes the connection at once, also when a next request head has begun to arrive and
+//!   not ended (hyper counts a connection as busy only once a head is whole), so a slow head cannot
+//!   hold a connection longer than an idle one.
 //! - **Crowded.** While the connection cap keeps others waiting, both of those shrink to a second
 //!   ([`deadline`]): connections that ask nothing make room instead of locking clients out.
 //! - **Drain.** HTTP/2 connections get GOAWAY at once: a client sends nothing more on them and nothing
@@ -43,24 +45,6 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
-
-/// How often a worker's [`anchor_timers`] falls due: well within hyper's header-read timeout.
-pub const ANCHOR_EVERY: Duration = Duration::from_secs(10);
-
-/// Keeps one timer of the worker's runtime due within [`ANCHOR_EVERY`] at all times; spawned once per
-/// worker, it runs as long as the runtime.
-///
-/// hyper arms a fresh header-read timer (`HEADER_READ_TIMEOUT`, 30 s) each time a connection waits for
-/// its next request, and drops it once the head is read. tokio wakes its own driver (a write to its
-/// eventfd, then one more `epoll_wait`) whenever a timer is registered that falls due before the
-/// earliest one it planned to wake for; with nothing else due within 30 s, that was every request.
-/// With a timer always due sooner, each of those registrations is a plain insertion: at one
-/// connection, one system call and one wake-up fewer per request, for one wake-up every 10 s.
-pub async fn anchor_timers() {
-    loop {
-        tokio::time::sleep(ANCHOR_EVERY).await;
-    }
-}
 
 /// After a connection that never asked anything is told to shut down, how long it has to go before it
 /// is simply dropped (an HTTP/2 peer that answers no ping would otherwise hold it).
@@ -230,9 +214,12 @@ impl Worker {
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = requests.begin(req.version());
             let http1 = req.version() < Version::HTTP_2;
-            let (proxy, draining) = (proxy.clone(), draining.clone());
+            // Made here, so the request is held once, in it (hyper keeps a future of this block's size
+            // per connection).
+            let serving = proxy.clone().serve(req);
+            let draining = draining.clone();
             async move {
-                let mut resp = match proxy.serve(req).await {
+                let mut resp = match serving.await {
                     Ok(resp) => resp,
                     Err(never) => match never {},
                 };

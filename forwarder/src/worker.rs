@@ -12,11 +12,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-/// A client that has not sent its request headers by then is dropped (slowloris); streams, once
-/// started, have no time limit.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-const _: () = assert!(conn::ANCHOR_EVERY.as_secs() < HEADER_READ_TIMEOUT.as_secs());
-
 /// An accepted connection on its way to a worker, with its slot under `--max-connections`.
 pub type Accepted = (std::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit);
 
@@ -69,9 +64,10 @@ pub fn run(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> any
         .build()
         .context("cannot start a worker's async runtime")?;
     runtime.block_on(async move {
-        tokio::spawn(conn::anchor_timers());
         let mut server = auto::Builder::new(TokioExecutor::new());
-        server.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        // No header-read timer: each connection's watcher keeps its deadlines (`conn`), and hyper's
+        // would cost a timer armed and dropped, and an allocation, on every request.
+        server.http1().header_read_timeout(None);
         server
             .http2()
             .timer(TokioTimer::new())

@@ -94,6 +94,61 @@ async fn an_idle_http2_connection_is_sent_goaway_and_a_silent_peer_is_dropped() 
     assert!(closed_after < Duration::from_secs(5), "closed after {closed_after:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_connection_idle_or_stalled_in_its_next_head_is_closed_after_the_idle_timeout() {
+    let backends = Backends::start().await;
+    let fwd = backends.forwarder("forwarder", &["--idle-timeout", "500ms"]).await;
+    let body = r#"{"model":"m","max_tokens":1,"messages":[]}"#;
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: forwarder\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // After one answered request: nothing more, and the start of a head that never ends (the
+    // slowloris that hyper's own header timer once cut, after 30 s).
+    for next in ["", "POST /v1/messages HTTP/1.1\r\nHost: forwarder\r\n"] {
+        let mut stream = TcpStream::connect(fwd.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_one_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let idle_from = Instant::now();
+        stream.write_all(next.as_bytes()).await.unwrap();
+        let (rest, _) = read_to_eof(&mut stream, Duration::from_secs(10)).await;
+        let closed_after = idle_from.elapsed();
+        assert!(rest.is_empty(), "{next:?}: answered {:?}", String::from_utf8_lossy(&rest));
+        assert!(closed_after >= Duration::from_millis(400), "{next:?}: closed after {closed_after:?}");
+        assert!(closed_after < Duration::from_secs(5), "{next:?}: closed after {closed_after:?}");
+    }
+}
+
+/// Reads one whole HTTP/1 response (a Content-Length or chunked body) and nothing after it.
+async fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let head = head.to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|n| n.trim().parse::<usize>().unwrap());
+            let done = match length {
+                Some(n) => body.len() >= n,
+                None => body.ends_with("0\r\n\r\n"),
+            };
+            if done {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("no whole response within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before the response was whole: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// The types of the HTTP/2 frames in `bytes` (a server sends no preface).
 fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();
