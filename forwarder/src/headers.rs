@@ -214,14 +214,15 @@ fn is_merged(value: &[u8]) -> bool {
 /// The request's id: the client's `x-request-id` when it sent a usable one, else a new one, which is
 /// then set on the request so the upstream sees it too.
 pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        if is_usable_request_id(v.as_bytes()) {
-            return v.clone();
+    match headers.entry(&X_REQUEST_ID) {
+        header::Entry::Occupied(e) if is_usable_request_id(e.get().as_bytes()) => e.get().clone(),
+        header::Entry::Occupied(mut e) => {
+            let id = new_request_id();
+            e.insert(id.clone());
+            id
         }
+        header::Entry::Vacant(e) => e.insert(new_request_id()).clone(),
     }
-    let id = new_request_id();
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
 }
 
 /// Visible ASCII of sensible length: it ends up in logs, so nothing that could forge a log line.

@@ -15,7 +15,6 @@ use crate::path::upstream_path;
 use crate::rejected::RejectedToken;
 use crate::upstream::Upstream;
 use futures_util::future::Either;
-use http::header::CONTENT_LENGTH;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -124,7 +123,9 @@ impl Proxy {
     ) -> impl Future<Output = Result<(http::response::Parts, AnswerBody, Option<Slot>), ErrorReply>> + Send + 'a
     {
         async move {
-            let (path, declared, token, slot, admitted) = match self.admit(&mut parts).await {
+            // hyper has read the `Content-Length` already (and refused one that is not a number).
+            let declared = body.size_hint().exact();
+            let (path, token, slot, admitted) = match self.admit(&mut parts, declared).await {
                 Ok(admitted) => admitted,
                 Err(e) => {
                     // Answered without reading the body: read it away in the background so the client,
@@ -191,7 +192,7 @@ impl Proxy {
 
     /// Everything that can refuse a request before its body is touched: the method, the client's key,
     /// the path, the declared size, the token. On success the headers are ready for the upstream.
-    async fn admit(&self, parts: &mut Parts) -> Result<Admitted, ErrorReply> {
+    async fn admit(&self, parts: &mut Parts, declared: Option<u64>) -> Result<Admitted, ErrorReply> {
         if !headers::is_api_method(&parts.method) {
             return Err(ErrorReply::method_not_allowed(&parts.method));
         }
@@ -207,7 +208,6 @@ impl Proxy {
         };
         crate::path::check(parts.uri.path())?;
         let path = upstream_path(&parts.uri).ok_or_else(ErrorReply::not_found)?;
-        let declared = declared_length(&parts.headers);
         if declared.is_some_and(|n| n > self.max_request_body) {
             return Err(ErrorReply::too_large(self.max_request_body));
         }
@@ -215,7 +215,7 @@ impl Proxy {
         let token = self.tokens.token().await.map_err(|e| agent_failure(&e))?;
         let authorization = token.authorization().map_err(ErrorReply::agent_unavailable)?;
         headers::to_upstream(&mut parts.headers, authorization, &self.upstream.host);
-        Ok((path, declared, token, slot, admitted))
+        Ok((path, token, slot, admitted))
     }
 
     async fn send(
@@ -310,9 +310,9 @@ impl Proxy {
     }
 }
 
-/// What admission settles: the upstream path, the declared body size, the token, the key's place
-/// under its concurrency cap (held until the response ends), and the account guard's admission.
-type Admitted = (PathAndQuery, Option<u64>, Arc<Token>, Option<Slot>, account::Admitted);
+/// What admission settles: the upstream path, the token, the key's place under its concurrency cap
+/// (held until the response ends), and the account guard's admission.
+type Admitted = (PathAndQuery, Arc<Token>, Option<Slot>, account::Admitted);
 
 /// A request the upstream answered 401, with what sending it again needs.
 struct Unauthorized<'a> {
@@ -340,10 +340,6 @@ fn upstream_request(
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     req
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The error and its causes on one line: hyper's top-level messages ("client error (Connect)") say
@@ -374,15 +370,5 @@ mod tests {
     fn a_requests_future_stays_small() {
         let size = future_size(Proxy::serve);
         assert!(size <= 512, "Proxy::serve's future is {size} bytes");
-    }
-
-    #[test]
-    fn declared_lengths() {
-        let mut h = HeaderMap::new();
-        assert_eq!(declared_length(&h), None);
-        h.insert(CONTENT_LENGTH, "42".parse().unwrap());
-        assert_eq!(declared_length(&h), Some(42));
-        h.insert(CONTENT_LENGTH, "nope".parse().unwrap());
-        assert_eq!(declared_length(&h), None);
     }
 }
