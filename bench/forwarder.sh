@@ -8,7 +8,8 @@
 #                 the CPU each proxy used per request (perf stat's task-clock where perf works, else
 #                 /proc/PID/stat)
 #   - latency:    wrk -t1 -c1  for $DURATION        -> p50/p99, and what each proxy adds to direct
-#   (each measured in $ROUNDS rounds that alternate the setups; medians reported)
+#   (each measured in $ROUNDS rounds that alternate the setups, every other round in reverse order;
+#   medians reported; SIDECRED_BENCH_ROUNDS and SIDECRED_BENCH_DURATION override the 8 rounds of 4 s)
 #   - memory:     the forwarder's VmRSS idle, and with 256 SSE streams held open (bench/src/bin/streams.rs)
 # Targets: >= 0.95x the floor's and >= 0.85x nginx's req/s; p50 at c=1 <= the floor's + 20 us; RSS <= 20 MiB
 # under 256 streams and <= 8 MiB idle; CPU per request (forwarder and agent) <= 1.3x the floor's.
@@ -25,7 +26,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 parse_smoke "$@"
-if ((SMOKE)); then DURATION=2s; HOLD=1s; ROUNDS=1; else DURATION=6s; HOLD=3s; ROUNDS=5; fi
+if ((SMOKE)); then DURATION=2s; HOLD=1s; ROUNDS=1; else DURATION=4s; HOLD=3s; ROUNDS=8; fi
+DURATION="${SIDECRED_BENCH_DURATION:-$DURATION}"
+ROUNDS="${SIDECRED_BENCH_ROUNDS:-$ROUNDS}"
 CONNS=64
 THREADS=2
 STREAMS=256
@@ -191,11 +194,15 @@ RSS_IDLE="$(rss_kib "$FORWARDER_PID")"
 log "warm-up"
 for s in "${SETUPS[@]}"; do f="$(run_wrk "$s" "$THREADS" "$CONNS" 1s)"; done
 
-# Rounds alternate the setups so that a noisy neighbour on a shared machine hits all four alike; the
-# median of the rounds is reported.
+# Rounds alternate the setups so that a noisy neighbour on a shared machine hits them all alike, every
+# other round in the reverse order, so that a machine getting faster or slower during a round favours
+# no setup; the median of the rounds is reported.
 declare -A RPS_ALL P50_ALL P99_ALL CPU_ALL RPS P50 P99 CPU
+REVERSED=()
+for ((i = ${#SETUPS[@]} - 1; i >= 0; i--)); do REVERSED+=("${SETUPS[$i]}"); done
 for round in $(seq 1 "$ROUNDS"); do
-    for s in "${SETUPS[@]}"; do
+    if ((round % 2)); then ORDER=("${SETUPS[@]}"); else ORDER=("${REVERSED[@]}"); fi
+    for s in "${ORDER[@]}"; do
         log "round $round/$ROUNDS throughput: $s (-t$THREADS -c$CONNS -d$DURATION)"
         f="$(run_wrk "$s" "$THREADS" "$CONNS" "$DURATION")"
         RPS_ALL[$s]+="$(rps "$f") "
@@ -203,7 +210,7 @@ for round in $(seq 1 "$ROUNDS"); do
             CPU_ALL[$s]+="$(awk -v us="$(cat "$WORK/cpu-$s-c$CONNS.txt")" -v n="$(requests "$f")" 'BEGIN { printf "%.1f", us / n }') "
         fi
     done
-    for s in "${SETUPS[@]}"; do
+    for s in "${ORDER[@]}"; do
         log "round $round/$ROUNDS latency: $s (-t1 -c1 -d$DURATION)"
         f="$(run_wrk "$s" 1 1 "$DURATION")"
         P50_ALL[$s]+="$(pct_us "$f" 50) "
@@ -291,7 +298,7 @@ ${BEFORE_ROW}
 
 ${BEFORE_TARGETS}
 
-wrk $DURATION per run, median of $ROUNDS alternating rounds (req/s per round: direct ${RPS_ALL[direct]}/ nginx ${RPS_ALL[nginx]}/ floor ${RPS_ALL[floor]}/ pushed ${RPS_ALL[sidecred]}/ per request ${RPS_ALL[exchange]}); nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarders 2 workers, access log off; CPU per request is that of the setup's processes (sidecred: forwarder and agent) over the c=$CONNS runs.
+wrk $DURATION per run, median of $ROUNDS rounds alternating the setups, every other round reversed (req/s per round: direct ${RPS_ALL[direct]}/ nginx ${RPS_ALL[nginx]}/ floor ${RPS_ALL[floor]}/ pushed ${RPS_ALL[sidecred]}/ per request ${RPS_ALL[exchange]}); nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //'), 2 worker processes, access log off; forwarders 2 workers, access log off; CPU per request is that of the setup's processes (sidecred: forwarder and agent) over the c=$CONNS runs.
 EOF
 
 if ((!SMOKE)) && [[ "$OK_FLOOR$OK_NGINX$OK_P50$OK_RSS$OK_IDLE$OK_CPU" != "yesyesyesyesyesyes" ]]; then
