@@ -162,8 +162,9 @@ impl Body for Tracked {
 pub struct Servers {
     /// HTTP/1.1 and cleartext HTTP/2, told apart by hyper-util, which reads the first bytes itself.
     pub any: auto::Builder<TokioExecutor>,
-    /// HTTP/1.1 alone, for a connection whose first bytes already showed it (see [`speaks_http1`]).
-    pub http1: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 alone, for a connection whose first bytes already showed it (see [`speaks_http1`]):
+    /// hyper's own server, without hyper-util's layer that replays the bytes it sniffed on every read.
+    pub http1: hyper::server::conn::http1::Builder,
 }
 
 /// How long a new connection's first bytes are waited for before hyper-util is left to tell the
@@ -241,9 +242,12 @@ impl Worker {
         let orders = Arc::new(Orders::default());
         let told = orders.clone();
         let conn = tokio::spawn(async move {
-            let server = if speaks_http1(&stream).await { &servers.http1 } else { &servers.any };
-            let conn = server.serve_connection(TokioIo::new(stream), service).into_owned();
-            obey(conn, &told).await
+            let io = TokioIo::new(stream);
+            if speaks_http1(io.inner()).await {
+                Ok(obey(servers.http1.serve_connection(io, service), &told).await?)
+            } else {
+                obey(servers.any.serve_connection(io, service).into_owned(), &told).await
+            }
         });
         tokio::spawn(async move {
             watcher.watch(conn, &orders).await;

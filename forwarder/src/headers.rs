@@ -130,6 +130,57 @@ pub fn authorization(token: &Secret) -> Result<HeaderValue, HeaderError> {
     Ok(value)
 }
 
+/// A request's upstream headers kept for sending it again after a 401, as one block of bytes.
+///
+/// Every request keeps them and almost none is sent again: a copy of the map would cost two
+/// allocations (a kilobyte for a typical request) and a reference taken and dropped on every value,
+/// where this is one allocation and a copy of the bytes. `Authorization` is left out (the retry
+/// carries the new token), so the old token is not copied.
+pub struct KeptHeaders(Vec<u8>);
+
+impl KeptHeaders {
+    pub fn of(headers: &HeaderMap) -> KeptHeaders {
+        const LENGTHS: usize = 2 * std::mem::size_of::<usize>() + 1;
+        let size = headers.iter().map(|(n, v)| LENGTHS + n.as_str().len() + v.len()).sum();
+        let mut out = Vec::with_capacity(size);
+        for (name, value) in headers {
+            if name == header::AUTHORIZATION {
+                continue;
+            }
+            out.extend_from_slice(&name.as_str().len().to_le_bytes());
+            out.extend_from_slice(&value.len().to_le_bytes());
+            out.push(u8::from(value.is_sensitive()));
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        KeptHeaders(out)
+    }
+
+    /// The headers as they were, with `authorization` set; `None` only if the bytes were not made by
+    /// [`KeptHeaders::of`] (which cannot happen; no retry then, rather than a panic).
+    pub fn restore(&self, authorization: HeaderValue) -> Option<HeaderMap> {
+        fn length(bytes: &[u8]) -> Option<(usize, &[u8])> {
+            let (n, rest) = bytes.split_first_chunk::<{ std::mem::size_of::<usize>() }>()?;
+            Some((usize::from_le_bytes(*n), rest))
+        }
+        let mut headers = HeaderMap::new();
+        let mut rest = self.0.as_slice();
+        while !rest.is_empty() {
+            let (name_len, tail) = length(rest)?;
+            let (value_len, tail) = length(tail)?;
+            let (&sensitive, tail) = tail.split_first()?;
+            let (name, tail) = tail.split_at_checked(name_len)?;
+            let (value, tail) = tail.split_at_checked(value_len)?;
+            let mut value = HeaderValue::from_bytes(value).ok()?;
+            value.set_sensitive(sensitive == 1);
+            headers.append(HeaderName::from_bytes(name).ok()?, value);
+            rest = tail;
+        }
+        headers.insert(header::AUTHORIZATION, authorization);
+        Some(headers)
+    }
+}
+
 /// Cleans the upstream's response headers for the client.
 pub fn to_client(headers: &mut HeaderMap) {
     if headers.keys().any(is_hop_by_hop) {
@@ -452,6 +503,33 @@ mod tests {
         assert!(!h.contains_key("transfer-encoding"));
         assert_eq!(h["content-type"], "text/event-stream");
         assert_eq!(h["request-id"], "req_1");
+    }
+
+    #[test]
+    fn kept_headers_come_back_as_they_were_with_the_new_token_and_never_hold_the_old_one() {
+        let mut h = map(&[
+            ("content-type", "application/json"),
+            ("anthropic-beta", "a"),
+            ("anthropic-beta", "b"),
+            ("x-custom", ""),
+            ("authorization", "Bearer old-token"),
+        ]);
+        let mut secret = HeaderValue::from_static("s3cr3t");
+        secret.set_sensitive(true);
+        h.insert("cookie", secret);
+        let kept = KeptHeaders::of(&h);
+        assert!(!kept.0.windows(9).any(|w| w == b"old-token"), "the old token was copied");
+
+        let mut restored = kept.restore(HeaderValue::from_static("Bearer new-token")).unwrap();
+        assert_eq!(restored.remove("authorization").unwrap(), "Bearer new-token");
+        h.remove("authorization");
+        let pairs = |m: &HeaderMap| m.iter().map(|(n, v)| (n.clone(), v.clone())).collect::<Vec<_>>();
+        assert_eq!(pairs(&restored), pairs(&h));
+        assert!(restored["cookie"].is_sensitive());
+        assert!(!restored["content-type"].is_sensitive());
+        // Anything else is no retry, not a panic.
+        assert!(KeptHeaders(vec![1, 2, 3]).restore(HeaderValue::from_static("x")).is_none());
+        assert!(KeptHeaders(Vec::new()).restore(HeaderValue::from_static("x")).is_some());
     }
 
     #[test]

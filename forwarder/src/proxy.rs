@@ -138,7 +138,7 @@ impl Proxy {
 
             // Keep what a retry needs only when a retry is possible at all.
             let may_retry = body.is_end_stream() || declared.is_none_or(|n| n <= self.retry_body_limit);
-            let retry_headers = may_retry.then(|| parts.headers.clone());
+            let retry_headers = may_retry.then(|| headers::KeptHeaders::of(&parts.headers));
             let (body, tee) = if body.is_end_stream() {
                 (UpstreamBody::Empty, None)
             } else {
@@ -270,7 +270,7 @@ impl Proxy {
             None => Some(UpstreamBody::Empty),
             Some(tee) => tee.replay(),
         };
-        let (Some(body), Some(mut headers)) = (replay, headers) else {
+        let (Some(body), Some(kept)) = (replay, headers) else {
             debug!(
                 token = %token.access_token,
                 body_bytes = tee.map_or(0, Tee::bytes_seen),
@@ -283,11 +283,12 @@ impl Proxy {
         };
         // Dropping the 401 before reading it costs that connection its reuse, which is cheaper than
         // making the client wait for an error body nobody reads.
+        let authorization = fresh.authorization().map_err(ErrorReply::agent_unavailable)?;
+        let Some(headers) = kept.restore(authorization) else {
+            headers::advise_retry(response.headers_mut(), true);
+            return Ok(response);
+        };
         drop(response);
-        headers.insert(
-            http::header::AUTHORIZATION,
-            fresh.authorization().map_err(ErrorReply::agent_unavailable)?,
-        );
         if let Some(log) = log {
             log.retried = true;
         }
@@ -323,7 +324,7 @@ struct Unauthorized<'a> {
     method: &'a Method,
     uri: Uri,
     /// The upstream-ready headers, kept only when the body was small enough to keep too.
-    headers: Option<HeaderMap>,
+    headers: Option<headers::KeptHeaders>,
     /// The first attempt's body, which can replay what it kept; `None` for a request without a body.
     tee: Option<&'a Tee>,
     log: &'a mut Option<Box<AccessLog>>,

@@ -68,12 +68,14 @@ pub fn run(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> any
         // No header-read timer: each connection's watcher keeps its deadlines (`conn`), and hyper's
         // would cost a timer armed and dropped, and an allocation, on every request.
         server.http1().header_read_timeout(None);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.header_read_timeout(None);
         server
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(shared.http2_keepalive_interval)
             .keep_alive_timeout(shared.http2_keepalive_timeout);
-        let servers = Arc::new(conn::Servers { http1: server.clone().http1_only(), any: server });
+        let servers = Arc::new(conn::Servers { http1, any: server });
         let worker = conn::Worker {
             servers,
             proxy: Arc::new(shared.proxy()?),

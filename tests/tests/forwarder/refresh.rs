@@ -23,6 +23,14 @@ async fn one_upstream_401_means_one_refresh_and_a_successful_retry() {
     assert_ne!(seen[1].bearer(), seen[0].bearer());
     assert_eq!(seen[1].body_sha256, seen[0].body_sha256, "the retry carries the same body");
     assert!(seen[1].body_len > 0);
+    let others = |h: &http::HeaderMap| {
+        let mut pairs: Vec<_> =
+            h.iter().filter(|(n, _)| *n != "authorization").map(|(n, v)| format!("{n}: {v:?}")).collect();
+        pairs.sort();
+        pairs
+    };
+    assert_eq!(others(&seen[1].headers), others(&seen[0].headers), "the retry carries the same headers");
+    assert!(seen[1].headers.contains_key("x-request-id") && seen[1].headers.contains_key("anthropic-beta"));
     let log = fwd.proc.log();
     assert!(log.lines().any(|l| l.contains("retried=true") && l.contains("status=200")), "{log}");
 }
