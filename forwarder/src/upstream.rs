@@ -63,7 +63,7 @@ pub fn trust_roots(ca_file: Option<&Path>) -> Result<RootCertStore, UpstreamErro
     Ok(roots)
 }
 
-pub type HttpClient = Client<HttpsConnector<Connector>, UpstreamBody>;
+pub type HttpClient = Client<Shared, UpstreamBody>;
 
 pub struct Upstream {
     pub client: HttpClient,
@@ -141,7 +141,7 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             // We set Host ourselves, once, from the configured upstream.
             .set_host(false)
-            .build(https);
+            .build(Shared(Arc::new(https)));
         Ok(Upstream { client, scheme, authority, host, via })
     }
 
@@ -190,6 +190,29 @@ impl tower_service::Service<Uri> for Connector {
                 Box::pin(async move { fut.await.map_err(Into::into) })
             }
         }
+    }
+}
+
+/// The TLS connector behind one `Arc`. hyper-util's client clones its connector for every request, in
+/// case the pool has no idle connection for it; the TLS connector's clone is four reference counts
+/// taken and dropped, this one's is one.
+#[derive(Clone)]
+pub struct Shared(Arc<HttpsConnector<Connector>>);
+
+impl tower_service::Service<Uri> for Shared {
+    type Response = <HttpsConnector<Connector> as tower_service::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = <HttpsConnector<Connector> as tower_service::Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Every connector here is always ready (`Connector::poll_ready` asks hyper-util's, which are).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        // A connection is being made: the one place the connector itself is cloned.
+        let mut connector = HttpsConnector::clone(&self.0);
+        connector.call(dst)
     }
 }
 
