@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Like the real API, the fake closes connections that stay idle (so the forwarder's upstream pool
-/// gives its descriptors back after the run).
+/// Like the real API, the fake closes connections that stay idle, also those that never carried a
+/// request (hyper-util's client opens one for a request and keeps it in the pool when an idle one came
+/// free first), so the forwarder's upstream pool gives its descriptors back after the run.
 const SERVER_IDLE: Duration = Duration::from_secs(2);
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -75,8 +76,11 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        server.http1().timer(TokioTimer::new()).header_read_timeout(SERVER_IDLE);
+        // HTTP/1 alone (both clients speak it to a plain-http address): hyper-util's protocol sniff
+        // would wait for a first byte before hyper's header timer starts, and hold a silent
+        // connection for good.
+        let mut server = hyper::server::conn::http1::Builder::new();
+        server.timer(TokioTimer::new()).header_read_timeout(SERVER_IDLE);
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
             let (for_requests, handler) = (world.clone(), handler.clone());
@@ -84,7 +88,7 @@ where
                 let (world, handler) = (for_requests.clone(), handler.clone());
                 async move { Ok::<_, Infallible>(handler(req, world).await) }
             });
-            let conn = server.serve_connection(TokioIo::new(stream), service).into_owned();
+            let conn = server.serve_connection(TokioIo::new(stream), service);
             let world = world.clone();
             tokio::spawn(async move {
                 if count_connections {
