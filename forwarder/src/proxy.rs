@@ -88,7 +88,7 @@ impl Proxy {
             let arrived = Instant::now();
             let (parts, body) = req.into_parts();
             // Boxed: the slot hyper keeps per connection would otherwise hold this while a stream
-            // goes on, and a pointer is cheaper to move. It is 1,016 bytes: glibc serves blocks up to
+            // goes on, and a pointer is cheaper to move. It is 960 bytes: glibc serves blocks up to
             // 1,032 bytes from a per-thread cache, and a larger one costs several times more.
             let inner = Box::pin(self.forward_inner(parts, body, &mut log, route));
             let mut resp = match inner.await {
@@ -226,8 +226,8 @@ impl Proxy {
         body: UpstreamBody,
         tee: Option<&Tee>,
     ) -> Result<Response<Incoming>, ErrorReply> {
-        // The request is built where it is handed over: a named one would keep its room in this
-        // future through the await, moved-out or not.
+        // The request is built in a function of its own: a local this future borrows (as setting a
+        // request's parts does) keeps its room here through the await, even once moved out.
         let sending = self.upstream.client.request(upstream_request(method, uri, headers, body));
         sending.await.map_err(|e| {
             if tee.is_some_and(Tee::was_too_large) {

@@ -68,6 +68,8 @@ pub fn run(mut conns: mpsc::UnboundedReceiver<Accepted>, shared: &Shared) -> any
         // No header-read timer: each connection's watcher keeps its deadlines (`conn`), and hyper's
         // would cost a timer armed and dropped, and an allocation, on every request.
         server.http1().header_read_timeout(None);
+        // The HTTP/1 server for connections whose first bytes show HTTP/1 (`conn::Servers`): hyper's
+        // own builder, which the auto builder cannot hand out, so any HTTP/1 setting goes on both.
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1.header_read_timeout(None);
         server

@@ -97,10 +97,9 @@ impl Account {
     ) -> Result<(http::response::Parts, AnswerBody, Outcome), ErrorReply> {
         let (mut parts, body) = response.into_parts();
         let (body, error) = if readable_error(&parts.headers, parts.status) {
-            // Boxed, in a statement of its own: errors are rare, and this future should not carry the
-            // room for reading one on every answer.
-            let reading = Box::pin(read_error(body));
-            let bytes = reading.await?;
+            // Boxed: errors are rare, and this future should not carry the room for reading one on
+            // every answer.
+            let bytes = Box::pin(read_error(body)).await?;
             let decoded = decode::coding(&parts.headers).and_then(|c| decode::decode(c, &bytes));
             let error = decoded.map_or_else(ErrorBody::default, |b| ErrorBody::parse(&b));
             (AnswerBody::Read(bytes), error)
